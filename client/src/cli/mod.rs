@@ -1,0 +1,554 @@
+//! The `cffs` command line: file operations on a CFFS cluster, each command one transaction,
+//! and `cffs bench`. Errors are reported the way coreutils reports them
+//! (`cffs: cannot remove '/a': Directory not empty`, exit status 1).
+
+mod bench;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::{Attr, Client, FsError, Kind, Transaction};
+
+#[derive(Parser)]
+#[command(
+    name = "cffs",
+    version,
+    about = "Use a CFFS cluster: a transactional file system for serverless functions",
+    long_about = "Use a CFFS cluster: a transactional file system for serverless functions.\n\n\
+        Every command runs as one transaction: it takes effect whole or not at all, and is\n\
+        re-run if it conflicts with a concurrent one. Paths are absolute (/dir/file).\n\
+        Start a local cluster with `cffs-server dev`, then export the CFFS_ENDPOINTS it prints."
+)]
+struct Cli {
+    /// Metadata replicas to contact, HOST:PORT[,HOST:PORT...]; any one is enough.
+    #[arg(long, env = "CFFS_ENDPOINTS", global = true, default_value = "127.0.0.1:7101")]
+    endpoints: String,
+    /// Output format for commands that print data.
+    #[arg(short, long, value_enum, default_value_t = Output::Text, global = true)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create directories.
+    Mkdir {
+        /// Create missing parents too, and accept existing directories.
+        #[arg(short, long)]
+        parents: bool,
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// List a directory (or show one file).
+    Ls {
+        /// Long format: kind, mode, links, size, modification time.
+        #[arg(short, long)]
+        long: bool,
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// Show a file's attributes.
+    Stat { path: String },
+    /// Copy a local file into CFFS (at most 64 KiB until the block service exists).
+    Put { local: PathBuf, remote: String },
+    /// Copy a CFFS file to a local file.
+    Get { remote: String, local: PathBuf },
+    /// Print files' contents.
+    Cat {
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Write standard input to a CFFS file (replacing it).
+    Write { remote: String },
+    /// Remove files (and, with -r, directories and their contents).
+    Rm {
+        #[arg(short, long)]
+        recursive: bool,
+        /// Ignore missing paths.
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Remove empty directories.
+    Rmdir {
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Rename or move a file or directory.
+    Mv { source: String, target: String },
+    /// Make a hard link (or, with -s, a symbolic link) TARGET at LINK.
+    Ln {
+        #[arg(short, long)]
+        symbolic: bool,
+        target: String,
+        link: String,
+    },
+    /// Print a symbolic link's target.
+    Readlink { path: String },
+    /// Show a directory tree.
+    Tree {
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// Cluster administration.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Measure the cluster: creates, stats and read-modify-write transactions.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Members, leader, term and applied index, as each endpoint sees them.
+    Status,
+}
+
+/// A failed command: coreutils-style message, exit status 1.
+struct Failure(String);
+
+fn fail(verb: &str, path: &str, error: FsError) -> Failure {
+    Failure(format!("cannot {verb} '{path}': {error}"))
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(message)) => {
+            eprintln!("cffs: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let endpoints = crate::client::parse_endpoints(&cli.endpoints).map_err(|e| Failure(format!("--endpoints: {e}")))?;
+    let client = Client::connect(&endpoints).map_err(|e| Failure(e.to_string()))?;
+    let json = cli.output == Output::Json;
+    match cli.command {
+        Command::Mkdir { parents, paths } => {
+            for path in paths {
+                let p = path.clone();
+                client
+                    .run(|txn| {
+                        let p = p.clone();
+                        async move {
+                            match parents {
+                                true => txn.mkdir_all(&p, 0o755).await,
+                                false => txn.mkdir(&p, 0o755).await.map(|_| ()),
+                            }
+                        }
+                    })
+                    .await
+                    .map_err(|e| fail("create directory", &path, e))?;
+            }
+        }
+        Command::Ls { long, path } => ls(&client, &path, long, json).await?,
+        Command::Stat { path } => {
+            let p = path.clone();
+            let attr = client
+                .run(|txn| {
+                    let p = p.clone();
+                    async move { txn.lstat(&p).await }
+                })
+                .await
+                .map_err(|e| fail("stat", &path, e))?;
+            print_stat(&path, &attr, json);
+        }
+        Command::Put { local, remote } => {
+            let data = std::fs::read(&local).map_err(|e| Failure(format!("cannot read '{}': {e}", local.display())))?;
+            write_remote(&client, &remote, data).await?;
+        }
+        Command::Get { remote, local } => {
+            let data = read_remote(&client, &remote).await?;
+            std::fs::write(&local, data).map_err(|e| Failure(format!("cannot write '{}': {e}", local.display())))?;
+        }
+        Command::Cat { paths } => {
+            let mut stdout = std::io::stdout().lock();
+            for path in paths {
+                let data = read_remote(&client, &path).await?;
+                stdout.write_all(&data).map_err(|e| Failure(format!("write standard output: {e}")))?;
+            }
+        }
+        Command::Write { remote } => {
+            let mut data = Vec::new();
+            let limit = cffs_proto::limits::INLINE_DATA_MAX as u64 + 1;
+            std::io::stdin()
+                .take(limit)
+                .read_to_end(&mut data)
+                .map_err(|e| Failure(format!("read standard input: {e}")))?;
+            write_remote(&client, &remote, data).await?;
+        }
+        Command::Rm { recursive, force, paths } => {
+            for path in paths {
+                let p = path.clone();
+                let result = client
+                    .run(|txn| {
+                        let p = p.clone();
+                        async move { remove(&txn, &p, recursive).await }
+                    })
+                    .await;
+                match result {
+                    Err(FsError::NotFound) if force => {}
+                    Err(error) => return Err(fail("remove", &path, error)),
+                    Ok(()) => {}
+                }
+            }
+        }
+        Command::Rmdir { paths } => {
+            for path in paths {
+                let p = path.clone();
+                client
+                    .run(|txn| {
+                        let p = p.clone();
+                        async move { txn.rmdir(&p).await }
+                    })
+                    .await
+                    .map_err(|e| fail("remove", &path, e))?;
+            }
+        }
+        Command::Mv { source, target } => {
+            let (s, t) = (source.clone(), target.clone());
+            client
+                .run(|txn| {
+                    let (s, t) = (s.clone(), t.clone());
+                    async move { txn.rename(&s, &t).await }
+                })
+                .await
+                .map_err(|e| Failure(format!("cannot move '{source}' to '{target}': {e}")))?;
+        }
+        Command::Ln { symbolic, target, link } => {
+            let (t, l) = (target.clone(), link.clone());
+            client
+                .run(|txn| {
+                    let (t, l) = (t.clone(), l.clone());
+                    async move {
+                        match symbolic {
+                            true => txn.symlink(&t, &l).await,
+                            false => txn.link(&t, &l).await,
+                        }
+                    }
+                })
+                .await
+                .map_err(|e| Failure(format!("failed to create link '{link}' -> '{target}': {e}")))?;
+        }
+        Command::Readlink { path } => {
+            let p = path.clone();
+            let target = client
+                .run(|txn| {
+                    let p = p.clone();
+                    async move { txn.readlink(&p).await }
+                })
+                .await
+                .map_err(|e| fail("read link", &path, e))?;
+            println!("{target}");
+        }
+        Command::Tree { path } => tree(&client, &path, json).await?,
+        Command::Cluster { command: ClusterCommand::Status } => cluster_status(&client, json).await?,
+        Command::Bench(args) => bench::run(&client, args, json).await.map_err(|e| Failure(format!("bench: {e}")))?,
+    }
+    Ok(())
+}
+
+async fn read_remote(client: &Client, path: &str) -> Result<Vec<u8>, Failure> {
+    let p = path.to_string();
+    client
+        .run(|txn| {
+            let p = p.clone();
+            async move { txn.read_file(&p).await }
+        })
+        .await
+        .map_err(|e| fail("read", path, e))
+}
+
+async fn write_remote(client: &Client, path: &str, data: Vec<u8>) -> Result<(), Failure> {
+    if data.len() > cffs_proto::limits::INLINE_DATA_MAX {
+        return Err(fail("write", path, FsError::FileTooLarge));
+    }
+    let p = path.to_string();
+    client
+        .run(|txn| {
+            let (p, data) = (p.clone(), data.clone());
+            async move { txn.write_file(&p, &data).await }
+        })
+        .await
+        .map_err(|e| fail("write", path, e))
+}
+
+/// Removes `path`; with `recursive`, a directory and everything under it, in this one
+/// transaction (so at most `TXN_KEYS_MAX` keys' worth of tree).
+async fn remove(txn: &Transaction, path: &str, recursive: bool) -> Result<(), FsError> {
+    let attr = txn.lstat(path).await?;
+    if attr.kind != Kind::Dir {
+        return txn.unlink(path).await;
+    }
+    if !recursive {
+        return Err(FsError::IsDir);
+    }
+    // Depth first, without recursion: (path, children listed yet?).
+    let mut stack = vec![(path.trim_end_matches('/').to_string(), false)];
+    while let Some((dir, listed)) = stack.pop() {
+        if listed {
+            if dir.is_empty() {
+                return Err(FsError::Busy("cannot remove the root directory".into()));
+            }
+            txn.rmdir(&dir).await?;
+            continue;
+        }
+        stack.push((dir.clone(), true));
+        for entry in txn.readdir(if dir.is_empty() { "/" } else { &dir }).await? {
+            let child = format!("{dir}/{}", entry.name);
+            match entry.kind {
+                Kind::Dir => stack.push((child, false)),
+                _ => txn.unlink(&child).await?,
+            }
+        }
+    }
+    Ok(())
+}
+
+fn kind_char(kind: Kind) -> char {
+    match kind {
+        Kind::Dir => 'd',
+        Kind::File => '-',
+        Kind::Symlink => 'l',
+    }
+}
+
+fn mode_string(attr: &Attr) -> String {
+    let mut text = String::new();
+    text.push(kind_char(attr.kind));
+    for shift in [6, 3, 0] {
+        let bits = (attr.mode >> shift) & 7;
+        text.push(if bits & 4 != 0 { 'r' } else { '-' });
+        text.push(if bits & 2 != 0 { 'w' } else { '-' });
+        text.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    text
+}
+
+fn time_string(ns: i64) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+async fn ls(client: &Client, path: &str, long: bool, json: bool) -> Result<(), Failure> {
+    let p = path.to_string();
+    let listing = client
+        .run(|txn| {
+            let p = p.clone();
+            async move {
+                let attr = txn.stat(&p).await?;
+                if attr.kind != Kind::Dir {
+                    let name = p.rsplit('/').next().unwrap_or(&p).to_string();
+                    return Ok(vec![(name, attr)]);
+                }
+                let mut rows = Vec::new();
+                for entry in txn.readdir(&p).await? {
+                    let child = format!("{}/{}", p.trim_end_matches('/'), entry.name);
+                    let attr = if long { txn.lstat(&child).await? } else { placeholder_attr(&entry) };
+                    rows.push((entry.name, attr));
+                }
+                Ok(rows)
+            }
+        })
+        .await
+        .map_err(|e| fail("access", path, e))?;
+    if json {
+        let rows: Vec<_> = listing
+            .iter()
+            .map(|(name, attr)| serde_json::json!({ "name": name, "attr": if long { serde_json::to_value(attr).unwrap_or_default() } else { serde_json::json!({"ino": attr.ino, "kind": attr.kind}) } }))
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    for (name, attr) in listing {
+        if long {
+            println!(
+                "{} {:>3} {:>5} {:>5} {:>8} {} {}",
+                mode_string(&attr),
+                attr.nlink,
+                attr.uid,
+                attr.gid,
+                attr.size,
+                time_string(attr.mtime_ns),
+                name
+            );
+        } else {
+            println!("{name}");
+        }
+    }
+    Ok(())
+}
+
+fn placeholder_attr(entry: &crate::DirEntry) -> Attr {
+    Attr {
+        ino: entry.ino,
+        kind: entry.kind,
+        mode: 0,
+        uid: 0,
+        gid: 0,
+        size: 0,
+        nlink: 0,
+        atime_ns: 0,
+        mtime_ns: 0,
+        ctime_ns: 0,
+    }
+}
+
+fn print_stat(path: &str, attr: &Attr, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(attr).unwrap_or_default());
+        return;
+    }
+    let kind = match attr.kind {
+        Kind::File => "regular file",
+        Kind::Dir => "directory",
+        Kind::Symlink => "symbolic link",
+    };
+    println!("  File: {path}");
+    println!("  Size: {:<10} Inode: {:<10} Links: {}  {kind}", attr.size, attr.ino, attr.nlink);
+    println!("Access: ({:04o}/{})  Uid: {}  Gid: {}", attr.mode, mode_string(attr), attr.uid, attr.gid);
+    println!("Access: {}", time_string(attr.atime_ns));
+    println!("Modify: {}", time_string(attr.mtime_ns));
+    println!("Change: {}", time_string(attr.ctime_ns));
+}
+
+async fn tree(client: &Client, path: &str, json: bool) -> Result<(), Failure> {
+    let p = path.to_string();
+    let lines = client
+        .run(|txn| {
+            let p = p.clone();
+            async move {
+                let mut lines: Vec<(usize, String, Kind, String)> = Vec::new();
+                let mut stack = vec![(p.trim_end_matches('/').to_string(), 0usize)];
+                while let Some((dir, depth)) = stack.pop() {
+                    let entries = txn.readdir(if dir.is_empty() { "/" } else { &dir }).await?;
+                    for entry in entries.into_iter().rev() {
+                        let child = format!("{dir}/{}", entry.name);
+                        lines.push((depth, entry.name.clone(), entry.kind, child.clone()));
+                        if entry.kind == Kind::Dir {
+                            stack.push((child, depth + 1));
+                        }
+                    }
+                }
+                Ok(lines)
+            }
+        })
+        .await
+        .map_err(|e| fail("access", path, e))?;
+    // The walk above visits children in reverse; rebuild the depth-first order.
+    let ordered = order_tree(lines);
+    if json {
+        let rows: Vec<_> =
+            ordered.iter().map(|(_, _, kind, full)| serde_json::json!({"path": full, "kind": kind})).collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    println!("{path}");
+    let (mut dirs, mut files) = (0, 0);
+    for (depth, name, kind, _) in &ordered {
+        let suffix = if *kind == Kind::Dir { "/" } else { "" };
+        println!("{}{name}{suffix}", "    ".repeat(*depth + 1));
+        if *kind == Kind::Dir {
+            dirs += 1
+        } else {
+            files += 1
+        }
+    }
+    println!("\n{dirs} directories, {files} files");
+    Ok(())
+}
+
+fn order_tree(mut lines: Vec<(usize, String, Kind, String)>) -> Vec<(usize, String, Kind, String)> {
+    // Component-wise, so that "/a/b" sorts right after "/a" (before "/a-b").
+    lines.sort_by(|a, b| a.3.split('/').cmp(b.3.split('/')));
+    lines
+}
+
+async fn cluster_status(client: &Client, json: bool) -> Result<(), Failure> {
+    let all = client.cluster_status_all().await;
+    if json {
+        let rows: Vec<_> = all
+            .iter()
+            .map(|(addr, result)| match result {
+                Ok(s) => serde_json::json!({"endpoint": addr, "node_id": s.node_id, "state": s.state, "leader_id": s.leader_id, "term": s.term, "last_applied": s.last_applied, "last_log_index": s.last_log_index, "log_committed": s.log_committed, "members": s.members.iter().map(|m| serde_json::json!({"id": m.id, "addr": m.addr, "voter": m.voter})).collect::<Vec<_>>()}),
+                Err(e) => serde_json::json!({"endpoint": addr, "error": e.to_string()}),
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    let mut members = None;
+    println!(
+        "{:<22} {:>4} {:<10} {:>6} {:>6} {:>12} {:>12}",
+        "ENDPOINT", "ID", "STATE", "LEADER", "TERM", "APPLIED", "LAST LOG"
+    );
+    let mut reachable = 0;
+    for (addr, result) in &all {
+        match result {
+            Ok(s) => {
+                reachable += 1;
+                println!(
+                    "{:<22} {:>4} {:<10} {:>6} {:>6} {:>12} {:>12}",
+                    addr, s.node_id, s.state, s.leader_id, s.term, s.last_applied, s.last_log_index
+                );
+                members.get_or_insert_with(|| s.members.clone());
+            }
+            Err(e) => println!("{addr:<22} unreachable: {e}"),
+        }
+    }
+    if let Some(members) = members {
+        println!();
+        println!("members:");
+        for m in members {
+            println!("  {} {} {}", m.id, m.addr, if m.voter { "voter" } else { "learner" });
+        }
+    }
+    if reachable == 0 {
+        return Err(Failure("no endpoint answered".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(time_string(0), "1970-01-01 00:00:00");
+        assert_eq!(time_string(1_700_000_000 * 1_000_000_000), "2023-11-14 22:13:20");
+    }
+}

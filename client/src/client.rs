@@ -1,0 +1,276 @@
+//! The connection to a metadata group: finds and follows the leader, retries what is safe to
+//! retry, hands out inode numbers from ranges allocated in advance, and starts transactions.
+//!
+//! Retry rules: a read is retried on any transient error (reads change nothing). A commit is
+//! retried with the *same transaction id* on any transient error, including an unknown
+//! outcome; the server's deduplication applies it at most once. A definite refusal
+//! (`INVALID_ARGUMENT`, `TOO_LARGE`) is never retried.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cffs_proto::metadata_client::MetadataClient;
+use cffs_proto::{
+    AllocateInodesRequest, ClusterStatusRequest, ClusterStatusResponse, CommitRequest, CommitResponse, ErrorCode,
+};
+use rand::Rng;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::FsError;
+use crate::txn::{Outcome, Transaction};
+
+/// How many times one RPC is tried, across leader changes, before giving up.
+pub const RPC_ATTEMPTS_MAX: u32 = 80;
+/// Backoff between RPC attempts: starts here, doubles, capped at `RPC_BACKOFF_MAX`.
+pub const RPC_BACKOFF_MIN: Duration = Duration::from_millis(10);
+pub const RPC_BACKOFF_MAX: Duration = Duration::from_millis(100);
+/// How long one RPC attempt may take.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(6);
+/// Inode numbers fetched per allocation.
+pub const INODE_BATCH: u32 = 1024;
+/// How many times `run` re-runs a function that conflicted, before `FsError::Busy`.
+pub const RUN_ATTEMPTS_MAX: u32 = 100;
+/// Backoff between re-runs of a conflicting function: jittered, doubling, capped.
+pub const RUN_BACKOFF_MIN: Duration = Duration::from_millis(1);
+pub const RUN_BACKOFF_MAX: Duration = Duration::from_millis(100);
+
+/// A connection to one CFFS cluster. Cheap to clone; clones share connections.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoints: Vec<String>,
+    channels: Mutex<BTreeMap<String, MetadataClient<Channel>>>,
+    /// The address of the replica that last answered as leader.
+    leader: Mutex<Option<String>>,
+    /// Inode numbers allocated to this client and not yet used: [next, end).
+    inodes: Mutex<(u64, u64)>,
+    /// Random per client; with `txn_seq`, makes transaction ids unique.
+    client_id: u64,
+    txn_seq: AtomicU64,
+}
+
+/// Splits an endpoints list (`host:port,host:port`) and checks it.
+pub fn parse_endpoints(text: &str) -> Result<Vec<String>, FsError> {
+    let endpoints: Vec<String> = text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+    if endpoints.is_empty() {
+        return Err(FsError::Invalid("no endpoints given".into()));
+    }
+    for endpoint in &endpoints {
+        if !endpoint.contains(':') || endpoint.contains('/') {
+            return Err(FsError::Invalid(format!("endpoint '{endpoint}' is not HOST:PORT")));
+        }
+    }
+    Ok(endpoints)
+}
+
+impl Client {
+    /// Connects to a cluster through any of its metadata replicas (HOST:PORT each). No
+    /// request is sent until the first operation: connecting never blocks.
+    pub fn connect<S: AsRef<str>>(endpoints: &[S]) -> Result<Client, FsError> {
+        let endpoints = parse_endpoints(&endpoints.iter().map(|e| e.as_ref()).collect::<Vec<_>>().join(","))?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                endpoints,
+                channels: Mutex::new(BTreeMap::new()),
+                leader: Mutex::new(None),
+                inodes: Mutex::new((0, 0)),
+                client_id: madsim::rand::thread_rng().gen(),
+                txn_seq: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    /// Starts a transaction. Nothing is sent until it reads something that is not cached.
+    pub fn begin(&self) -> Transaction {
+        Transaction::new(self.clone(), self.next_txn_id())
+    }
+
+    fn next_txn_id(&self) -> [u8; 16] {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&self.inner.client_id.to_be_bytes());
+        id[8..].copy_from_slice(&self.inner.txn_seq.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+        id
+    }
+
+    /// Runs `function` as one transaction, the way a function invocation runs: it commits
+    /// when the function returns `Ok`, and re-runs the function from the start (with a new
+    /// transaction) when the commit conflicts, with jittered backoff, at most
+    /// `RUN_ATTEMPTS_MAX` times. An error the function returns is returned as is, unless
+    /// the transaction's reads were already stale (then the error may be an artifact of
+    /// reading an inconsistent state, and the function is re-run).
+    pub async fn run<T, F, Fut>(&self, mut function: F) -> Result<T, FsError>
+    where
+        F: FnMut(Transaction) -> Fut,
+        Fut: Future<Output = Result<T, FsError>>,
+    {
+        let mut backoff = RUN_BACKOFF_MIN;
+        let mut last_conflict = String::new();
+        for _ in 0..RUN_ATTEMPTS_MAX {
+            let txn = self.begin();
+            let retry = match function(txn.clone()).await {
+                Ok(value) => match txn.commit().await? {
+                    Outcome::Committed { .. } => return Ok(value),
+                    Outcome::Conflict { key } => {
+                        last_conflict = key;
+                        true
+                    }
+                },
+                Err(error) if error.is_transient() => return Err(error),
+                Err(error) => match txn.validate().await? {
+                    Outcome::Committed { .. } => return Err(error),
+                    Outcome::Conflict { key } => {
+                        last_conflict = key;
+                        true
+                    }
+                },
+            };
+            debug_assert!(retry);
+            let jitter = madsim::rand::thread_rng().gen_range(0..=backoff.as_micros() as u64);
+            tokio::time::sleep(Duration::from_micros(jitter)).await;
+            backoff = (backoff * 2).min(RUN_BACKOFF_MAX);
+        }
+        Err(FsError::Busy(format!("still conflicting after {RUN_ATTEMPTS_MAX} attempts on {last_conflict}")))
+    }
+
+    fn channel(&self, addr: &str) -> Result<MetadataClient<Channel>, FsError> {
+        let mut channels = self.inner.channels.lock().expect("channels lock");
+        if let Some(client) = channels.get(addr) {
+            return Ok(client.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| FsError::Invalid(format!("endpoint {addr}: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true);
+        let client = MetadataClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(cffs_proto::limits::RPC_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(cffs_proto::limits::RPC_MESSAGE_BYTES_MAX);
+        channels.insert(addr.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// The replica to try for attempt `attempt`: the known leader first, then the endpoints
+    /// in turn.
+    fn target(&self, attempt: u32) -> String {
+        if let Some(leader) = self.inner.leader.lock().expect("leader lock").clone() {
+            return leader;
+        }
+        let endpoints = &self.inner.endpoints;
+        endpoints[attempt as usize % endpoints.len()].clone()
+    }
+
+    /// Calls the leader with `call`, following leader hints. `idempotent` says whether an
+    /// unknown outcome may be retried as is (reads, and commits that reuse their id).
+    pub(crate) async fn call<T, F, Fut>(&self, what: &str, idempotent: bool, call: F) -> Result<T, FsError>
+    where
+        F: Fn(MetadataClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut backoff = RPC_BACKOFF_MIN;
+        let mut last_error = FsError::Unavailable("no attempt made".into());
+        let mut outcome_unknown = false;
+        for attempt in 0..RPC_ATTEMPTS_MAX {
+            let addr = self.target(attempt);
+            let client = self.channel(&addr)?;
+            let status = match tokio::time::timeout(RPC_TIMEOUT, call(client)).await {
+                Ok(Ok(response)) => {
+                    // Whoever answered is the leader (only the leader serves): go there next.
+                    *self.inner.leader.lock().expect("leader lock") = Some(addr);
+                    return Ok(response.into_inner());
+                }
+                Ok(Err(status)) => status,
+                Err(_) => tonic::Status::deadline_exceeded(format!("{what} to {addr} timed out")),
+            };
+            let detail = cffs_proto::error_code::detail(&status);
+            let code = cffs_proto::error_code::detail_code(&detail);
+            if code == ErrorCode::NotLeader && !detail.leader_addr.is_empty() && detail.leader_addr != addr {
+                *self.inner.leader.lock().expect("leader lock") = Some(detail.leader_addr.clone());
+                last_error = FsError::from_status(&status);
+                continue; // follow the hint at once
+            }
+            // The replica is not (or no longer) the leader, or cannot be reached: forget it.
+            *self.inner.leader.lock().expect("leader lock") = None;
+            last_error = FsError::from_status(&status);
+            outcome_unknown |= code.is_outcome_unknown();
+            if !code.is_retryable() || (code.is_outcome_unknown() && !idempotent) {
+                break;
+            }
+            tracing::debug!(what, %addr, ?code, attempt, "rpc failed; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(RPC_BACKOFF_MAX);
+        }
+        if outcome_unknown && !matches!(last_error, FsError::Invalid(_) | FsError::TooLarge(_)) {
+            return Err(FsError::OutcomeUnknown(format!("{what}: {last_error}")));
+        }
+        Err(last_error)
+    }
+
+    /// Sends a commit, retrying with the same id until its outcome is known.
+    pub(crate) async fn commit_request(&self, request: CommitRequest) -> Result<CommitResponse, FsError> {
+        self.call("commit", true, |mut client| {
+            let request = request.clone();
+            async move { client.commit(request).await }
+        })
+        .await
+    }
+
+    /// A fresh inode number, from this client's allocated range.
+    pub(crate) async fn allocate_ino(&self) -> Result<u64, FsError> {
+        {
+            let mut range = self.inner.inodes.lock().expect("inodes lock");
+            if range.0 < range.1 {
+                range.0 += 1;
+                return Ok(range.0 - 1);
+            }
+        }
+        // An allocation whose reply is lost wastes its range, which is harmless: retry it.
+        let allocated = self
+            .call("allocate inodes", true, |mut client| async move {
+                client.allocate_inodes(AllocateInodesRequest { count: INODE_BATCH }).await
+            })
+            .await?;
+        if allocated.count == 0 {
+            return Err(FsError::Internal("empty inode allocation".into()));
+        }
+        let mut range = self.inner.inodes.lock().expect("inodes lock");
+        *range = (allocated.first + 1, allocated.first + u64::from(allocated.count));
+        Ok(allocated.first)
+    }
+
+    /// The cluster's status as one replica sees it (the leader when reachable).
+    pub async fn cluster_status(&self) -> Result<ClusterStatusResponse, FsError> {
+        self.call(
+            "cluster status",
+            true,
+            |mut client| async move { client.cluster_status(ClusterStatusRequest {}).await },
+        )
+        .await
+    }
+
+    /// The status reported by every endpoint given at connect, in order; `Err` for those that
+    /// did not answer.
+    pub async fn cluster_status_all(&self) -> Vec<(String, Result<ClusterStatusResponse, FsError>)> {
+        let mut all = Vec::new();
+        for addr in self.inner.endpoints.clone() {
+            let result = match self.channel(&addr) {
+                Err(error) => Err(error),
+                Ok(mut client) => {
+                    match tokio::time::timeout(Duration::from_secs(2), client.cluster_status(ClusterStatusRequest {}))
+                        .await
+                    {
+                        Ok(Ok(response)) => Ok(response.into_inner()),
+                        Ok(Err(status)) => Err(FsError::from_status(&status)),
+                        Err(_) => Err(FsError::Unavailable(format!("{addr} did not answer"))),
+                    }
+                }
+            };
+            all.push((addr, result));
+        }
+        all
+    }
+}

@@ -1,0 +1,991 @@
+//! A transaction: the POSIX-like namespace as one function invocation sees it.
+//!
+//! Reads go to the leader (linearizable) the first time a key is needed and are remembered
+//! with their version in the read set; later reads of the key, and reads of the
+//! transaction's own writes, are answered from the transaction's view. Writes only change the
+//! view; `commit` sends the read set and the write set as one request, and the metadata group
+//! validates and applies it atomically, in log order.
+//!
+//! Narrow conflicts (see docs/design/transactions.md):
+//! - creating or removing a name writes its dentry blindly and updates the parent directory
+//!   commutatively (nlink, mtime, listing version), without reading the parent's inode;
+//! - `readdir` reads the listing version, so it conflicts with any change of the directory;
+//! - every path resolution reads each dentry on the path, so a rename of a directory reads
+//!   its destination's ancestor chain and two renames that would form a loop cannot both
+//!   commit.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use cffs_proto::limits::{check_name, INLINE_DATA_MAX, ROOT_INO, SYMLINK_TARGET_MAX};
+use cffs_proto::{
+    commit_response, write_op, AdjustDir, CommitRequest, Dentry, DentryKey, FileKind, GetInodeRequest, Inode, Key,
+    LookupRequest, PutDentry, ReadDirRequest, ReadEntry, WriteOp,
+};
+
+use crate::client::Client;
+use crate::error::FsError;
+
+/// Most symbolic links followed while resolving one path (Linux's MAXSYMLINKS).
+pub const SYMLINK_FOLLOW_MAX: u32 = 40;
+/// Longest path accepted, in bytes (PATH_MAX).
+pub const PATH_LEN_MAX: usize = 4096;
+/// Most times a directory listing is re-read because it changed between its pages.
+pub const READDIR_RESTARTS_MAX: u32 = 8;
+
+/// What a commit ended in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied; `version` is the commit's log index (0 for a read-only commit).
+    Committed { version: u64 },
+    /// A key read by the transaction changed before the commit: nothing was applied.
+    Conflict { key: String },
+}
+
+/// Attributes of a file, directory or symlink.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub nlink: u32,
+    pub atime_ns: i64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+}
+
+impl Kind {
+    fn from_wire(kind: i32) -> Result<Kind, FsError> {
+        match FileKind::try_from(kind) {
+            Ok(FileKind::Regular) => Ok(Kind::File),
+            Ok(FileKind::Directory) => Ok(Kind::Dir),
+            Ok(FileKind::Symlink) => Ok(Kind::Symlink),
+            _ => Err(FsError::Internal(format!("unknown file kind {kind}"))),
+        }
+    }
+
+    fn wire(self) -> FileKind {
+        match self {
+            Kind::File => FileKind::Regular,
+            Kind::Dir => FileKind::Directory,
+            Kind::Symlink => FileKind::Symlink,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DirEntry {
+    pub name: String,
+    pub ino: u64,
+    pub kind: Kind,
+}
+
+/// A file opened in a transaction: it stays readable through the handle after its last
+/// name is removed in the same transaction, as an open file does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileHandle {
+    pub ino: u64,
+}
+
+fn attr_of(inode: &Inode) -> Result<Attr, FsError> {
+    Ok(Attr {
+        ino: inode.ino,
+        kind: Kind::from_wire(inode.kind)?,
+        mode: inode.mode,
+        uid: inode.uid,
+        gid: inode.gid,
+        size: inode.size,
+        nlink: inode.nlink,
+        atime_ns: inode.atime_ns,
+        mtime_ns: inode.mtime_ns,
+        ctime_ns: inode.ctime_ns,
+    })
+}
+
+fn now_ns() -> i64 {
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(since) => i64::try_from(since.as_nanos()).unwrap_or(i64::MAX),
+        Err(_) => 0,
+    }
+}
+
+/// A read-set key, ordered so the request is deterministic.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum ReadKey {
+    Inode(u64),
+    Dentry(u64, Vec<u8>),
+    Listing(u64),
+}
+
+impl ReadKey {
+    fn wire(&self) -> Key {
+        match self {
+            ReadKey::Inode(ino) => Key::inode(*ino),
+            ReadKey::Dentry(parent, name) => Key::dentry(*parent, name),
+            ReadKey::Listing(ino) => Key::listing(*ino),
+        }
+    }
+}
+
+/// Pending commutative update of a directory this transaction did not read.
+#[derive(Debug, Default, Clone, Copy)]
+struct DirUpdate {
+    nlink_delta: i32,
+    mtime_ns: i64,
+    bump_listing: bool,
+}
+
+#[derive(Default)]
+struct TxnState {
+    reads: BTreeMap<ReadKey, u64>,
+    /// The transaction's view of inodes it read or wrote (None = absent / deleted).
+    inodes: BTreeMap<u64, Option<Inode>>,
+    dentries: BTreeMap<(u64, Vec<u8>), Option<Dentry>>,
+    dirty_inodes: BTreeSet<u64>,
+    dirty_dentries: BTreeSet<(u64, Vec<u8>)>,
+    dir_updates: BTreeMap<u64, DirUpdate>,
+    /// Inodes created by this transaction: the server has nothing to say about them.
+    created: BTreeSet<u64>,
+    /// Files opened through `open`, and unlinked ones kept readable through their handle.
+    open: BTreeSet<u64>,
+    orphans: BTreeMap<u64, Inode>,
+    finished: bool,
+}
+
+/// One transaction. Cheap to clone: clones are the same transaction (as `run` hands one to
+/// the function and keeps one to commit).
+#[derive(Clone)]
+pub struct Transaction {
+    client: Client,
+    txn_id: [u8; 16],
+    state: Arc<Mutex<TxnState>>,
+}
+
+/// A resolved path: the parent directory and the final name (None for `/`), and what the
+/// name points at, if anything.
+#[derive(Debug, Clone)]
+struct Resolved {
+    parent: u64,
+    name: Option<Vec<u8>>,
+    target: Option<Dentry>,
+    /// Every directory on the way from the root to `parent`, the root first.
+    ancestors: Vec<u64>,
+}
+
+impl Resolved {
+    fn ino(&self) -> Option<u64> {
+        match &self.name {
+            None => Some(ROOT_INO),
+            Some(_) => self.target.as_ref().map(|d| d.ino),
+        }
+    }
+
+    fn kind(&self) -> Option<i32> {
+        match &self.name {
+            None => Some(FileKind::Directory as i32),
+            Some(_) => self.target.as_ref().map(|d| d.kind),
+        }
+    }
+
+    fn is_dir(&self) -> bool {
+        self.kind() == Some(FileKind::Directory as i32)
+    }
+}
+
+/// Splits an absolute path into its components, checking each name.
+fn components(path: &str) -> Result<Vec<Vec<u8>>, FsError> {
+    if path.len() > PATH_LEN_MAX {
+        return Err(FsError::NameTooLong);
+    }
+    if !path.starts_with('/') {
+        return Err(FsError::Invalid(format!("'{path}' is a relative path; paths start with /")));
+    }
+    if path.as_bytes().contains(&0) {
+        return Err(FsError::Invalid("path contains NUL".into()));
+    }
+    let mut parts = Vec::new();
+    for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+        if part != ".." {
+            check_name(part.as_bytes())?;
+        }
+        parts.push(part.as_bytes().to_vec());
+    }
+    Ok(parts)
+}
+
+impl Transaction {
+    pub(crate) fn new(client: Client, txn_id: [u8; 16]) -> Self {
+        Transaction { client, txn_id, state: Arc::new(Mutex::new(TxnState::default())) }
+    }
+
+    pub fn id(&self) -> [u8; 16] {
+        self.txn_id
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, TxnState> {
+        self.state.lock().expect("transaction lock")
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Reads through the view
+
+    async fn inode(&self, ino: u64) -> Result<Option<Inode>, FsError> {
+        if let Some(inode) = self.state().inodes.get(&ino) {
+            return Ok(inode.clone());
+        }
+        let response = self
+            .client
+            .call("get inode", true, |mut client| async move { client.get_inode(GetInodeRequest { ino }).await })
+            .await?;
+        let mut state = self.state();
+        if let Some(inode) = state.inodes.get(&ino) {
+            return Ok(inode.clone()); // read concurrently through a clone of this transaction
+        }
+        state.reads.insert(ReadKey::Inode(ino), response.version);
+        let mut inode = response.inode;
+        // Commutative updates made before this read now apply to the inode read: they are
+        // carried by the inode's put, validated by this read.
+        if let (Some(inode), Some(update)) = (inode.as_mut(), state.dir_updates.get_mut(&ino)) {
+            inode.nlink = inode.nlink.saturating_add_signed(update.nlink_delta);
+            inode.mtime_ns = inode.mtime_ns.max(update.mtime_ns);
+            inode.ctime_ns = inode.ctime_ns.max(update.mtime_ns);
+            update.nlink_delta = 0;
+            state.dirty_inodes.insert(ino);
+        }
+        state.inodes.insert(ino, inode.clone());
+        Ok(inode)
+    }
+
+    async fn existing_inode(&self, ino: u64) -> Result<Inode, FsError> {
+        // A dentry whose inode is gone means a concurrent change we raced with: the commit
+        // will conflict, and `run` re-runs the function.
+        self.inode(ino).await?.ok_or(FsError::NotFound)
+    }
+
+    async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Option<Dentry>, FsError> {
+        let key = (parent, name.to_vec());
+        if let Some(dentry) = self.state().dentries.get(&key) {
+            return Ok(dentry.clone());
+        }
+        if self.state().created.contains(&parent) {
+            return Ok(None);
+        }
+        let request = LookupRequest { key: Some(DentryKey { parent, name: name.to_vec() }) };
+        let response = self
+            .client
+            .call("lookup", true, |mut client| {
+                let request = request.clone();
+                async move { client.lookup(request).await }
+            })
+            .await?;
+        let mut state = self.state();
+        if let Some(dentry) = state.dentries.get(&key) {
+            return Ok(dentry.clone());
+        }
+        state.reads.insert(ReadKey::Dentry(parent, name.to_vec()), response.version);
+        state.dentries.insert(key, response.dentry.clone());
+        Ok(response.dentry)
+    }
+
+    /// Resolves `path`. Symlinks met on the way are followed; the last component is followed
+    /// only when `follow_last` is set.
+    async fn resolve(&self, path: &str, follow_last: bool) -> Result<Resolved, FsError> {
+        let mut pending: Vec<Vec<u8>> = components(path)?;
+        pending.reverse(); // a stack: the next component is at the end
+        let mut ancestors: Vec<u64> = vec![ROOT_INO];
+        let mut followed = 0u32;
+        loop {
+            let Some(name) = pending.pop() else {
+                // The path named a directory reached by the stack (`/`, or ending in `..`).
+                let ino = *ancestors.last().expect("the root is never popped");
+                if ino == ROOT_INO {
+                    return Ok(Resolved { parent: ROOT_INO, name: None, target: None, ancestors: vec![] });
+                }
+                ancestors.pop();
+                let parent = *ancestors.last().expect("the root is never popped");
+                // Find the name of `ino` in `parent` is not needed: report it as a directory.
+                return Ok(Resolved {
+                    parent,
+                    name: Some(Vec::new()),
+                    target: Some(Dentry { ino, kind: FileKind::Directory as i32 }),
+                    ancestors,
+                });
+            };
+            if name == b".." {
+                if ancestors.len() > 1 {
+                    ancestors.pop();
+                }
+                continue;
+            }
+            let parent = *ancestors.last().expect("the root is never popped");
+            let dentry = self.lookup(parent, &name).await?;
+            let is_last = pending.is_empty();
+            match dentry {
+                None if is_last => return Ok(Resolved { parent, name: Some(name), target: None, ancestors }),
+                None => return Err(FsError::NotFound),
+                Some(dentry) if dentry.kind == FileKind::Symlink as i32 && (!is_last || follow_last) => {
+                    followed += 1;
+                    if followed > SYMLINK_FOLLOW_MAX {
+                        return Err(FsError::Loop);
+                    }
+                    let link = self.existing_inode(dentry.ino).await?;
+                    let target = String::from_utf8_lossy(&link.symlink_target).into_owned();
+                    if target.starts_with('/') {
+                        ancestors.truncate(1);
+                    }
+                    let rest = components(&format!("/{target}"))?;
+                    pending.extend(rest.into_iter().rev());
+                }
+                Some(dentry) if is_last => {
+                    return Ok(Resolved { parent, name: Some(name), target: Some(dentry), ancestors })
+                }
+                Some(dentry) if dentry.kind == FileKind::Directory as i32 => ancestors.push(dentry.ino),
+                Some(_) => return Err(FsError::NotDir),
+            }
+        }
+    }
+
+    /// Resolves the parent of a name to create or remove: the name itself must be a plain
+    /// name (not `/`, not ending in `..`).
+    async fn resolve_entry(&self, path: &str) -> Result<(Resolved, Vec<u8>), FsError> {
+        let resolved = self.resolve(path, false).await?;
+        match resolved.name.clone() {
+            Some(name) if !name.is_empty() => Ok((resolved, name)),
+            _ => Err(FsError::Invalid(format!("'{path}' names no directory entry"))),
+        }
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Writes to the view
+
+    fn put_inode(&self, inode: Inode) {
+        let mut state = self.state();
+        state.dirty_inodes.insert(inode.ino);
+        state.inodes.insert(inode.ino, Some(inode));
+    }
+
+    fn delete_inode(&self, ino: u64) {
+        let mut state = self.state();
+        state.dirty_inodes.insert(ino);
+        state.inodes.insert(ino, None);
+        // A deleted directory takes its pending updates with it.
+        state.dir_updates.remove(&ino);
+    }
+
+    fn put_dentry(&self, parent: u64, name: &[u8], dentry: Option<Dentry>) {
+        let mut state = self.state();
+        let key = (parent, name.to_vec());
+        state.dirty_dentries.insert(key.clone());
+        state.dentries.insert(key, dentry);
+    }
+
+    /// Updates directory `ino` commutatively: nlink by `nlink_delta`, mtime/ctime to now,
+    /// and its listing version (every change of its entries).
+    fn update_dir(&self, ino: u64, nlink_delta: i32) {
+        let now = now_ns();
+        let mut state = self.state();
+        let update = state.dir_updates.entry(ino).or_default();
+        update.mtime_ns = update.mtime_ns.max(now);
+        update.bump_listing = true;
+        match state.inodes.get_mut(&ino) {
+            Some(Some(inode)) => {
+                // Read (or created) by this transaction: change it in place; the put carries it.
+                inode.nlink = inode.nlink.saturating_add_signed(nlink_delta);
+                inode.mtime_ns = inode.mtime_ns.max(now);
+                inode.ctime_ns = inode.ctime_ns.max(now);
+                state.dirty_inodes.insert(ino);
+            }
+            _ => state.dir_updates.get_mut(&ino).expect("inserted above").nlink_delta += nlink_delta,
+        }
+    }
+
+    fn new_inode(&self, ino: u64, kind: Kind, mode: u32) -> Inode {
+        let now = now_ns();
+        Inode {
+            ino,
+            kind: kind.wire() as i32,
+            mode: mode & 0o7777,
+            nlink: if kind == Kind::Dir { 2 } else { 1 },
+            atime_ns: now,
+            mtime_ns: now,
+            ctime_ns: now,
+            ..Default::default()
+        }
+    }
+
+    async fn create_entry(&self, parent: u64, name: &[u8], mut inode: Inode) -> Result<(), FsError> {
+        let kind = inode.kind;
+        let is_dir = kind == FileKind::Directory as i32;
+        if is_dir {
+            inode.parent = parent;
+        }
+        let ino = inode.ino;
+        self.state().created.insert(ino);
+        self.put_inode(inode);
+        self.put_dentry(parent, name, Some(Dentry { ino, kind }));
+        self.update_dir(parent, if is_dir { 1 } else { 0 });
+        Ok(())
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Namespace operations
+
+    /// Attributes of `path`, following symlinks.
+    pub async fn stat(&self, path: &str) -> Result<Attr, FsError> {
+        let resolved = self.resolve(path, true).await?;
+        let ino = resolved.ino().ok_or(FsError::NotFound)?;
+        attr_of(&self.existing_inode(ino).await?)
+    }
+
+    /// Attributes of `path`, not following a final symlink.
+    pub async fn lstat(&self, path: &str) -> Result<Attr, FsError> {
+        let resolved = self.resolve(path, false).await?;
+        let ino = resolved.ino().ok_or(FsError::NotFound)?;
+        attr_of(&self.existing_inode(ino).await?)
+    }
+
+    /// True when `path` names something (following symlinks).
+    pub async fn exists(&self, path: &str) -> Result<bool, FsError> {
+        match self.stat(path).await {
+            Ok(_) => Ok(true),
+            Err(FsError::NotFound) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    pub async fn mkdir(&self, path: &str, mode: u32) -> Result<Attr, FsError> {
+        let (resolved, name) = self.resolve_entry(path).await?;
+        if resolved.target.is_some() {
+            return Err(FsError::Exists);
+        }
+        let inode = self.new_inode(self.client.allocate_ino().await?, Kind::Dir, mode);
+        let attr = attr_of(&inode)?;
+        self.create_entry(resolved.parent, &name, inode).await?;
+        Ok(attr)
+    }
+
+    /// Creates every missing directory on `path` (`mkdir -p`).
+    pub async fn mkdir_all(&self, path: &str, mode: u32) -> Result<(), FsError> {
+        let parts = components(path)?;
+        let mut prefix = String::new();
+        for part in parts {
+            prefix.push('/');
+            prefix.push_str(&String::from_utf8_lossy(&part));
+            match self.stat(&prefix).await {
+                Ok(attr) if attr.kind == Kind::Dir => {}
+                Ok(_) => return Err(FsError::NotDir),
+                Err(FsError::NotFound) => {
+                    self.mkdir(&prefix, mode).await?;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a regular file. With `exclusive`, an existing name is `Exists`; without, an
+    /// existing file is kept as it is (O_CREAT without O_EXCL).
+    pub async fn create(&self, path: &str, mode: u32, exclusive: bool) -> Result<Attr, FsError> {
+        let resolved = self.resolve(path, true).await?;
+        if let Some(dentry) = &resolved.target {
+            if exclusive {
+                return Err(FsError::Exists);
+            }
+            if dentry.kind == FileKind::Directory as i32 {
+                return Err(FsError::IsDir);
+            }
+            return attr_of(&self.existing_inode(dentry.ino).await?);
+        }
+        let name = match resolved.name.clone() {
+            Some(name) if !name.is_empty() => name,
+            _ => return Err(FsError::IsDir),
+        };
+        let inode = self.new_inode(self.client.allocate_ino().await?, Kind::File, mode);
+        let attr = attr_of(&inode)?;
+        self.create_entry(resolved.parent, &name, inode).await?;
+        Ok(attr)
+    }
+
+    /// The regular file `path` names (following symlinks), created when missing if `create`.
+    async fn file_inode(&self, path: &str, create: bool) -> Result<Inode, FsError> {
+        let resolved = self.resolve(path, true).await?;
+        let ino = match resolved.ino() {
+            Some(ino) => ino,
+            None if create => self.create(path, 0o644, false).await?.ino,
+            None => return Err(FsError::NotFound),
+        };
+        let inode = self.existing_inode(ino).await?;
+        match Kind::from_wire(inode.kind)? {
+            Kind::File => Ok(inode),
+            Kind::Dir => Err(FsError::IsDir),
+            Kind::Symlink => Err(FsError::Loop),
+        }
+    }
+
+    fn set_data(&self, mut inode: Inode, data: Vec<u8>) -> Result<(), FsError> {
+        if data.len() > INLINE_DATA_MAX {
+            return Err(FsError::FileTooLarge);
+        }
+        let now = now_ns();
+        inode.size = data.len() as u64;
+        inode.data = data;
+        inode.mtime_ns = now;
+        inode.ctime_ns = now;
+        let mut state = self.state();
+        if let Some(orphan) = state.orphans.get_mut(&inode.ino) {
+            *orphan = inode;
+            return Ok(());
+        }
+        drop(state);
+        self.put_inode(inode);
+        Ok(())
+    }
+
+    /// The whole content of the file at `path`.
+    pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, FsError> {
+        Ok(self.file_inode(path, false).await?.data)
+    }
+
+    /// Up to `len` bytes of the file at `path` from `offset`.
+    pub async fn read_at(&self, path: &str, offset: u64, len: usize) -> Result<Vec<u8>, FsError> {
+        let data = self.file_inode(path, false).await?.data;
+        let start = (offset as usize).min(data.len());
+        let end = start.saturating_add(len).min(data.len());
+        Ok(data[start..end].to_vec())
+    }
+
+    /// Replaces the content of the file at `path`, creating it if missing.
+    pub async fn write_file(&self, path: &str, data: &[u8]) -> Result<(), FsError> {
+        if data.len() > INLINE_DATA_MAX {
+            return Err(FsError::FileTooLarge);
+        }
+        let inode = self.file_inode(path, true).await?;
+        self.set_data(inode, data.to_vec())
+    }
+
+    /// Writes `data` at `offset` (pwrite), extending the file with zeros if needed.
+    pub async fn write_at(&self, path: &str, offset: u64, data: &[u8]) -> Result<(), FsError> {
+        let end = offset.checked_add(data.len() as u64).ok_or(FsError::FileTooLarge)?;
+        if end > INLINE_DATA_MAX as u64 {
+            return Err(FsError::FileTooLarge);
+        }
+        let inode = self.file_inode(path, true).await?;
+        let mut content = inode.data.clone();
+        if content.len() < end as usize {
+            content.resize(end as usize, 0);
+        }
+        content[offset as usize..end as usize].copy_from_slice(data);
+        self.set_data(inode, content)
+    }
+
+    /// Appends `data` to the file at `path`, creating it if missing.
+    pub async fn append(&self, path: &str, data: &[u8]) -> Result<(), FsError> {
+        let inode = self.file_inode(path, true).await?;
+        let mut content = inode.data.clone();
+        content.extend_from_slice(data);
+        self.set_data(inode, content)
+    }
+
+    pub async fn truncate(&self, path: &str, size: u64) -> Result<(), FsError> {
+        if size > INLINE_DATA_MAX as u64 {
+            return Err(FsError::FileTooLarge);
+        }
+        let inode = self.file_inode(path, false).await?;
+        let mut content = inode.data.clone();
+        content.resize(size as usize, 0);
+        self.set_data(inode, content)
+    }
+
+    pub async fn chmod(&self, path: &str, mode: u32) -> Result<(), FsError> {
+        let ino = self.resolve(path, true).await?.ino().ok_or(FsError::NotFound)?;
+        let mut inode = self.existing_inode(ino).await?;
+        inode.mode = mode & 0o7777;
+        inode.ctime_ns = now_ns();
+        self.put_inode(inode);
+        Ok(())
+    }
+
+    /// Sets access and modification times (nanoseconds since the epoch).
+    pub async fn utimens(&self, path: &str, atime_ns: i64, mtime_ns: i64) -> Result<(), FsError> {
+        let ino = self.resolve(path, true).await?.ino().ok_or(FsError::NotFound)?;
+        let mut inode = self.existing_inode(ino).await?;
+        inode.atime_ns = atime_ns;
+        inode.mtime_ns = mtime_ns;
+        inode.ctime_ns = now_ns();
+        self.put_inode(inode);
+        Ok(())
+    }
+
+    /// The entries of the directory at `path`, in name order (`.` and `..` not included).
+    pub async fn readdir(&self, path: &str) -> Result<Vec<DirEntry>, FsError> {
+        let resolved = self.resolve(path, true).await?;
+        let ino = resolved.ino().ok_or(FsError::NotFound)?;
+        if !resolved.is_dir() {
+            return Err(FsError::NotDir);
+        }
+        let mut entries: BTreeMap<Vec<u8>, Dentry> = self.list_dir(ino).await?;
+        // Overlay this transaction's own changes in that directory.
+        let state = self.state();
+        for ((parent, name), dentry) in state.dentries.range((ino, Vec::new())..) {
+            if *parent != ino {
+                break;
+            }
+            if !state.dirty_dentries.contains(&(*parent, name.clone())) {
+                continue;
+            }
+            match dentry {
+                Some(dentry) => entries.insert(name.clone(), dentry.clone()),
+                None => entries.remove(name),
+            };
+        }
+        entries
+            .into_iter()
+            .map(|(name, dentry)| {
+                Ok(DirEntry {
+                    name: String::from_utf8_lossy(&name).into_owned(),
+                    ino: dentry.ino,
+                    kind: Kind::from_wire(dentry.kind)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The directory's entries as committed, read page by page under one listing version,
+    /// which joins the read set.
+    async fn list_dir(&self, ino: u64) -> Result<BTreeMap<Vec<u8>, Dentry>, FsError> {
+        if self.state().created.contains(&ino) {
+            return Ok(BTreeMap::new());
+        }
+        for _ in 0..READDIR_RESTARTS_MAX {
+            let mut entries = BTreeMap::new();
+            let mut version = None;
+            let mut start_after = Vec::new();
+            let consistent = loop {
+                let request = ReadDirRequest { ino, start_after: start_after.clone(), limit: 0 };
+                let page = self
+                    .client
+                    .call("readdir", true, |mut client| {
+                        let request = request.clone();
+                        async move { client.read_dir(request).await }
+                    })
+                    .await?;
+                if *version.get_or_insert(page.listing_version) != page.listing_version {
+                    break false; // changed between pages: read it again
+                }
+                for entry in page.entries {
+                    start_after = entry.name.clone();
+                    if let Some(dentry) = entry.dentry {
+                        entries.insert(entry.name, dentry);
+                    }
+                }
+                if !page.more {
+                    break true;
+                }
+            };
+            if consistent {
+                let version = version.expect("at least one page");
+                let mut state = self.state();
+                let recorded = *state.reads.entry(ReadKey::Listing(ino)).or_insert(version);
+                if recorded != version {
+                    // Listed twice in one transaction and it changed: the commit must fail.
+                    return Err(FsError::Busy("directory changed during the transaction".into()));
+                }
+                return Ok(entries);
+            }
+        }
+        Err(FsError::Busy("directory keeps changing while it is listed".into()))
+    }
+
+    /// Removes the name of a non-directory (POSIX unlink).
+    pub async fn unlink(&self, path: &str) -> Result<(), FsError> {
+        let (resolved, name) = self.resolve_entry(path).await?;
+        let dentry = resolved.target.clone().ok_or(FsError::NotFound)?;
+        if dentry.kind == FileKind::Directory as i32 {
+            return Err(FsError::IsDir);
+        }
+        self.put_dentry(resolved.parent, &name, None);
+        self.update_dir(resolved.parent, 0);
+        self.drop_link(dentry.ino).await
+    }
+
+    /// One fewer name for a non-directory inode: deleted with its last name (kept readable
+    /// through an open handle until the transaction ends).
+    async fn drop_link(&self, ino: u64) -> Result<(), FsError> {
+        let mut inode = self.existing_inode(ino).await?;
+        inode.nlink = inode.nlink.saturating_sub(1);
+        inode.ctime_ns = now_ns();
+        if inode.nlink == 0 {
+            let open = self.state().open.contains(&ino);
+            if open {
+                self.state().orphans.insert(ino, inode);
+            }
+            self.delete_inode(ino);
+        } else {
+            self.put_inode(inode);
+        }
+        Ok(())
+    }
+
+    /// Removes an empty directory.
+    pub async fn rmdir(&self, path: &str) -> Result<(), FsError> {
+        let resolved = self.resolve(path, false).await?;
+        let Some(name) = resolved.name.clone().filter(|n| !n.is_empty()) else {
+            return Err(FsError::Busy("cannot remove the root or a path ending in '..'".into()));
+        };
+        let dentry = resolved.target.clone().ok_or(FsError::NotFound)?;
+        if dentry.kind != FileKind::Directory as i32 {
+            return Err(FsError::NotDir);
+        }
+        if !self.readdir_ino(dentry.ino).await?.is_empty() {
+            return Err(FsError::NotEmpty);
+        }
+        self.put_dentry(resolved.parent, &name, None);
+        self.delete_inode(dentry.ino);
+        self.update_dir(resolved.parent, -1);
+        Ok(())
+    }
+
+    async fn readdir_ino(&self, ino: u64) -> Result<Vec<Vec<u8>>, FsError> {
+        let mut names: BTreeSet<Vec<u8>> = self.list_dir(ino).await?.into_keys().collect();
+        let state = self.state();
+        for ((parent, name), dentry) in state.dentries.range((ino, Vec::new())..) {
+            if *parent != ino {
+                break;
+            }
+            if state.dirty_dentries.contains(&(*parent, name.clone())) {
+                match dentry {
+                    Some(_) => names.insert(name.clone()),
+                    None => names.remove(name),
+                };
+            }
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    /// Renames `source` to `target` with POSIX rules: a file may replace a file, a directory
+    /// may replace an empty directory, and a directory never moves under itself.
+    pub async fn rename(&self, source: &str, target: &str) -> Result<(), FsError> {
+        let (from, from_name) = self.resolve_entry(source).await?;
+        let moved = from.target.clone().ok_or(FsError::NotFound)?;
+        let (to, to_name) = self.resolve_entry(target).await?;
+        let moved_is_dir = moved.kind == FileKind::Directory as i32;
+        if moved_is_dir && (to.ancestors.contains(&moved.ino) || to.parent == moved.ino) {
+            return Err(FsError::Invalid(format!("cannot move '{source}' into its own subdirectory '{target}'")));
+        }
+        if let Some(replaced) = to.target.clone() {
+            if replaced.ino == moved.ino {
+                return Ok(()); // the same file: POSIX says do nothing
+            }
+            let replaced_is_dir = replaced.kind == FileKind::Directory as i32;
+            match (moved_is_dir, replaced_is_dir) {
+                (true, false) => return Err(FsError::NotDir),
+                (false, true) => return Err(FsError::IsDir),
+                (true, true) => {
+                    if !self.readdir_ino(replaced.ino).await?.is_empty() {
+                        return Err(FsError::NotEmpty);
+                    }
+                    self.delete_inode(replaced.ino);
+                    self.update_dir(to.parent, -1);
+                }
+                (false, false) => self.drop_link(replaced.ino).await?,
+            }
+        }
+        self.put_dentry(from.parent, &from_name, None);
+        self.put_dentry(to.parent, &to_name, Some(moved.clone()));
+        if moved_is_dir {
+            let mut inode = self.existing_inode(moved.ino).await?;
+            inode.parent = to.parent;
+            inode.ctime_ns = now_ns();
+            self.put_inode(inode);
+            if from.parent != to.parent {
+                self.update_dir(from.parent, -1);
+                self.update_dir(to.parent, 1);
+            } else {
+                self.update_dir(from.parent, 0);
+            }
+        } else {
+            self.update_dir(from.parent, 0);
+            self.update_dir(to.parent, 0);
+        }
+        Ok(())
+    }
+
+    /// Makes `new` another name of the non-directory `existing` (a hard link).
+    pub async fn link(&self, existing: &str, new: &str) -> Result<(), FsError> {
+        let source = self.resolve(existing, false).await?;
+        let dentry = source.target.clone().ok_or(FsError::NotFound)?;
+        if dentry.kind == FileKind::Directory as i32 {
+            return Err(FsError::NotPermitted);
+        }
+        let (to, name) = self.resolve_entry(new).await?;
+        if to.target.is_some() {
+            return Err(FsError::Exists);
+        }
+        let mut inode = self.existing_inode(dentry.ino).await?;
+        inode.nlink += 1;
+        inode.ctime_ns = now_ns();
+        self.put_inode(inode);
+        self.put_dentry(to.parent, &name, Some(dentry));
+        self.update_dir(to.parent, 0);
+        Ok(())
+    }
+
+    /// Creates a symbolic link at `link_path` pointing at `target` (not checked to exist).
+    pub async fn symlink(&self, target: &str, link_path: &str) -> Result<(), FsError> {
+        if target.is_empty() {
+            return Err(FsError::NotFound);
+        }
+        if target.len() > SYMLINK_TARGET_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        let (to, name) = self.resolve_entry(link_path).await?;
+        if to.target.is_some() {
+            return Err(FsError::Exists);
+        }
+        let mut inode = self.new_inode(self.client.allocate_ino().await?, Kind::Symlink, 0o777);
+        inode.symlink_target = target.as_bytes().to_vec();
+        inode.size = target.len() as u64;
+        self.create_entry(to.parent, &name, inode).await
+    }
+
+    pub async fn readlink(&self, path: &str) -> Result<String, FsError> {
+        let resolved = self.resolve(path, false).await?;
+        let ino = resolved.ino().ok_or(FsError::NotFound)?;
+        let inode = self.existing_inode(ino).await?;
+        if inode.kind != FileKind::Symlink as i32 {
+            return Err(FsError::Invalid(format!("'{path}' is not a symbolic link")));
+        }
+        Ok(String::from_utf8_lossy(&inode.symlink_target).into_owned())
+    }
+
+    /// Opens the regular file at `path`: the handle reads it even after its name is removed
+    /// within this transaction.
+    pub async fn open(&self, path: &str) -> Result<FileHandle, FsError> {
+        let inode = self.file_inode(path, false).await?;
+        self.state().open.insert(inode.ino);
+        Ok(FileHandle { ino: inode.ino })
+    }
+
+    pub async fn read_handle(&self, handle: FileHandle) -> Result<Vec<u8>, FsError> {
+        if let Some(orphan) = self.state().orphans.get(&handle.ino) {
+            return Ok(orphan.data.clone());
+        }
+        Ok(self.existing_inode(handle.ino).await?.data)
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Commit
+
+    /// The commit request: the read set and the write set. Inodes and dentries are written
+    /// in full; directories this transaction did not read get commutative updates.
+    fn request(&self) -> CommitRequest {
+        let state = self.state();
+        let reads =
+            state.reads.iter().map(|(key, version)| ReadEntry { key: Some(key.wire()), version: *version }).collect();
+        let mut writes = Vec::new();
+        for ino in &state.dirty_inodes {
+            let op = match state.inodes.get(ino).cloned().flatten() {
+                Some(inode) => write_op::Op::PutInode(inode),
+                None if state.created.contains(ino) => continue, // created and deleted here
+                None => write_op::Op::DeleteInode(*ino),
+            };
+            writes.push(WriteOp { op: Some(op) });
+        }
+        for key in &state.dirty_dentries {
+            let op = match state.dentries.get(key).cloned().flatten() {
+                Some(dentry) => write_op::Op::PutDentry(PutDentry {
+                    key: Some(DentryKey { parent: key.0, name: key.1.clone() }),
+                    dentry: Some(dentry),
+                }),
+                None => write_op::Op::DeleteDentry(DentryKey { parent: key.0, name: key.1.clone() }),
+            };
+            writes.push(WriteOp { op: Some(op) });
+        }
+        for (ino, update) in &state.dir_updates {
+            if matches!(state.inodes.get(ino), Some(None)) {
+                continue; // deleted by this transaction
+            }
+            writes.push(WriteOp {
+                op: Some(write_op::Op::AdjustDir(AdjustDir {
+                    ino: *ino,
+                    nlink_delta: update.nlink_delta,
+                    mtime_ns: update.mtime_ns,
+                    bump_listing: update.bump_listing,
+                })),
+            });
+        }
+        CommitRequest { txn_id: self.txn_id.to_vec(), reads, writes }
+    }
+
+    /// True when the transaction wrote nothing.
+    pub fn is_read_only(&self) -> bool {
+        let state = self.state();
+        state.dirty_inodes.is_empty() && state.dirty_dentries.is_empty() && state.dir_updates.is_empty()
+    }
+
+    /// Commits: applies every write atomically if no read changed, else nothing. A commit
+    /// whose reply is lost is retried with the same transaction id and applied at most once;
+    /// `OutcomeUnknown` means the retries ran out before the outcome was learned.
+    pub async fn commit(&self) -> Result<Outcome, FsError> {
+        {
+            let mut state = self.state();
+            if state.finished {
+                return Err(FsError::Invalid("transaction already committed".into()));
+            }
+            state.finished = true;
+        }
+        let request = self.request();
+        if request.reads.is_empty() && request.writes.is_empty() {
+            return Ok(Outcome::Committed { version: 0 });
+        }
+        self.send(request).await
+    }
+
+    /// Checks the read set without writing anything (a read-only commit of the reads).
+    pub async fn validate(&self) -> Result<Outcome, FsError> {
+        let mut request = self.request();
+        request.writes.clear();
+        if request.reads.is_empty() {
+            return Ok(Outcome::Committed { version: 0 });
+        }
+        self.send(request).await
+    }
+
+    async fn send(&self, request: CommitRequest) -> Result<Outcome, FsError> {
+        let response = self.client.commit_request(request).await?;
+        match response.outcome {
+            Some(commit_response::Outcome::CommittedVersion(version)) => Ok(Outcome::Committed { version }),
+            Some(commit_response::Outcome::Conflict(conflict)) => {
+                Ok(Outcome::Conflict { key: conflict.key.map(|k| k.to_string()).unwrap_or_default() })
+            }
+            None => Err(FsError::Internal("commit answered without an outcome".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_absolute_and_checked() {
+        assert_eq!(components("/").unwrap(), Vec::<Vec<u8>>::new());
+        assert_eq!(components("//a/./b/").unwrap(), vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(components("/a/../b").unwrap().len(), 3);
+        assert!(matches!(components("a/b"), Err(FsError::Invalid(_))));
+        assert!(matches!(components(&format!("/{}", "x".repeat(256))), Err(FsError::NameTooLong)));
+        assert!(matches!(components("/a\0b"), Err(FsError::Invalid(_))));
+        assert!(matches!(components(&"/x".repeat(3000)), Err(FsError::NameTooLong)));
+    }
+}

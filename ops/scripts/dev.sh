@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The run command (README): builds cffs-server and cffs, then starts a local three-replica
+# cluster on loopback with data under ./cffs-data. Ctrl-C stops it; run again to restart it
+# with its data. Extra arguments go to `cffs-server dev`.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ops/scripts/setup.sh
+source ops/scripts/env.sh
+echo "building cffs-server and cffs (the first build compiles RocksDB: about 10 minutes on 2 cores) ..." >&2
+cargo build --release --locked -p cffs-server -p cffs-client --bins
+mkdir -p bin
+ln -sf "$CARGO_TARGET_DIR/release/cffs" bin/cffs
+ln -sf "$CARGO_TARGET_DIR/release/cffs-server" bin/cffs-server
+echo "binaries: ./bin/cffs-server and ./bin/cffs (add $(pwd)/bin to PATH)" >&2
+exec "$CARGO_TARGET_DIR/release/cffs-server" dev "$@"

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what building CFFS needs beyond the Rust toolchain: libclang (bindgen, for the
+# bundled RocksDB). protoc is not needed: the build uses a vendored one. Idempotent.
+set -euo pipefail
+
+need_apt=()
+if ! ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q libclang; then
+  need_apt+=(libclang-dev)
+fi
+if ! command -v g++ >/dev/null 2>&1; then
+  need_apt+=(g++)
+fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]} (apt)" >&2
+  sudo_cmd=""
+  if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo_cmd apt-get update -qq || echo "setup: apt-get update failed; trying the install anyway" >&2
+  $sudo_cmd apt-get install -y -qq "${need_apt[@]}"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo is missing; install the Rust toolchain (https://rustup.rs)" >&2
+  exit 1
+fi

@@ -1,0 +1,88 @@
+//! Limits that are part of the protocol: a server rejects a request over them with
+//! `INVALID_ARGUMENT` or `TOO_LARGE`, and a client checks them first to give a POSIX error.
+
+/// Longest name of a directory entry, in bytes (POSIX NAME_MAX).
+pub const NAME_LEN_MAX: usize = 255;
+
+/// Largest file content kept inline in its inode. Until the block service exists a larger
+/// write fails with EFBIG. 64 KiB keeps one inode record well under the commit bound.
+pub const INLINE_DATA_MAX: usize = 64 * 1024;
+
+/// Longest symlink target, in bytes (POSIX PATH_MAX).
+pub const SYMLINK_TARGET_MAX: usize = 4096;
+
+/// Most keys (reads plus writes) one transaction may carry.
+pub const TXN_KEYS_MAX: usize = 4096;
+
+/// Most bytes one commit request may carry, encoded.
+pub const TXN_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Largest gRPC message either side accepts: a full commit plus room for framing, and a
+/// snapshot chunk.
+pub const RPC_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// The root directory's inode number.
+pub const ROOT_INO: u64 = 1;
+
+/// Length of a transaction id.
+pub const TXN_ID_LEN: usize = 16;
+
+const _: () = assert!(TXN_BYTES_MAX + 1024 * 1024 <= RPC_MESSAGE_BYTES_MAX);
+const _: () = assert!(INLINE_DATA_MAX * 4 < TXN_BYTES_MAX);
+
+/// Why a name is not a valid directory entry name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameError {
+    Empty,
+    TooLong,
+    /// Contains '/' or NUL.
+    BadByte,
+    /// `.` or `..`.
+    Dot,
+}
+
+impl std::fmt::Display for NameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NameError::Empty => "empty name",
+            NameError::TooLong => "name longer than 255 bytes",
+            NameError::BadByte => "name contains '/' or NUL",
+            NameError::Dot => "'.' or '..' is not a name",
+        })
+    }
+}
+
+/// Checks a directory entry name: 1 to 255 bytes, no '/', no NUL, not `.` or `..`.
+pub fn check_name(name: &[u8]) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > NAME_LEN_MAX {
+        return Err(NameError::TooLong);
+    }
+    if name.iter().any(|b| *b == b'/' || *b == 0) {
+        return Err(NameError::BadByte);
+    }
+    if name == b"." || name == b".." {
+        return Err(NameError::Dot);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(check_name(b"a"), Ok(()));
+        assert_eq!(check_name(&[b'x'; 255]), Ok(()));
+        assert_eq!(check_name(&[b'x'; 256]), Err(NameError::TooLong));
+        assert_eq!(check_name(b""), Err(NameError::Empty));
+        assert_eq!(check_name(b"a/b"), Err(NameError::BadByte));
+        assert_eq!(check_name(b"a\0b"), Err(NameError::BadByte));
+        assert_eq!(check_name(b"."), Err(NameError::Dot));
+        assert_eq!(check_name(b".."), Err(NameError::Dot));
+        assert_eq!(check_name(b"..."), Ok(()));
+    }
+}

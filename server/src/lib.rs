@@ -1,0 +1,9 @@
+//! `cffs-server`: the CFFS metadata replica (and later the block server). The binary in
+//! `main.rs` is a thin shell over `metadata::node::MetaNode`; the simulation tests start the
+//! same node on a simulated disk.
+
+pub mod clock;
+pub mod constants;
+pub mod metadata;
+pub mod raft;
+pub mod storage;

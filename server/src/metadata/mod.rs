@@ -1,0 +1,7 @@
+//! The metadata service: the namespace state (inodes, dentries, listing versions), the
+//! transaction validator that runs at apply time, and the gRPC service in front of Raft.
+
+pub mod node;
+pub mod service;
+pub mod state;
+pub mod txn;

@@ -1,0 +1,133 @@
+//! One metadata replica: opens its Raft log and state machine on an engine, starts openraft,
+//! serves the metadata and Raft gRPC services, and bootstraps a fresh cluster.
+//!
+//! Bootstrap rule: every node of a new cluster is started with the same peer list. The node
+//! with the lowest id initializes the cluster, once, and only when neither it nor any peer it
+//! can reach has ever voted or logged. A restarted node never re-initializes: its own log or
+//! vote says it belongs to a cluster already.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::BasicNode;
+use tracing::{info, warn};
+
+use super::service::MetadataService;
+use crate::constants::*;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{channel, Network, RaftService};
+use crate::raft::state_machine::{MetaState, StateMachine};
+use crate::raft::MetaRaft;
+use crate::storage::KvEngine;
+
+pub struct MetaNodeConfig {
+    pub id: u64,
+    pub listen: SocketAddr,
+    /// Every voter of the initial cluster, this node included: id → host:port.
+    pub peers: BTreeMap<u64, String>,
+}
+
+pub struct MetaNode {
+    pub raft: MetaRaft,
+    pub state: MetaState,
+}
+
+pub fn raft_config() -> Arc<openraft::Config> {
+    let config = openraft::Config {
+        cluster_name: "cffs-meta".into(),
+        heartbeat_interval: RAFT_HEARTBEAT_INTERVAL.as_millis() as u64,
+        election_timeout_min: RAFT_ELECTION_TIMEOUT_MIN.as_millis() as u64,
+        election_timeout_max: RAFT_ELECTION_TIMEOUT_MAX.as_millis() as u64,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(RAFT_SNAPSHOT_EVERY_ENTRIES),
+        max_in_snapshot_log_to_keep: RAFT_LOG_KEEP_AFTER_SNAPSHOT,
+        snapshot_max_chunk_size: RAFT_SNAPSHOT_CHUNK_BYTES,
+        max_payload_entries: 256,
+        ..Default::default()
+    };
+    Arc::new(config.validate().expect("the constants make a valid openraft config"))
+}
+
+impl MetaNode {
+    /// Starts the replica and serves until the process ends. Returns once the server task is
+    /// spawned.
+    pub async fn start(config: MetaNodeConfig, engine: Arc<dyn KvEngine>) -> anyhow::Result<MetaNode> {
+        anyhow::ensure!(config.peers.contains_key(&config.id), "--peers must include this node's own id {}", config.id);
+        let log_store = LogStore::new(engine.clone());
+        let initialized = log_store.is_initialized()?;
+        let state = MetaState::new(engine);
+        let state_machine = StateMachine::open(state.clone())?;
+        let raft = MetaRaft::new(config.id, raft_config(), Network, log_store, state_machine).await?;
+
+        let metadata = MetadataService::new(config.id, raft.clone(), state.clone());
+        let router = tonic::transport::Server::builder()
+            .add_service(
+                cffs_proto::metadata_server::MetadataServer::new(metadata)
+                    .max_decoding_message_size(RPC_MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(RPC_MESSAGE_BYTES_MAX),
+            )
+            .add_service(
+                cffs_proto::raft_server::RaftServer::new(RaftService::new(raft.clone()))
+                    .max_decoding_message_size(RPC_MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(RPC_MESSAGE_BYTES_MAX),
+            );
+        let listen = config.listen;
+        tokio::spawn(async move {
+            if let Err(error) = router.serve(listen).await {
+                tracing::error!(%error, %listen, "metadata server stopped");
+            }
+        });
+        info!(node_id = config.id, %listen, initialized, "metadata replica started");
+
+        let lowest = *config.peers.keys().next().expect("peers is not empty");
+        if !initialized && config.id == lowest {
+            let raft = raft.clone();
+            let peers = config.peers.clone();
+            let id = config.id;
+            tokio::spawn(async move { bootstrap(id, raft, peers).await });
+        }
+        Ok(MetaNode { raft, state })
+    }
+}
+
+/// Initializes a new cluster from the lowest-id node, unless a peer already belongs to one.
+async fn bootstrap(id: u64, raft: MetaRaft, peers: BTreeMap<u64, String>) {
+    loop {
+        let mut peer_initialized = false;
+        for (peer, addr) in peers.iter().filter(|(peer, _)| **peer != id) {
+            if let Some(true) = peer_is_initialized(addr).await {
+                info!(peer, "peer belongs to a cluster already; not bootstrapping");
+                peer_initialized = true;
+            }
+        }
+        if peer_initialized {
+            return;
+        }
+        let members: BTreeMap<u64, BasicNode> =
+            peers.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
+        match raft.initialize(members).await {
+            Ok(()) => {
+                info!(node_id = id, voters = peers.len(), "cluster initialized");
+                return;
+            }
+            Err(error) => {
+                if raft.metrics().borrow().last_log_index.is_some() {
+                    return;
+                }
+                warn!(%error, "cluster initialization failed; retrying");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn peer_is_initialized(addr: &str) -> Option<bool> {
+    let channel = channel(addr).ok()?;
+    let mut client = cffs_proto::metadata_client::MetadataClient::new(channel);
+    let call = client.cluster_status(cffs_proto::ClusterStatusRequest {});
+    match tokio::time::timeout(Duration::from_secs(1), call).await {
+        Ok(Ok(reply)) => Some(reply.into_inner().initialized),
+        _ => None,
+    }
+}

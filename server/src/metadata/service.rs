@@ -1,0 +1,287 @@
+//! The `cffs.v1.Metadata` gRPC service of one replica. Reads are linearizable: each waits
+//! for openraft's read index (leadership confirmed by a quorum, state applied up to the
+//! leader's commit) and then reads the local state. Commits are proposed as one Raft entry and
+//! answered with the outcome the state machine computed at apply time. A replica that is not
+//! the leader answers `NOT_LEADER` with a hint, and the client follows it.
+
+use cffs_proto::error_code::{status, status_with_leader};
+use cffs_proto::limits::{check_name, INLINE_DATA_MAX, NAME_LEN_MAX, TXN_BYTES_MAX, TXN_KEYS_MAX};
+use cffs_proto::{
+    command, AddLearnerRequest, AllocateInodesRequest, AllocateInodesResponse, ChangeMembershipRequest,
+    ClusterStatusRequest, ClusterStatusResponse, Command, CommitRequest, CommitResponse, DirEntry, ErrorCode,
+    GetInodeRequest, GetInodeResponse, LookupRequest, LookupResponse, Member, MembershipResponse, OpenSessionRequest,
+    OpenSessionResponse, ReadDirRequest, ReadDirResponse,
+};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::BasicNode;
+use tonic::{Request, Response, Status};
+
+use super::state;
+use super::txn::{self, CommandOutcome};
+use crate::constants::{INODE_ALLOCATE_MAX, READDIR_PAGE_MAX, REQUEST_TIMEOUT};
+use crate::raft::state_machine::MetaState;
+use crate::raft::type_config::RaftCommand;
+use crate::raft::MetaRaft;
+use crate::storage::keys;
+use crate::storage::{Cf, StorageError};
+
+type NodeId = u64;
+
+pub struct MetadataService {
+    node_id: NodeId,
+    raft: MetaRaft,
+    state: MetaState,
+    session_next: std::sync::atomic::AtomicU64,
+}
+
+impl MetadataService {
+    pub fn new(node_id: NodeId, raft: MetaRaft, state: MetaState) -> Self {
+        MetadataService { node_id, raft, state, session_next: std::sync::atomic::AtomicU64::new(1) }
+    }
+
+    fn not_leader(&self, leader_id: Option<NodeId>, leader_node: Option<&BasicNode>) -> Status {
+        let leader_id = leader_id.or_else(|| self.raft.metrics().borrow().current_leader);
+        let leader_addr = match (leader_node, leader_id) {
+            (Some(node), _) => node.addr.clone(),
+            (None, Some(id)) => self.member_addr(id).unwrap_or_default(),
+            (None, None) => String::new(),
+        };
+        status_with_leader(ErrorCode::NotLeader, "not the leader", leader_id.unwrap_or(0), leader_addr)
+    }
+
+    fn member_addr(&self, id: NodeId) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.membership_config.membership().get_node(&id).map(|n| n.addr.clone())
+    }
+
+    /// Waits until a read of local state is linearizable: this replica is the leader, a quorum
+    /// confirmed it, and everything committed before the read began is applied here.
+    async fn linearizable(&self) -> Result<(), Status> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.raft.ensure_linearizable()).await {
+            Err(_) => Err(status(ErrorCode::Unavailable, "read index timed out")),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => match error.forward_to_leader::<BasicNode>() {
+                Some(forward) => Err(self.not_leader(forward.leader_id, forward.leader_node.as_ref())),
+                None => Err(status(ErrorCode::Unavailable, format!("read index: {error}"))),
+            },
+        }
+    }
+
+    async fn propose(&self, command: Command) -> Result<CommandOutcome, Status> {
+        let write = self.raft.client_write(RaftCommand(command));
+        match tokio::time::timeout(REQUEST_TIMEOUT, write).await {
+            Err(_) => Err(status(ErrorCode::Timeout, "commit timed out; its outcome is unknown")),
+            Ok(Ok(response)) => match response.data.0 {
+                Some(outcome) => Ok(outcome),
+                None => Err(status(ErrorCode::Internal, "entry applied without an outcome")),
+            },
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+                Err(self.not_leader(forward.leader_id, forward.leader_node.as_ref()))
+            }
+            Ok(Err(error)) => Err(status(ErrorCode::LeaderChanged, format!("commit: {error}"))),
+        }
+    }
+
+    fn status_response(&self) -> ClusterStatusResponse {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| Member { id: *id, addr: node.addr.clone(), voter: voters.contains(id) })
+            .collect();
+        ClusterStatusResponse {
+            node_id: self.node_id,
+            members,
+            leader_id: metrics.current_leader.unwrap_or(0),
+            term: metrics.current_term,
+            last_applied: metrics.last_applied.map_or(0, |l| l.index),
+            log_committed: quorum_matched(&metrics, &voters),
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            state: format!("{:?}", metrics.state),
+            initialized: metrics.last_log_index.is_some() || metrics.vote.leader_id().term > 0,
+        }
+    }
+}
+
+/// On the leader, the highest log index a majority of voters hold (the committed index as
+/// the leader knows it); 0 elsewhere, where the replication progress is unknown.
+fn quorum_matched(
+    metrics: &openraft::RaftMetrics<NodeId, BasicNode>,
+    voters: &std::collections::BTreeSet<NodeId>,
+) -> u64 {
+    let Some(replication) = metrics.replication.as_ref() else {
+        return 0;
+    };
+    let mut matched: Vec<u64> = voters
+        .iter()
+        .map(|id| match *id == metrics.id {
+            true => metrics.last_log_index.unwrap_or(0),
+            false => replication.get(id).and_then(|m| m.as_ref()).map_or(0, |l| l.index),
+        })
+        .collect();
+    matched.sort_unstable_by(|a, b| b.cmp(a));
+    matched.get(voters.len() / 2).copied().unwrap_or(0)
+}
+
+fn storage_status(error: StorageError) -> Status {
+    tracing::error!(%error, "metadata read failed");
+    status(ErrorCode::Storage, format!("storage: {error}"))
+}
+
+fn invalid(message: impl Into<String>) -> Status {
+    status(ErrorCode::InvalidArgument, message)
+}
+
+#[tonic::async_trait]
+impl cffs_proto::metadata_server::Metadata for MetadataService {
+    async fn open_session(
+        &self,
+        _request: Request<OpenSessionRequest>,
+    ) -> Result<Response<OpenSessionResponse>, Status> {
+        let session_id = self.node_id << 48 | self.session_next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Response::new(OpenSessionResponse {
+            session_id,
+            inline_data_max: INLINE_DATA_MAX as u64,
+            txn_keys_max: TXN_KEYS_MAX as u64,
+            txn_bytes_max: TXN_BYTES_MAX as u64,
+            name_len_max: NAME_LEN_MAX as u64,
+            members: self.status_response().members,
+        }))
+    }
+
+    async fn get_inode(&self, request: Request<GetInodeRequest>) -> Result<Response<GetInodeResponse>, Status> {
+        let ino = request.into_inner().ino;
+        if ino == 0 {
+            return Err(invalid("inode number 0"));
+        }
+        self.linearizable().await?;
+        let (version, inode) = state::read_inode(self.state.engine.as_ref(), ino).map_err(storage_status)?;
+        Ok(Response::new(GetInodeResponse { version, inode }))
+    }
+
+    async fn lookup(&self, request: Request<LookupRequest>) -> Result<Response<LookupResponse>, Status> {
+        let key = request.into_inner().key.ok_or_else(|| invalid("key missing"))?;
+        check_name(&key.name).map_err(|e| invalid(e.to_string()))?;
+        self.linearizable().await?;
+        let (version, dentry) =
+            state::read_dentry(self.state.engine.as_ref(), key.parent, &key.name).map_err(storage_status)?;
+        Ok(Response::new(LookupResponse { version, dentry }))
+    }
+
+    async fn read_dir(&self, request: Request<ReadDirRequest>) -> Result<Response<ReadDirResponse>, Status> {
+        let request = request.into_inner();
+        if request.ino == 0 {
+            return Err(invalid("inode number 0"));
+        }
+        let limit = match request.limit as usize {
+            0 => READDIR_PAGE_MAX,
+            n => n.min(READDIR_PAGE_MAX),
+        };
+        self.linearizable().await?;
+        let start = if request.start_after.is_empty() {
+            keys::dentry_prefix(request.ino)
+        } else {
+            let mut key = keys::dentry_key(request.ino, &request.start_after);
+            key.push(0); // the smallest key after `start_after`
+            key
+        };
+        let end = keys::dentry_prefix_end(request.ino);
+        // The listing version and the entries come from one state: apply is held off.
+        let _guard = self.state.apply_lock.read().expect("apply lock");
+        let engine = self.state.engine.as_ref();
+        let listing_version = state::read_listing_version(engine, request.ino).map_err(storage_status)?;
+        let pairs = engine.scan(Cf::State, &start, Some(&end), limit + 1).map_err(storage_status)?;
+        let more = pairs.len() > limit;
+        let mut entries = Vec::with_capacity(pairs.len().min(limit));
+        for (key, value) in pairs.into_iter().take(limit) {
+            let (_, name) = keys::dentry_key_decode(&key).map_err(storage_status)?;
+            let (_, dentry) = state::decode_dentry(&value).map_err(storage_status)?;
+            entries.push(DirEntry { name: name.to_vec(), dentry: Some(dentry) });
+        }
+        Ok(Response::new(ReadDirResponse { listing_version, entries, more }))
+    }
+
+    async fn commit(&self, request: Request<CommitRequest>) -> Result<Response<CommitResponse>, Status> {
+        let request = request.into_inner();
+        if let Err(error) = txn::check_commit_request(&request) {
+            let code = if error.is_too_large() { ErrorCode::TooLarge } else { ErrorCode::InvalidArgument };
+            return Err(status(code, error.to_string()));
+        }
+        if request.writes.is_empty() {
+            // A read-only transaction: validated by a linearizable read, no log entry. It
+            // serializes at the moment of this read.
+            self.linearizable().await?;
+            let conflict = txn::validate_reads(self.state.engine.as_ref(), &request).map_err(storage_status)?;
+            let response = conflict
+                .unwrap_or(CommitResponse { outcome: Some(cffs_proto::commit_response::Outcome::CommittedVersion(0)) });
+            return Ok(Response::new(response));
+        }
+        match self.propose(Command { kind: Some(command::Kind::Commit(request)) }).await? {
+            CommandOutcome::Commit(response) => Ok(Response::new(response)),
+            CommandOutcome::Rejected(why) => Err(invalid(why)),
+            CommandOutcome::AllocateInodes(_) => Err(status(ErrorCode::Internal, "commit answered as an allocation")),
+        }
+    }
+
+    async fn allocate_inodes(
+        &self,
+        request: Request<AllocateInodesRequest>,
+    ) -> Result<Response<AllocateInodesResponse>, Status> {
+        let request = request.into_inner();
+        if request.count == 0 || request.count > INODE_ALLOCATE_MAX {
+            return Err(invalid(format!("count must be 1..={INODE_ALLOCATE_MAX}")));
+        }
+        match self.propose(Command { kind: Some(command::Kind::AllocateInodes(request)) }).await? {
+            CommandOutcome::AllocateInodes(response) => Ok(Response::new(response)),
+            CommandOutcome::Rejected(why) => Err(invalid(why)),
+            CommandOutcome::Commit(_) => Err(status(ErrorCode::Internal, "allocation answered as a commit")),
+        }
+    }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        Ok(Response::new(self.status_response()))
+    }
+
+    async fn add_learner(&self, request: Request<AddLearnerRequest>) -> Result<Response<MembershipResponse>, Status> {
+        let member = request.into_inner().member.ok_or_else(|| invalid("member missing"))?;
+        if member.id == 0 || member.addr.is_empty() {
+            return Err(invalid("member needs an id above 0 and an address"));
+        }
+        let result = self.raft.add_learner(member.id, BasicNode { addr: member.addr }, true).await;
+        self.membership_result(result)
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<ChangeMembershipRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
+        let voters: std::collections::BTreeSet<NodeId> = request.into_inner().voters.into_iter().collect();
+        if voters.is_empty() {
+            return Err(invalid("a cluster needs at least one voter"));
+        }
+        let result = self.raft.change_membership(voters, false).await;
+        self.membership_result(result)
+    }
+}
+
+impl MetadataService {
+    fn membership_result<T>(
+        &self,
+        result: Result<T, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>,
+    ) -> Result<Response<MembershipResponse>, Status> {
+        match result {
+            Ok(_) => Ok(Response::new(MembershipResponse { status: Some(self.status_response()) })),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(self.not_leader(forward.leader_id, forward.leader_node.as_ref()))
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(error))) => Err(invalid(error.to_string())),
+            Err(error) => Err(status(ErrorCode::Unavailable, format!("membership change: {error}"))),
+        }
+    }
+}

@@ -1,0 +1,654 @@
+//! Commit validation and apply: the pure core of the metadata state machine.
+//!
+//! `apply_command` takes one committed log entry's command and the state as it stands before
+//! it, and returns the outcome and the write batch that carries the entry's effects. It reads
+//! the state but never writes it, never awaits, never reads a clock: the caller (the Raft
+//! state machine) writes the batch, with the applied index, atomically. Every replica applies
+//! the same entries in the same order, so every replica reaches the same outcome.
+//!
+//! Rules (see docs/design/transactions.md):
+//! - a transaction id seen before is answered with its recorded outcome and changes nothing;
+//! - every read key's current version must equal the version read (absent = 0), else the
+//!   entry aborts with `Conflict { key }` and changes nothing;
+//! - writes are applied in order; each written key takes the entry's log index as version;
+//! - `AdjustDir` is commutative: it adds to `nlink`, raises `mtime`/`ctime`, and bumps the
+//!   listing version of a directory without having read it.
+
+use std::collections::BTreeMap;
+
+use cffs_proto::limits::{check_name, INLINE_DATA_MAX, SYMLINK_TARGET_MAX, TXN_BYTES_MAX, TXN_ID_LEN, TXN_KEYS_MAX};
+use cffs_proto::{
+    command, commit_response, write_op, AllocateInodesResponse, Command, CommitRequest, CommitResponse, Conflict,
+    FileKind, Inode, Key,
+};
+use prost::Message;
+
+use super::state;
+use crate::constants::{INODE_ALLOCATE_MAX, INO_FIRST_ALLOCATED, ROOT_INO};
+use crate::storage::keys;
+use crate::storage::{Cf, KvEngine, StorageError, WriteBatch};
+
+/// What applying one command produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandOutcome {
+    Commit(CommitResponse),
+    AllocateInodes(AllocateInodesResponse),
+    /// The command was malformed; it had no effect. (The leader checks requests before
+    /// proposing them, so this is reached only by a bug or a corrupted entry.)
+    Rejected(String),
+}
+
+/// Why a commit request is refused before it is proposed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommitRequestError {
+    #[error("transaction id must be {TXN_ID_LEN} bytes")]
+    TxnIdLength,
+    #[error("transaction has {0} keys, more than the limit of {TXN_KEYS_MAX}")]
+    TooManyKeys(usize),
+    #[error("transaction is {0} bytes, more than the limit of {TXN_BYTES_MAX}")]
+    TooManyBytes(usize),
+    #[error("malformed transaction: {0}")]
+    Malformed(String),
+}
+
+impl CommitRequestError {
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, CommitRequestError::TooManyKeys(_) | CommitRequestError::TooManyBytes(_))
+    }
+}
+
+fn malformed(what: impl Into<String>) -> CommitRequestError {
+    CommitRequestError::Malformed(what.into())
+}
+
+fn check_key(key: &Option<Key>) -> Result<(), CommitRequestError> {
+    use cffs_proto::key::Kind;
+    match key.as_ref().and_then(|k| k.kind.as_ref()) {
+        None => Err(malformed("empty key")),
+        Some(Kind::Inode(0)) | Some(Kind::Listing(0)) => Err(malformed("inode number 0")),
+        Some(Kind::Dentry(d)) => check_dentry_key(d),
+        Some(_) => Ok(()),
+    }
+}
+
+fn check_dentry_key(key: &cffs_proto::DentryKey) -> Result<(), CommitRequestError> {
+    if key.parent == 0 {
+        return Err(malformed("dentry parent 0"));
+    }
+    check_name(&key.name).map_err(|e| malformed(format!("dentry name: {e}")))
+}
+
+fn check_inode(inode: &Inode) -> Result<(), CommitRequestError> {
+    if inode.ino == 0 {
+        return Err(malformed("inode number 0"));
+    }
+    let kind = FileKind::try_from(inode.kind).map_err(|_| malformed("inode kind"))?;
+    if kind == FileKind::Unspecified {
+        return Err(malformed("inode kind unspecified"));
+    }
+    if inode.data.len() > INLINE_DATA_MAX {
+        return Err(malformed(format!("inline data over {INLINE_DATA_MAX} bytes")));
+    }
+    if inode.symlink_target.len() > SYMLINK_TARGET_MAX {
+        return Err(malformed("symlink target too long"));
+    }
+    if kind == FileKind::Regular && inode.size != inode.data.len() as u64 {
+        return Err(malformed("inline file size differs from its data"));
+    }
+    Ok(())
+}
+
+/// Checks a commit request's shape and limits. The leader calls it before proposing; apply
+/// calls it again, so a malformed entry can never change the state.
+pub fn check_commit_request(request: &CommitRequest) -> Result<(), CommitRequestError> {
+    if request.txn_id.len() != TXN_ID_LEN {
+        return Err(CommitRequestError::TxnIdLength);
+    }
+    let keys = request.reads.len() + request.writes.len();
+    if keys > TXN_KEYS_MAX {
+        return Err(CommitRequestError::TooManyKeys(keys));
+    }
+    let bytes = request.encoded_len();
+    if bytes > TXN_BYTES_MAX {
+        return Err(CommitRequestError::TooManyBytes(bytes));
+    }
+    for read in &request.reads {
+        check_key(&read.key)?;
+    }
+    for write in &request.writes {
+        match write.op.as_ref() {
+            None => return Err(malformed("empty write")),
+            Some(write_op::Op::PutInode(inode)) => check_inode(inode)?,
+            Some(write_op::Op::DeleteInode(0)) => return Err(malformed("inode number 0")),
+            Some(write_op::Op::DeleteInode(ROOT_INO)) => return Err(malformed("the root cannot be deleted")),
+            Some(write_op::Op::DeleteInode(_)) => {}
+            Some(write_op::Op::PutDentry(put)) => {
+                check_dentry_key(put.key.as_ref().ok_or_else(|| malformed("dentry key missing"))?)?;
+                let dentry = put.dentry.as_ref().ok_or_else(|| malformed("dentry missing"))?;
+                if dentry.ino == 0 || dentry.ino == ROOT_INO {
+                    return Err(malformed("dentry points at inode 0 or the root"));
+                }
+            }
+            Some(write_op::Op::DeleteDentry(key)) => check_dentry_key(key)?,
+            Some(write_op::Op::AdjustDir(adjust)) => {
+                if adjust.ino == 0 {
+                    return Err(malformed("inode number 0"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The state a commit sees: the engine's state, overlaid with the entry's own writes so far.
+struct Overlay<'a> {
+    engine: &'a dyn KvEngine,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl Overlay<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        match self.writes.get(key) {
+            Some(value) => Ok(value.clone()),
+            None => self.engine.get(Cf::State, key),
+        }
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.insert(key, Some(value));
+    }
+
+    fn delete(&mut self, key: Vec<u8>) {
+        self.writes.insert(key, None);
+    }
+
+    fn into_batch(self, batch: &mut WriteBatch) {
+        for (key, value) in self.writes {
+            match value {
+                Some(value) => batch.put(Cf::State, key, value),
+                None => batch.delete(Cf::State, key),
+            }
+        }
+    }
+}
+
+/// The root directory as created by the first applied entry.
+pub fn root_inode() -> Inode {
+    Inode {
+        ino: ROOT_INO,
+        kind: FileKind::Directory as i32,
+        mode: 0o755,
+        nlink: 2,
+        parent: ROOT_INO,
+        ..Default::default()
+    }
+}
+
+/// Writes the root directory into `batch`, at version `index`. Called for the first entry
+/// a fresh state machine applies.
+pub fn create_root(index: u64, batch: &mut WriteBatch) {
+    batch.put(Cf::State, keys::inode_key(ROOT_INO), keys::versioned_encode(index, &root_inode().encode_to_vec()));
+    batch.put(Cf::State, keys::listing_key(ROOT_INO), keys::versioned_encode(index, &[]));
+}
+
+/// Applies one command at log index `index`, returning its outcome; its effects are appended
+/// to `batch`. Storage errors are returned as errors: the caller must stop the replica.
+pub fn apply_command(
+    engine: &dyn KvEngine,
+    index: u64,
+    command: &Command,
+    batch: &mut WriteBatch,
+) -> Result<CommandOutcome, StorageError> {
+    assert!(index > 0, "index 0 holds only the initial membership");
+    match command.kind.as_ref() {
+        Some(command::Kind::Commit(request)) => apply_commit(engine, index, request, batch),
+        Some(command::Kind::AllocateInodes(request)) => apply_allocate_inodes(engine, request.count, batch),
+        None => Ok(CommandOutcome::Rejected("empty command".into())),
+    }
+}
+
+fn apply_allocate_inodes(
+    engine: &dyn KvEngine,
+    count: u32,
+    batch: &mut WriteBatch,
+) -> Result<CommandOutcome, StorageError> {
+    if count == 0 || count > INODE_ALLOCATE_MAX {
+        return Ok(CommandOutcome::Rejected(format!("allocate count must be 1..={INODE_ALLOCATE_MAX}")));
+    }
+    let first = match engine.get(Cf::State, keys::SYSTEM_NEXT_INO)? {
+        None => INO_FIRST_ALLOCATED,
+        Some(value) => keys::u64_decode(&value)?,
+    };
+    let next =
+        first.checked_add(u64::from(count)).ok_or_else(|| StorageError::corruption("inode numbers exhausted"))?;
+    batch.put(Cf::State, keys::SYSTEM_NEXT_INO.to_vec(), next.to_be_bytes().to_vec());
+    Ok(CommandOutcome::AllocateInodes(AllocateInodesResponse { first, count }))
+}
+
+fn conflict(key: Key, version_read: u64, version_now: u64) -> CommitResponse {
+    CommitResponse {
+        outcome: Some(commit_response::Outcome::Conflict(Conflict { key: Some(key), version_read, version_now })),
+    }
+}
+
+/// Checks a read set against the state: the first read whose version changed, if any.
+/// Used at apply and by read-only commits (after a linearizable read).
+pub fn validate_reads(engine: &dyn KvEngine, request: &CommitRequest) -> Result<Option<CommitResponse>, StorageError> {
+    for read in &request.reads {
+        let key = read.key.clone().expect("checked by check_commit_request");
+        let storage_key = state::storage_key(&key).expect("checked by check_commit_request");
+        let version_now = state::read_version(engine, &storage_key)?;
+        if version_now != read.version {
+            return Ok(Some(conflict(key, read.version, version_now)));
+        }
+    }
+    Ok(None)
+}
+
+fn apply_commit(
+    engine: &dyn KvEngine,
+    index: u64,
+    request: &CommitRequest,
+    batch: &mut WriteBatch,
+) -> Result<CommandOutcome, StorageError> {
+    if let Err(error) = check_commit_request(request) {
+        return Ok(CommandOutcome::Rejected(error.to_string()));
+    }
+    let txn_id: [u8; TXN_ID_LEN] = request.txn_id.as_slice().try_into().expect("length checked");
+    let dedup_key = keys::dedup_key(&txn_id);
+    if let Some(record) = engine.get(Cf::State, &dedup_key)? {
+        // A retry of a commit already decided: answer as then, change nothing.
+        let (_, payload) = keys::versioned_decode(&record)?;
+        let response =
+            CommitResponse::decode(payload).map_err(|e| StorageError::corruption(format!("dedup record: {e}")))?;
+        return Ok(CommandOutcome::Commit(response));
+    }
+
+    let response = match validate_reads(engine, request)? {
+        Some(conflict) => conflict,
+        None => match apply_commit_writes(engine, index, request)? {
+            Ok(overlay) => {
+                overlay.into_batch(batch);
+                CommitResponse { outcome: Some(commit_response::Outcome::CommittedVersion(index)) }
+            }
+            Err(conflict) => conflict,
+        },
+    };
+    batch.put(Cf::State, dedup_key, keys::versioned_encode(index, &response.encode_to_vec()));
+    Ok(CommandOutcome::Commit(response))
+}
+
+/// Applies the write set to an overlay. A commutative update of a directory that no longer
+/// exists (or is no longer a directory) aborts the commit with a conflict on that inode.
+fn apply_commit_writes<'a>(
+    engine: &'a dyn KvEngine,
+    index: u64,
+    request: &CommitRequest,
+) -> Result<Result<Overlay<'a>, CommitResponse>, StorageError> {
+    let mut overlay = Overlay { engine, writes: BTreeMap::new() };
+    for write in &request.writes {
+        match write.op.as_ref().expect("checked by check_commit_request") {
+            write_op::Op::PutInode(inode) => {
+                overlay.put(keys::inode_key(inode.ino), keys::versioned_encode(index, &inode.encode_to_vec()));
+            }
+            write_op::Op::DeleteInode(ino) => {
+                overlay.delete(keys::inode_key(*ino));
+                overlay.delete(keys::listing_key(*ino));
+            }
+            write_op::Op::PutDentry(put) => {
+                let key = put.key.as_ref().expect("checked");
+                let dentry = put.dentry.as_ref().expect("checked");
+                overlay.put(
+                    keys::dentry_key(key.parent, &key.name),
+                    keys::versioned_encode(index, &dentry.encode_to_vec()),
+                );
+            }
+            write_op::Op::DeleteDentry(key) => overlay.delete(keys::dentry_key(key.parent, &key.name)),
+            write_op::Op::AdjustDir(adjust) => {
+                let inode_key = keys::inode_key(adjust.ino);
+                let current = match overlay.get(&inode_key)? {
+                    None => None,
+                    Some(value) => {
+                        let (version, payload) = keys::versioned_decode(&value)?;
+                        let inode =
+                            Inode::decode(payload).map_err(|e| StorageError::corruption(format!("inode: {e}")))?;
+                        Some((version, inode))
+                    }
+                };
+                let Some((version, mut inode)) = current.filter(|(_, i)| i.kind == FileKind::Directory as i32) else {
+                    return Ok(Err(conflict(Key::inode(adjust.ino), 0, 0)));
+                };
+                let Some(nlink) = inode.nlink.checked_add_signed(adjust.nlink_delta).filter(|n| *n >= 2) else {
+                    // A directory's nlink never drops below 2: a delta that would is stale.
+                    return Ok(Err(conflict(Key::inode(adjust.ino), version, version)));
+                };
+                inode.nlink = nlink;
+                inode.mtime_ns = inode.mtime_ns.max(adjust.mtime_ns);
+                inode.ctime_ns = inode.ctime_ns.max(adjust.mtime_ns);
+                overlay.put(inode_key, keys::versioned_encode(index, &inode.encode_to_vec()));
+                if adjust.bump_listing {
+                    overlay.put(keys::listing_key(adjust.ino), keys::versioned_encode(index, &[]));
+                }
+            }
+        }
+    }
+    Ok(Ok(overlay))
+}
+
+#[cfg(test)]
+mod tests {
+    //! Events in, effects out: each test builds commits the way a client would, applies them
+    //! in a chosen log order to a fresh state, and checks outcomes and the resulting state.
+
+    use cffs_proto::{AdjustDir, Dentry, DentryKey, PutDentry, ReadEntry, WriteOp};
+
+    use super::*;
+    use crate::storage::sim_disk::SimDisk;
+
+    struct State {
+        engine: SimDisk,
+        index: u64,
+    }
+
+    impl State {
+        fn new() -> Self {
+            let engine = SimDisk::new();
+            let mut batch = WriteBatch::default();
+            create_root(1, &mut batch);
+            engine.write(batch, false).unwrap();
+            State { engine, index: 1 }
+        }
+
+        fn apply(&mut self, request: &CommitRequest) -> CommitResponse {
+            self.index += 1;
+            let mut batch = WriteBatch::default();
+            let command = Command { kind: Some(command::Kind::Commit(request.clone())) };
+            let outcome = apply_command(&self.engine, self.index, &command, &mut batch).unwrap();
+            self.engine.write(batch, false).unwrap();
+            match outcome {
+                CommandOutcome::Commit(response) => response,
+                other => panic!("unexpected outcome {other:?}"),
+            }
+        }
+
+        fn version(&self, key: &Key) -> u64 {
+            state::read_version(&self.engine, &state::storage_key(key).unwrap()).unwrap()
+        }
+
+        fn read(&self, key: Key) -> ReadEntry {
+            let version = self.version(&key);
+            ReadEntry { key: Some(key), version }
+        }
+
+        fn inode(&self, ino: u64) -> Option<Inode> {
+            state::read_inode(&self.engine, ino).unwrap().1
+        }
+    }
+
+    fn txn(id: u8, reads: Vec<ReadEntry>, writes: Vec<WriteOp>) -> CommitRequest {
+        CommitRequest { txn_id: vec![id; 16], reads, writes }
+    }
+
+    fn committed(response: &CommitResponse) -> bool {
+        matches!(response.outcome, Some(commit_response::Outcome::CommittedVersion(_)))
+    }
+
+    fn conflict_key(response: &CommitResponse) -> Option<Key> {
+        match &response.outcome {
+            Some(commit_response::Outcome::Conflict(c)) => c.key.clone(),
+            _ => None,
+        }
+    }
+
+    fn file(ino: u64, data: &[u8]) -> Inode {
+        Inode {
+            ino,
+            kind: FileKind::Regular as i32,
+            mode: 0o644,
+            nlink: 1,
+            size: data.len() as u64,
+            data: data.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn dir(ino: u64, parent: u64) -> Inode {
+        Inode { ino, kind: FileKind::Directory as i32, mode: 0o755, nlink: 2, parent, ..Default::default() }
+    }
+
+    fn put_inode(inode: Inode) -> WriteOp {
+        WriteOp { op: Some(write_op::Op::PutInode(inode)) }
+    }
+
+    fn put_dentry(parent: u64, name: &str, ino: u64, kind: FileKind) -> WriteOp {
+        WriteOp {
+            op: Some(write_op::Op::PutDentry(PutDentry {
+                key: Some(DentryKey { parent, name: name.into() }),
+                dentry: Some(Dentry { ino, kind: kind as i32 }),
+            })),
+        }
+    }
+
+    fn delete_dentry(parent: u64, name: &str) -> WriteOp {
+        WriteOp { op: Some(write_op::Op::DeleteDentry(DentryKey { parent, name: name.into() })) }
+    }
+
+    fn adjust(ino: u64, nlink_delta: i32) -> WriteOp {
+        WriteOp { op: Some(write_op::Op::AdjustDir(AdjustDir { ino, nlink_delta, mtime_ns: 5, bump_listing: true })) }
+    }
+
+    /// A create of `name` in `parent` as the client builds it: the name read as absent, the
+    /// parent updated commutatively.
+    fn create(state: &State, id: u8, parent: u64, name: &str, ino: u64) -> CommitRequest {
+        txn(
+            id,
+            vec![state.read(Key::dentry(parent, name.as_bytes()))],
+            vec![put_inode(file(ino, b"")), put_dentry(parent, name, ino, FileKind::Regular), adjust(parent, 0)],
+        )
+    }
+
+    #[test]
+    fn creates_of_different_names_in_one_directory_both_commit() {
+        let mut state = State::new();
+        let a = create(&state, 1, ROOT_INO, "a", 20);
+        let b = create(&state, 2, ROOT_INO, "b", 21);
+        assert!(committed(&state.apply(&a)));
+        assert!(committed(&state.apply(&b)));
+        assert!(state.inode(20).is_some() && state.inode(21).is_some());
+    }
+
+    #[test]
+    fn creates_of_one_name_conflict_on_that_name() {
+        let mut state = State::new();
+        let a = create(&state, 1, ROOT_INO, "x", 20);
+        let b = create(&state, 2, ROOT_INO, "x", 21);
+        assert!(committed(&state.apply(&a)));
+        assert_eq!(conflict_key(&state.apply(&b)), Some(Key::dentry(ROOT_INO, b"x")));
+        assert!(state.inode(21).is_none(), "an aborted commit changes nothing");
+    }
+
+    #[test]
+    fn readdir_conflicts_with_a_concurrent_create_in_that_directory() {
+        let mut state = State::new();
+        // T1 lists the root (reads the listing version) and writes a summary file elsewhere.
+        let listing = state.read(Key::listing(ROOT_INO));
+        let t1 = txn(1, vec![listing], vec![put_inode(file(30, b"summary"))]);
+        let t2 = create(&state, 2, ROOT_INO, "new", 20);
+        assert!(committed(&state.apply(&t2)));
+        assert_eq!(conflict_key(&state.apply(&t1)), Some(Key::listing(ROOT_INO)));
+    }
+
+    #[test]
+    fn read_of_an_absent_name_conflicts_with_its_creation() {
+        let mut state = State::new();
+        let absent = state.read(Key::dentry(ROOT_INO, b"lock"));
+        assert_eq!(absent.version, 0);
+        let t1 = txn(1, vec![absent], vec![put_inode(file(30, b"saw no lock"))]);
+        assert!(committed(&state.apply(&create(&state, 2, ROOT_INO, "lock", 20))));
+        assert_eq!(conflict_key(&state.apply(&t1)), Some(Key::dentry(ROOT_INO, b"lock")));
+    }
+
+    #[test]
+    fn a_retried_commit_is_applied_once() {
+        let mut state = State::new();
+        let counter = create(&state, 1, ROOT_INO, "n", 20);
+        assert!(committed(&state.apply(&counter)));
+        // An increment: reads the file's inode, writes it back plus one.
+        let read = state.read(Key::inode(20));
+        let increment = txn(2, vec![read], vec![put_inode(file(20, b"1"))]);
+        let first = state.apply(&increment);
+        assert!(committed(&first));
+        let version = state.version(&Key::inode(20));
+        // The reply was lost; the client retries the same transaction id.
+        let retry = state.apply(&increment);
+        assert_eq!(retry, first, "the retry gets the first outcome");
+        assert_eq!(state.version(&Key::inode(20)), version, "and changes nothing");
+    }
+
+    #[test]
+    fn a_retried_conflict_stays_a_conflict() {
+        let mut state = State::new();
+        let stale =
+            txn(1, vec![ReadEntry { key: Some(Key::inode(ROOT_INO)), version: 999 }], vec![put_inode(file(40, b""))]);
+        let first = state.apply(&stale);
+        assert!(conflict_key(&first).is_some());
+        assert_eq!(state.apply(&stale), first);
+    }
+
+    /// Two directory renames that would form a loop: `mv /a /b/a` and `mv /b /a/b`. Each
+    /// reads the destination's ancestor chain (the dentries on its path), so the second to
+    /// apply sees the first's change and aborts.
+    #[test]
+    fn two_renames_that_would_form_a_loop_cannot_both_commit() {
+        let mut state = State::new();
+        let setup = txn(
+            1,
+            vec![],
+            vec![
+                put_inode(dir(20, ROOT_INO)),
+                put_dentry(ROOT_INO, "a", 20, FileKind::Directory),
+                put_inode(dir(21, ROOT_INO)),
+                put_dentry(ROOT_INO, "b", 21, FileKind::Directory),
+                adjust(ROOT_INO, 2),
+            ],
+        );
+        assert!(committed(&state.apply(&setup)));
+        let rename =
+            |state: &State, id: u8, source: &str, source_ino: u64, target_parent_name: &str, target_parent: u64| {
+                let mut moved = dir(source_ino, target_parent);
+                moved.ctime_ns = 1;
+                txn(
+                    id,
+                    vec![
+                        state.read(Key::dentry(ROOT_INO, source.as_bytes())),
+                        state.read(Key::dentry(ROOT_INO, target_parent_name.as_bytes())),
+                        state.read(Key::dentry(target_parent, source.as_bytes())),
+                        state.read(Key::inode(source_ino)),
+                    ],
+                    vec![
+                        delete_dentry(ROOT_INO, source),
+                        put_dentry(target_parent, source, source_ino, FileKind::Directory),
+                        put_inode(moved),
+                        adjust(ROOT_INO, -1),
+                        adjust(target_parent, 1),
+                    ],
+                )
+            };
+        let ab = rename(&state, 2, "a", 20, "b", 21);
+        let ba = rename(&state, 3, "b", 21, "a", 20);
+        assert!(committed(&state.apply(&ab)));
+        // `mv /b /a/b` resolved its destination through `/a`, which the first rename removed.
+        assert_eq!(conflict_key(&state.apply(&ba)), Some(Key::dentry(ROOT_INO, b"a")));
+        assert_eq!(state.inode(ROOT_INO).unwrap().nlink, 3, "root: 2 + the one subdirectory left");
+    }
+
+    #[test]
+    fn commutative_parent_updates_add_up() {
+        let mut state = State::new();
+        let mkdir = |id: u8, name: &str, ino: u64| {
+            txn(
+                id,
+                vec![],
+                vec![
+                    put_inode(dir(ino, ROOT_INO)),
+                    put_dentry(ROOT_INO, name, ino, FileKind::Directory),
+                    adjust(ROOT_INO, 1),
+                ],
+            )
+        };
+        let (a, b) = (mkdir(1, "a", 20), mkdir(2, "b", 21));
+        assert!(committed(&state.apply(&a)));
+        assert!(committed(&state.apply(&b)));
+        assert_eq!(state.inode(ROOT_INO).unwrap().nlink, 4);
+    }
+
+    #[test]
+    fn adjusting_a_vanished_directory_aborts() {
+        let mut state = State::new();
+        let t = create(&state, 1, 99, "x", 20);
+        assert_eq!(conflict_key(&state.apply(&t)), Some(Key::inode(99)));
+        assert!(state.inode(20).is_none());
+    }
+
+    #[test]
+    fn malformed_requests_are_refused() {
+        let state = State::new();
+        let mut bad_id = create(&state, 1, ROOT_INO, "x", 20);
+        bad_id.txn_id = vec![1; 3];
+        assert_eq!(check_commit_request(&bad_id), Err(CommitRequestError::TxnIdLength));
+        for name in ["", ".", "..", "a/b", "a\0b"] {
+            let t = txn(1, vec![], vec![put_dentry(ROOT_INO, name, 20, FileKind::Regular)]);
+            assert!(check_commit_request(&t).is_err(), "{name:?}");
+        }
+        let long = "x".repeat(256);
+        assert!(
+            check_commit_request(&txn(1, vec![], vec![put_dentry(ROOT_INO, &long, 20, FileKind::Regular)])).is_err()
+        );
+        let many = txn(
+            1,
+            (0..=TXN_KEYS_MAX as u64).map(|i| ReadEntry { key: Some(Key::inode(i + 1)), version: 0 }).collect(),
+            vec![],
+        );
+        assert!(check_commit_request(&many).unwrap_err().is_too_large());
+        let mut big = file(20, &vec![0; INLINE_DATA_MAX + 1]);
+        big.size = big.data.len() as u64;
+        assert!(check_commit_request(&txn(1, vec![], vec![put_inode(big)])).is_err());
+        assert!(check_commit_request(&txn(1, vec![], vec![WriteOp { op: Some(write_op::Op::DeleteInode(ROOT_INO)) }]))
+            .is_err());
+    }
+
+    #[test]
+    fn a_malformed_entry_changes_nothing_at_apply() {
+        let mut state = State::new();
+        state.index += 1;
+        let command = Command {
+            kind: Some(command::Kind::Commit(txn(1, vec![], vec![put_dentry(ROOT_INO, "..", 20, FileKind::Regular)]))),
+        };
+        let mut batch = WriteBatch::default();
+        let outcome = apply_command(&state.engine, state.index, &command, &mut batch).unwrap();
+        assert!(matches!(outcome, CommandOutcome::Rejected(_)));
+        assert!(batch.is_empty());
+    }
+
+    #[test]
+    fn inode_ranges_never_overlap() {
+        let state = State::new();
+        let mut batch = WriteBatch::default();
+        let CommandOutcome::AllocateInodes(first) = apply_allocate_inodes(&state.engine, 100, &mut batch).unwrap()
+        else {
+            panic!()
+        };
+        state.engine.write(batch, false).unwrap();
+        let mut batch = WriteBatch::default();
+        let CommandOutcome::AllocateInodes(second) = apply_allocate_inodes(&state.engine, 10, &mut batch).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(first.first, INO_FIRST_ALLOCATED);
+        assert_eq!(second.first, first.first + 100);
+        assert!(matches!(
+            apply_allocate_inodes(&state.engine, 0, &mut WriteBatch::default()).unwrap(),
+            CommandOutcome::Rejected(_)
+        ));
+    }
+}

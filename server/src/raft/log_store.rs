@@ -1,0 +1,190 @@
+//! The Raft log and vote on a `KvEngine` (column families `raft_log` and `raft_meta`).
+//!
+//! Durability contract: `save_vote` returns after the vote is synced; `append` reports the
+//! entries flushed (through openraft's callback) only after the batch holding them is synced.
+//! `truncate` and `purge` need not be synced: a truncation lost in a crash leaves entries that
+//! the leader truncates again; a purge lost in a crash leaves entries that are purged again.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{
+    Entry, ErrorSubject, ErrorVerb, LogId, LogState, OptionalSend, RaftLogId, RaftLogReader, StorageError,
+    StorageIOError, Vote,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::TypeConfig;
+use crate::storage::keys;
+use crate::storage::{self as kv, Cf, KvEngine, WriteBatch};
+
+type NodeId = u64;
+
+/// Converts an engine error into openraft's storage error for `subject`.
+pub fn storage_error(subject: ErrorSubject<NodeId>, verb: ErrorVerb, error: kv::StorageError) -> StorageError<NodeId> {
+    StorageError::IO { source: StorageIOError::new(subject, verb, openraft::AnyError::new(&error)) }
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    bincode::serialize(value).expect("in-memory values always serialize")
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, kv::StorageError> {
+    bincode::deserialize(bytes).map_err(|e| kv::StorageError::corruption(format!("bincode: {e}")))
+}
+
+#[derive(Clone)]
+pub struct LogStore {
+    engine: Arc<dyn KvEngine>,
+}
+
+impl LogStore {
+    pub fn new(engine: Arc<dyn KvEngine>) -> Self {
+        LogStore { engine }
+    }
+
+    fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, kv::StorageError> {
+        match self.engine.get(Cf::RaftMeta, key)? {
+            None => Ok(None),
+            Some(bytes) => decode(&bytes).map(Some),
+        }
+    }
+
+    /// True when this replica has ever voted or logged: it belongs to an initialized cluster.
+    pub fn is_initialized(&self) -> Result<bool, kv::StorageError> {
+        let has_vote = self.engine.get(Cf::RaftMeta, keys::META_VOTE)?.is_some();
+        let has_log = !self.engine.scan(Cf::RaftLog, &[], None, 1)?.is_empty();
+        let has_purged = self.engine.get(Cf::RaftMeta, keys::META_PURGED)?.is_some();
+        Ok(has_vote || has_log || has_purged)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => Some(i + 1),
+            Bound::Excluded(i) => Some(*i),
+            Bound::Unbounded => None,
+        };
+        let end_key = end.map(keys::log_key);
+        let pairs = self
+            .engine
+            .scan(Cf::RaftLog, &keys::log_key(start), end_key.as_deref(), usize::MAX)
+            .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+        let mut entries = Vec::with_capacity(pairs.len());
+        for (key, value) in pairs {
+            let index =
+                keys::log_key_decode(&key).map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+            let entry: Entry<TypeConfig> =
+                decode(&value).map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+            if entry.get_log_id().index != index {
+                return Err(storage_error(
+                    ErrorSubject::Logs,
+                    ErrorVerb::Read,
+                    kv::StorageError::corruption(format!(
+                        "log entry at {index} has index {}",
+                        entry.get_log_id().index
+                    )),
+                ));
+            }
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let read_error = |e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e);
+        let last_purged_log_id: Option<LogId<NodeId>> = self.get_meta(keys::META_PURGED).map_err(read_error)?;
+        let last = self.engine.last(Cf::RaftLog, &keys::log_key(0), &[0xff; 9]).map_err(read_error)?;
+        let last_log_id = match last {
+            None => last_purged_log_id,
+            Some((_, value)) => {
+                let entry: Entry<TypeConfig> = decode(&value).map_err(read_error)?;
+                Some(*entry.get_log_id())
+            }
+        };
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let mut batch = WriteBatch::default();
+        batch.put(Cf::RaftMeta, keys::META_VOTE.to_vec(), encode(vote));
+        // The vote is durable before this returns.
+        self.engine.write(batch, true).map_err(|e| storage_error(ErrorSubject::Vote, ErrorVerb::Write, e))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        self.get_meta(keys::META_VOTE).map_err(|e| storage_error(ErrorSubject::Vote, ErrorVerb::Read, e))
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
+        let mut batch = WriteBatch::default();
+        batch.put(Cf::RaftMeta, keys::META_COMMITTED.to_vec(), encode(&committed));
+        self.engine.write(batch, false).map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, e))
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        Ok(self
+            .get_meta::<Option<LogId<NodeId>>>(keys::META_COMMITTED)
+            .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Read, e))?
+            .flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = WriteBatch::default();
+        for entry in entries {
+            batch.put(Cf::RaftLog, keys::log_key(entry.get_log_id().index), encode(&entry));
+        }
+        // One synced write for the whole group of entries: the group commit's single fsync.
+        // The entries are durable before the callback reports them flushed.
+        let result = self.engine.write(batch, true);
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(error) => {
+                callback.log_io_completed(Err(std::io::Error::other(error.to_string())));
+                Err(storage_error(ErrorSubject::Logs, ErrorVerb::Write, error))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range(Cf::RaftLog, keys::log_key(log_id.index), vec![0xff; 9]);
+        // Synced: an entry that the leader truncated must not come back after a power loss
+        // under an index that later holds a different entry.
+        self.engine.write(batch, true).map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let mut batch = WriteBatch::default();
+        batch.put(Cf::RaftMeta, keys::META_PURGED.to_vec(), encode(&log_id));
+        batch.delete_range(Cf::RaftLog, keys::log_key(0), keys::log_key(log_id.index + 1));
+        self.engine.write(batch, false).map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+}

@@ -1,0 +1,222 @@
+//! The metadata state machine on a `KvEngine` (column family `state`).
+//!
+//! Each entry is applied with one write batch that also holds the new applied log id (and
+//! membership), so the state and the applied index never disagree, even after a crash. State
+//! writes are not synced: the log is, and a restarted replica re-applies the entries after its
+//! applied index. Before a snapshot is reported built, the engine is synced, because openraft
+//! may then purge the log that the unsynced state depended on.
+//!
+//! A snapshot is the whole `state` family (applied log id and membership included, since they
+//! live there), so installing one replaces the state machine in a single batch.
+
+use std::io::Cursor;
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
+    StorageError, StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+
+use super::log_store::{decode, encode, storage_error};
+use super::type_config::RaftOutcome;
+use super::TypeConfig;
+use crate::constants::ROOT_INO;
+use crate::metadata::txn;
+use crate::storage::keys;
+use crate::storage::{self as kv, Cf, KvEngine, WriteBatch};
+
+type NodeId = u64;
+type Membership = StoredMembership<NodeId, openraft::BasicNode>;
+
+/// The state machine's storage, shared with the read path. Readers that need several keys to
+/// be from one state (a listing version and its entries) hold `apply_lock` for reading;
+/// apply holds it for writing while it writes a batch.
+#[derive(Clone)]
+pub struct MetaState {
+    pub engine: Arc<dyn KvEngine>,
+    pub apply_lock: Arc<RwLock<()>>,
+}
+
+impl MetaState {
+    pub fn new(engine: Arc<dyn KvEngine>) -> Self {
+        MetaState { engine, apply_lock: Arc::new(RwLock::new(())) }
+    }
+
+    fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), kv::StorageError> {
+        let _guard = self.apply_lock.write().expect("apply lock");
+        self.engine.write(batch, sync)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    format: u32,
+    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+const SNAPSHOT_FORMAT: u32 = 1;
+
+pub struct StateMachine {
+    state: MetaState,
+    applied: Option<LogId<NodeId>>,
+    membership: Membership,
+}
+
+fn sm_error(verb: ErrorVerb, error: kv::StorageError) -> StorageError<NodeId> {
+    storage_error(ErrorSubject::StateMachine, verb, error)
+}
+
+impl StateMachine {
+    pub fn open(state: MetaState) -> Result<Self, kv::StorageError> {
+        let mut machine = StateMachine { state, applied: None, membership: Membership::default() };
+        machine.load()?;
+        Ok(machine)
+    }
+
+    fn load(&mut self) -> Result<(), kv::StorageError> {
+        let engine = &self.state.engine;
+        self.applied = match engine.get(Cf::State, keys::SYSTEM_APPLIED)? {
+            None => None,
+            Some(bytes) => decode(&bytes)?,
+        };
+        self.membership = match engine.get(Cf::State, keys::SYSTEM_MEMBERSHIP)? {
+            None => Membership::default(),
+            Some(bytes) => decode(&bytes)?,
+        };
+        Ok(())
+    }
+
+    fn snapshot_file(&self) -> Result<Vec<u8>, kv::StorageError> {
+        let pairs = self.state.engine.scan(Cf::State, &[], None, usize::MAX)?;
+        Ok(encode(&SnapshotFile { format: SNAPSHOT_FORMAT, pairs }))
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId<NodeId>>, Membership), StorageError<NodeId>> {
+        Ok((self.applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<RaftOutcome>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut outcomes = Vec::new();
+        for entry in entries {
+            let index = entry.log_id.index;
+            if let Some(applied) = self.applied {
+                assert!(index > applied.index, "entries are applied once, in log order");
+            }
+            let mut batch = WriteBatch::default();
+            let fresh = self.applied.map_or(true, |applied| applied.index == 0);
+            if fresh && index > 0 {
+                let root = crate::metadata::state::read_inode(self.state.engine.as_ref(), ROOT_INO)
+                    .map_err(|e| sm_error(ErrorVerb::Read, e))?;
+                if root.1.is_none() {
+                    txn::create_root(index, &mut batch);
+                }
+            }
+            let outcome = match entry.payload {
+                EntryPayload::Blank => None,
+                EntryPayload::Normal(command) => Some(
+                    txn::apply_command(self.state.engine.as_ref(), index, &command.0, &mut batch)
+                        .map_err(|e| sm_error(ErrorVerb::Read, e))?,
+                ),
+                EntryPayload::Membership(membership) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    batch.put(Cf::State, keys::SYSTEM_MEMBERSHIP.to_vec(), encode(&self.membership));
+                    None
+                }
+            };
+            batch.put(Cf::State, keys::SYSTEM_APPLIED.to_vec(), encode(&Some(entry.log_id)));
+            self.state.write(batch, false).map_err(|e| sm_error(ErrorVerb::Write, e))?;
+            self.applied = Some(entry.log_id);
+            outcomes.push(RaftOutcome(outcome));
+        }
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // The copy is taken here, while apply cannot run, so it matches `applied` exactly.
+        let data = self.snapshot_file();
+        SnapshotBuilder {
+            engine: self.state.engine.clone(),
+            applied: self.applied,
+            membership: self.membership.clone(),
+            data,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let subject = ErrorSubject::Snapshot(Some(meta.signature()));
+        let bytes = snapshot.into_inner();
+        let file: SnapshotFile = decode(&bytes).map_err(|e| storage_error(subject.clone(), ErrorVerb::Read, e))?;
+        if file.format != SNAPSHOT_FORMAT {
+            return Err(storage_error(subject, ErrorVerb::Read, kv::StorageError::corruption("snapshot format")));
+        }
+        let mut batch = WriteBatch::default();
+        batch.delete_range(Cf::State, Vec::new(), vec![0xff; 16]);
+        for (key, value) in file.pairs {
+            batch.put(Cf::State, key, value);
+        }
+        // The snapshot's own applied id and membership are in its pairs; write them as the
+        // meta says, so the two can never disagree.
+        batch.put(Cf::State, keys::SYSTEM_APPLIED.to_vec(), encode(&meta.last_log_id));
+        batch.put(Cf::State, keys::SYSTEM_MEMBERSHIP.to_vec(), encode(&meta.last_membership));
+        batch.put(Cf::RaftMeta, keys::META_SNAPSHOT_META.to_vec(), encode(meta));
+        batch.put(Cf::RaftMeta, keys::META_SNAPSHOT_DATA.to_vec(), bytes);
+        // Installed state is durable before this returns: the log it replaces may be purged.
+        self.state.write(batch, true).map_err(|e| storage_error(subject.clone(), ErrorVerb::Write, e))?;
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        let read = |key| self.state.engine.get(Cf::RaftMeta, key).map_err(|e| sm_error(ErrorVerb::Read, e));
+        let (Some(meta), Some(data)) = (read(keys::META_SNAPSHOT_META)?, read(keys::META_SNAPSHOT_DATA)?) else {
+            return Ok(None);
+        };
+        let meta: SnapshotMeta<NodeId, openraft::BasicNode> =
+            decode(&meta).map_err(|e| sm_error(ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+    }
+}
+
+pub struct SnapshotBuilder {
+    engine: Arc<dyn KvEngine>,
+    applied: Option<LogId<NodeId>>,
+    membership: Membership,
+    data: Result<Vec<u8>, kv::StorageError>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let data = std::mem::replace(&mut self.data, Ok(Vec::new())).map_err(|e| sm_error(ErrorVerb::Read, e))?;
+        let snapshot_id = match self.applied {
+            Some(log_id) => format!("{}-{}", log_id.leader_id, log_id.index),
+            None => "empty".to_string(),
+        };
+        let meta = SnapshotMeta { last_log_id: self.applied, last_membership: self.membership.clone(), snapshot_id };
+        let mut batch = WriteBatch::default();
+        batch.put(Cf::RaftMeta, keys::META_SNAPSHOT_META.to_vec(), encode(&meta));
+        batch.put(Cf::RaftMeta, keys::META_SNAPSHOT_DATA.to_vec(), data.clone());
+        // Synced: the state up to `applied` and the snapshot are durable before openraft may
+        // purge the log they cover.
+        self.engine.write(batch, true).map_err(|e| storage_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}

@@ -1,0 +1,147 @@
+//! openraft's type configuration for the metadata group. The log entry payload is a
+//! `cffs.v1.Command` (protobuf: a versioned, explicit record, since it is stored in the log);
+//! the apply result is a `CommandOutcome`. The async runtime is tokio for real runs and
+//! madsim under `cfg(madsim)`.
+
+use std::fmt;
+
+use cffs_proto::{AllocateInodesResponse, Command, CommitResponse};
+use prost::Message;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::metadata::txn::CommandOutcome;
+
+#[cfg(madsim)]
+pub type Runtime = super::runtime::MadsimRuntime;
+#[cfg(not(madsim))]
+pub type Runtime = openraft::TokioRuntime;
+
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = RaftCommand,
+        R = RaftOutcome,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+        AsyncRuntime = Runtime,
+);
+
+pub type MetaRaft = openraft::Raft<TypeConfig>;
+
+/// A log entry payload. Serialized (in the log and on the wire) as protobuf bytes.
+#[derive(Clone, PartialEq)]
+pub struct RaftCommand(pub Command);
+
+impl fmt::Debug for RaftCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0.kind {
+            Some(cffs_proto::command::Kind::Commit(c)) => {
+                write!(f, "Commit(reads={}, writes={})", c.reads.len(), c.writes.len())
+            }
+            Some(cffs_proto::command::Kind::AllocateInodes(a)) => write!(f, "AllocateInodes({})", a.count),
+            None => write!(f, "Empty"),
+        }
+    }
+}
+
+impl fmt::Display for RaftCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+impl Serialize for RaftCommand {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0.encode_to_vec())
+    }
+}
+
+impl<'de> Deserialize<'de> for RaftCommand {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let bytes: Vec<u8> = serde_bytes_vec(deserializer)?;
+        Command::decode(bytes.as_slice()).map(RaftCommand).map_err(serde::de::Error::custom)
+    }
+}
+
+fn serde_bytes_vec<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+    struct BytesVisitor;
+    impl<'de> serde::de::Visitor<'de> for BytesVisitor {
+        type Value = Vec<u8>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("bytes")
+        }
+        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+        fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut bytes = Vec::new();
+            while let Some(b) = seq.next_element()? {
+                bytes.push(b);
+            }
+            Ok(bytes)
+        }
+    }
+    deserializer.deserialize_byte_buf(BytesVisitor)
+}
+
+/// The result of applying one entry, handed back to the proposer. It never leaves the node,
+/// but openraft asks for serde: it is encoded as a tag byte and protobuf bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RaftOutcome(pub Option<CommandOutcome>);
+
+impl Serialize for RaftOutcome {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let (tag, bytes): (u8, Vec<u8>) = match &self.0 {
+            None => (0, Vec::new()),
+            Some(CommandOutcome::Commit(r)) => (1, r.encode_to_vec()),
+            Some(CommandOutcome::AllocateInodes(r)) => (2, r.encode_to_vec()),
+            Some(CommandOutcome::Rejected(why)) => (3, why.as_bytes().to_vec()),
+        };
+        (tag, serde_bytes_wrap(bytes)).serialize(serializer)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct BytesWrap(Vec<u8>);
+
+fn serde_bytes_wrap(bytes: Vec<u8>) -> BytesWrap {
+    BytesWrap(bytes)
+}
+
+impl<'de> Deserialize<'de> for RaftOutcome {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let (tag, BytesWrap(bytes)) = <(u8, BytesWrap)>::deserialize(deserializer)?;
+        let outcome = match tag {
+            0 => None,
+            1 => Some(CommandOutcome::Commit(CommitResponse::decode(bytes.as_slice()).map_err(D::Error::custom)?)),
+            2 => Some(CommandOutcome::AllocateInodes(
+                AllocateInodesResponse::decode(bytes.as_slice()).map_err(D::Error::custom)?,
+            )),
+            3 => Some(CommandOutcome::Rejected(String::from_utf8_lossy(&bytes).into_owned())),
+            _ => return Err(D::Error::custom("unknown outcome tag")),
+        };
+        Ok(RaftOutcome(outcome))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_and_outcome_roundtrip_through_bincode() {
+        let command = RaftCommand(Command {
+            kind: Some(cffs_proto::command::Kind::AllocateInodes(cffs_proto::AllocateInodesRequest { count: 7 })),
+        });
+        let bytes = bincode::serialize(&command).unwrap();
+        assert_eq!(bincode::deserialize::<RaftCommand>(&bytes).unwrap(), command);
+        let outcome = RaftOutcome(Some(CommandOutcome::AllocateInodes(AllocateInodesResponse { first: 16, count: 7 })));
+        let bytes = bincode::serialize(&outcome).unwrap();
+        assert_eq!(bincode::deserialize::<RaftOutcome>(&bytes).unwrap(), outcome);
+    }
+}

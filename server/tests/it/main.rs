@@ -1,0 +1,8 @@
+#![cfg(not(madsim))]
+//! Integration tests of `cffs-server` as real processes on loopback, driven through the
+//! `cffs-client` library: POSIX namespace semantics, and a three-replica cluster that loses
+//! its leader to SIGKILL mid-run without losing an acknowledged commit.
+
+mod harness;
+mod kill_leader;
+mod namespace;

@@ -1,0 +1,113 @@
+//! A simulated cluster: metadata replicas as madsim nodes, each with a `SimDisk` that
+//! outlives the node, so a kill and restart is a process crash (the page cache survives) and
+//! `power_loss` drops unsynced writes.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cffs_client::Client;
+use cffs_server::metadata::node::{MetaNode, MetaNodeConfig};
+use cffs_server::storage::sim_disk::SimDisk;
+use madsim::runtime::{Handle, NodeHandle};
+
+pub const META_PORT: u16 = 7101;
+
+pub struct Cluster {
+    handle: Handle,
+    pub nodes: Vec<NodeHandle>,
+    pub disks: Vec<SimDisk>,
+    clients_made: std::sync::atomic::AtomicU8,
+}
+
+fn meta_ip(index: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, index as u8 + 1))
+}
+
+impl Cluster {
+    /// Starts `replicas` metadata replicas (ids 1..=replicas) and waits for a leader.
+    pub async fn start(replicas: usize) -> Cluster {
+        let handle = Handle::current();
+        let peers: BTreeMap<u64, String> =
+            (0..replicas).map(|i| (i as u64 + 1, format!("{}:{META_PORT}", meta_ip(i)))).collect();
+        let mut nodes = Vec::new();
+        let mut disks = Vec::new();
+        for i in 0..replicas {
+            let disk = SimDisk::new();
+            let node_disk = disk.clone();
+            let node_peers = peers.clone();
+            let node = handle
+                .create_node()
+                .name(format!("meta-{}", i + 1))
+                .ip(meta_ip(i))
+                .init(move || {
+                    let disk = node_disk.clone();
+                    let peers = node_peers.clone();
+                    async move {
+                        let config =
+                            MetaNodeConfig { id: i as u64 + 1, listen: SocketAddr::new(meta_ip(i), META_PORT), peers };
+                        let _node = MetaNode::start(config, Arc::new(disk)).await.expect("start metadata replica");
+                        futures::future::pending::<()>().await;
+                    }
+                })
+                .build();
+            nodes.push(node);
+            disks.push(disk);
+        }
+        let cluster = Cluster { handle, nodes, disks, clients_made: std::sync::atomic::AtomicU8::new(0) };
+        cluster.wait_for_leader(Duration::from_secs(30)).await.expect("a leader is elected");
+        cluster
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        (0..self.nodes.len()).map(|i| format!("{}:{META_PORT}", meta_ip(i))).collect()
+    }
+
+    /// A new client node (its own address), for running client code.
+    pub fn client_node(&self) -> NodeHandle {
+        let n = self.clients_made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.handle.create_node().name(format!("client-{n}")).ip(IpAddr::V4(Ipv4Addr::new(10, 0, 1, n + 1))).build()
+    }
+
+    /// Runs `f` with a connected client on a fresh client node.
+    pub async fn with_client<T, F, Fut>(&self, f: F) -> T
+    where
+        T: Send + 'static,
+        F: FnOnce(Client) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = T> + Send + 'static,
+    {
+        let endpoints = self.endpoints();
+        self.client_node()
+            .spawn(async move { f(Client::connect(&endpoints).expect("endpoints are valid")).await })
+            .await
+            .expect("client task")
+    }
+
+    /// The current leader's id, as a client learns it.
+    pub async fn leader(&self) -> Option<u64> {
+        let status = self.with_client(|client| async move { client.cluster_status().await }).await;
+        status.ok().map(|s| s.leader_id).filter(|id| *id != 0)
+    }
+
+    pub async fn wait_for_leader(&self, limit: Duration) -> Option<u64> {
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            if let Some(leader) = self.leader().await {
+                return Some(leader);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+
+    /// Kills replica `id` (a process crash: its disk keeps every write).
+    pub fn kill(&self, id: u64) {
+        self.handle.kill(self.nodes[id as usize - 1].id());
+    }
+
+    /// Restarts replica `id` from its disk.
+    pub fn restart(&self, id: u64) {
+        self.handle.restart(self.nodes[id as usize - 1].id());
+    }
+}

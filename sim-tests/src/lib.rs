@@ -1,0 +1,8 @@
+//! Deterministic simulations of whole CFFS clusters: madsim nodes running the real server and
+//! client code on simulated disks. Everything here compiles only under `--cfg madsim`; a plain
+//! build of this crate is empty.
+
+#[cfg(madsim)]
+pub mod cluster;
+#[cfg(madsim)]
+pub mod workload;
