@@ -6,7 +6,7 @@
 //! outcome; the server's deduplication applies it at most once. A definite refusal
 //! (`INVALID_ARGUMENT`, `TOO_LARGE`) is never retried.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,11 +22,13 @@ use tonic::transport::{Channel, Endpoint};
 use crate::error::FsError;
 use crate::txn::{Outcome, Transaction};
 
-/// How many times one RPC is tried, across leader changes, before giving up.
-pub const RPC_ATTEMPTS_MAX: u32 = 80;
+/// How long one RPC is retried, across leader changes, before giving up; and the most
+/// attempts within that time.
+pub const RPC_RETRY_DURATION_MAX: Duration = Duration::from_secs(15);
+pub const RPC_ATTEMPTS_MAX: u32 = 1000;
 /// Backoff between RPC attempts: starts here, doubles, capped at `RPC_BACKOFF_MAX`.
 pub const RPC_BACKOFF_MIN: Duration = Duration::from_millis(10);
-pub const RPC_BACKOFF_MAX: Duration = Duration::from_millis(100);
+pub const RPC_BACKOFF_MAX: Duration = Duration::from_millis(50);
 /// How long one RPC attempt may take.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(6);
 /// Inode numbers fetched per allocation.
@@ -154,28 +156,41 @@ impl Client {
         Ok(client)
     }
 
-    /// The replica to try for attempt `attempt`: the known leader first, then the endpoints
-    /// in turn.
-    fn target(&self, attempt: u32) -> String {
-        if let Some(leader) = self.inner.leader.lock().expect("leader lock").clone() {
-            return leader;
-        }
-        let endpoints = &self.inner.endpoints;
-        endpoints[attempt as usize % endpoints.len()].clone()
-    }
-
     /// Calls the leader with `call`, following leader hints. `idempotent` says whether an
     /// unknown outcome may be retried as is (reads, and commits that reuse their id).
+    ///
+    /// Order of attempts: the known leader; else the endpoints in turn, skipping those that
+    /// failed to answer during this call. A hint naming a replica that failed during this call
+    /// is not followed (followers keep naming a dead leader until they elect a new one). The
+    /// call sleeps (with doubling backoff) only when no leader is known and every endpoint was
+    /// tried, so a failover costs about one election, not a backoff series.
     pub(crate) async fn call<T, F, Fut>(&self, what: &str, idempotent: bool, call: F) -> Result<T, FsError>
     where
         F: Fn(MetadataClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        let endpoints = &self.inner.endpoints;
         let mut backoff = RPC_BACKOFF_MIN;
         let mut last_error = FsError::Unavailable("no attempt made".into());
         let mut outcome_unknown = false;
+        let mut unreachable: BTreeSet<String> = BTreeSet::new();
+        let mut tried_without_leader = 0usize;
+        let mut rotation = 0usize;
+        let deadline = tokio::time::Instant::now() + RPC_RETRY_DURATION_MAX;
         for attempt in 0..RPC_ATTEMPTS_MAX {
-            let addr = self.target(attempt);
+            if attempt > 0 && tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            let known_leader = self.inner.leader.lock().expect("leader lock").clone();
+            let addr = match known_leader {
+                Some(leader) => leader,
+                None => {
+                    let candidates: Vec<&String> = endpoints.iter().filter(|e| !unreachable.contains(*e)).collect();
+                    let pool = if candidates.is_empty() { endpoints.iter().collect() } else { candidates };
+                    rotation += 1;
+                    pool[rotation % pool.len()].clone()
+                }
+            };
             let client = self.channel(&addr)?;
             let status = match tokio::time::timeout(RPC_TIMEOUT, call(client)).await {
                 Ok(Ok(response)) => {
@@ -188,21 +203,29 @@ impl Client {
             };
             let detail = cffs_proto::error_code::detail(&status);
             let code = cffs_proto::error_code::detail_code(&detail);
-            if code == ErrorCode::NotLeader && !detail.leader_addr.is_empty() && detail.leader_addr != addr {
-                *self.inner.leader.lock().expect("leader lock") = Some(detail.leader_addr.clone());
-                last_error = FsError::from_status(&status);
+            last_error = FsError::from_status(&status);
+            outcome_unknown |= code.is_outcome_unknown();
+            let hint = detail.leader_addr;
+            if code == ErrorCode::NotLeader && !hint.is_empty() && hint != addr && !unreachable.contains(&hint) {
+                *self.inner.leader.lock().expect("leader lock") = Some(hint);
                 continue; // follow the hint at once
             }
             // The replica is not (or no longer) the leader, or cannot be reached: forget it.
             *self.inner.leader.lock().expect("leader lock") = None;
-            last_error = FsError::from_status(&status);
-            outcome_unknown |= code.is_outcome_unknown();
+            if code != ErrorCode::NotLeader {
+                unreachable.insert(addr.clone());
+            }
             if !code.is_retryable() || (code.is_outcome_unknown() && !idempotent) {
                 break;
             }
             tracing::debug!(what, %addr, ?code, attempt, "rpc failed; retrying");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(RPC_BACKOFF_MAX);
+            tried_without_leader += 1;
+            if tried_without_leader >= endpoints.len() {
+                tried_without_leader = 0;
+                unreachable.clear();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RPC_BACKOFF_MAX);
+            }
         }
         if outcome_unknown && !matches!(last_error, FsError::Invalid(_) | FsError::TooLarge(_)) {
             return Err(FsError::OutcomeUnknown(format!("{what}: {last_error}")));

@@ -101,6 +101,31 @@ impl Cluster {
         None
     }
 
+    /// Waits until a replica other than `old` reports itself leader; returns how long that
+    /// took, polling every 10 ms.
+    pub async fn wait_for_new_leader(&self, old: u64, limit: Duration) -> Option<Duration> {
+        let started = tokio::time::Instant::now();
+        let endpoints = self.endpoints();
+        self.client_node()
+            .spawn(async move {
+                let client = Client::connect(&endpoints).expect("endpoints are valid");
+                while started.elapsed() < limit {
+                    let all = client.cluster_status_all().await;
+                    let elected = all
+                        .iter()
+                        .filter_map(|(_, status)| status.as_ref().ok())
+                        .any(|s| s.state == "Leader" && s.node_id != old);
+                    if elected {
+                        return Some(started.elapsed());
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                None
+            })
+            .await
+            .expect("watcher task")
+    }
+
     /// Kills replica `id` (a process crash: its disk keeps every write).
     pub fn kill(&self, id: u64) {
         self.handle.kill(self.nodes[id as usize - 1].id());
