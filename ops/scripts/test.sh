@@ -13,6 +13,16 @@ step() { printf '\n==> %s (%s)\n' "$1" "$(date +%T)" >&2; }
 step "format check"
 cargo fmt --all -- --check
 
+step "tidy: every Rust file opens with a //! comment saying what it owns"
+missing=$(git ls-files '*.rs' | while read -r file; do
+  grep -v '^#!\[' "$file" | head -1 | grep -q '^//!' || echo "$file"
+done)
+if [ -n "$missing" ]; then
+  echo "these files do not open with //!:" >&2
+  echo "$missing" >&2
+  exit 1
+fi
+
 step "build and test (real build: RocksDB, loopback clusters)"
 cargo test --workspace --locked
 

@@ -214,7 +214,12 @@ impl cffs_proto::metadata_server::Metadata for MetadataService {
             // A read-only transaction: validated by a linearizable read, no log entry. It
             // serializes at the moment of this read.
             self.linearizable().await?;
-            let conflict = txn::validate_reads(self.state.engine.as_ref(), &request).map_err(storage_status)?;
+            // All reads are checked against one state: an absent key created and deleted
+            // between two checks would otherwise pass without ever holding with the others.
+            let conflict = {
+                let _guard = self.state.apply_lock.read().expect("apply lock");
+                txn::validate_reads(self.state.engine.as_ref(), &request).map_err(storage_status)?
+            };
             let response = conflict
                 .unwrap_or(CommitResponse { outcome: Some(cffs_proto::commit_response::Outcome::CommittedVersion(0)) });
             return Ok(Response::new(response));

@@ -3,6 +3,7 @@
 //! `cffs-client` library: POSIX namespace semantics, and a three-replica cluster that loses
 //! its leader to SIGKILL mid-run without losing an acknowledged commit.
 
+mod bad_input;
 mod harness;
 mod kill_leader;
 mod namespace;
