@@ -81,6 +81,7 @@ pub fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,openraft=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(async {
@@ -105,7 +106,7 @@ async fn run_meta(id: u64, listen: SocketAddr, peers: BTreeMap<u64, String>, dat
     std::fs::create_dir_all(data_dir).with_context(|| format!("create data directory {}", data_dir.display()))?;
     let engine = RocksEngine::open(&data_dir.join("rocksdb"))
         .with_context(|| format!("open data directory {}", data_dir.display()))?;
-    let node = MetaNode::start(MetaNodeConfig { id, listen, peers }, Arc::new(engine)).await?;
+    let node = MetaNode::start(MetaNodeConfig::new(id, listen, peers), Arc::new(engine)).await?;
     shutdown_signal().await;
     tracing::info!(node_id = id, "shutting down");
     node.raft.shutdown().await.ok();

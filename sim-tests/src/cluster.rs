@@ -28,6 +28,11 @@ fn meta_ip(index: usize) -> IpAddr {
 impl Cluster {
     /// Starts `replicas` metadata replicas (ids 1..=replicas) and waits for a leader.
     pub async fn start(replicas: usize) -> Cluster {
+        Self::start_with(replicas, |_| {}).await
+    }
+
+    /// Like `start`, with `adjust` applied to every replica's configuration.
+    pub async fn start_with(replicas: usize, adjust: fn(&mut MetaNodeConfig)) -> Cluster {
         let handle = Handle::current();
         let peers: BTreeMap<u64, String> =
             (0..replicas).map(|i| (i as u64 + 1, format!("{}:{META_PORT}", meta_ip(i)))).collect();
@@ -45,8 +50,9 @@ impl Cluster {
                     let disk = node_disk.clone();
                     let peers = node_peers.clone();
                     async move {
-                        let config =
-                            MetaNodeConfig { id: i as u64 + 1, listen: SocketAddr::new(meta_ip(i), META_PORT), peers };
+                        let mut config =
+                            MetaNodeConfig::new(i as u64 + 1, SocketAddr::new(meta_ip(i), META_PORT), peers);
+                        adjust(&mut config);
                         let _node = MetaNode::start(config, Arc::new(disk)).await.expect("start metadata replica");
                         futures::future::pending::<()>().await;
                     }
@@ -124,6 +130,12 @@ impl Cluster {
             })
             .await
             .expect("watcher task")
+    }
+
+    /// The state machine of replica `id` as its disk holds it: every key and value.
+    pub fn state_of(&self, id: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
+        use cffs_server::storage::{Cf, KvEngine};
+        self.disks[id as usize - 1].scan(Cf::State, &[], None, usize::MAX).expect("sim disk scan")
     }
 
     /// Kills replica `id` (a process crash: its disk keeps every write).

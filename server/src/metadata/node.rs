@@ -27,6 +27,22 @@ pub struct MetaNodeConfig {
     pub listen: SocketAddr,
     /// Every voter of the initial cluster, this node included: id → host:port.
     pub peers: BTreeMap<u64, String>,
+    /// Build a snapshot (and purge the log before it) every this many entries.
+    pub snapshot_every_entries: u64,
+    /// Log entries kept behind the last snapshot, for followers that lag a little.
+    pub log_keep_after_snapshot: u64,
+}
+
+impl MetaNodeConfig {
+    pub fn new(id: u64, listen: SocketAddr, peers: BTreeMap<u64, String>) -> Self {
+        MetaNodeConfig {
+            id,
+            listen,
+            peers,
+            snapshot_every_entries: RAFT_SNAPSHOT_EVERY_ENTRIES,
+            log_keep_after_snapshot: RAFT_LOG_KEEP_AFTER_SNAPSHOT,
+        }
+    }
 }
 
 pub struct MetaNode {
@@ -34,19 +50,23 @@ pub struct MetaNode {
     pub state: MetaState,
 }
 
-pub fn raft_config() -> Arc<openraft::Config> {
+pub fn raft_config(node: &MetaNodeConfig) -> anyhow::Result<Arc<openraft::Config>> {
+    anyhow::ensure!(
+        node.log_keep_after_snapshot < node.snapshot_every_entries,
+        "the log kept after a snapshot must be shorter than the snapshot interval"
+    );
     let config = openraft::Config {
         cluster_name: "cffs-meta".into(),
         heartbeat_interval: RAFT_HEARTBEAT_INTERVAL.as_millis() as u64,
         election_timeout_min: RAFT_ELECTION_TIMEOUT_MIN.as_millis() as u64,
         election_timeout_max: RAFT_ELECTION_TIMEOUT_MAX.as_millis() as u64,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(RAFT_SNAPSHOT_EVERY_ENTRIES),
-        max_in_snapshot_log_to_keep: RAFT_LOG_KEEP_AFTER_SNAPSHOT,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(node.snapshot_every_entries),
+        max_in_snapshot_log_to_keep: node.log_keep_after_snapshot,
         snapshot_max_chunk_size: RAFT_SNAPSHOT_CHUNK_BYTES,
         max_payload_entries: 256,
         ..Default::default()
     };
-    Arc::new(config.validate().expect("the constants make a valid openraft config"))
+    Ok(Arc::new(config.validate()?))
 }
 
 impl MetaNode {
@@ -58,7 +78,7 @@ impl MetaNode {
         let initialized = log_store.is_initialized()?;
         let state = MetaState::new(engine);
         let state_machine = StateMachine::open(state.clone())?;
-        let raft = MetaRaft::new(config.id, raft_config(), Network, log_store, state_machine).await?;
+        let raft = MetaRaft::new(config.id, raft_config(&config)?, Network, log_store, state_machine).await?;
 
         let metadata = MetadataService::new(config.id, raft.clone(), state.clone());
         let router = tonic::transport::Server::builder()

@@ -102,6 +102,8 @@ impl MetadataService {
             last_log_index: metrics.last_log_index.unwrap_or(0),
             state: format!("{:?}", metrics.state),
             initialized: metrics.last_log_index.is_some() || metrics.vote.leader_id().term > 0,
+            snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
+            purged_index: metrics.purged.map_or(0, |l| l.index),
         }
     }
 }
