@@ -275,6 +275,28 @@ impl Client {
         .await
     }
 
+    /// Adds replica `id` at `addr` as a learner; returns once it has caught up with the log.
+    pub async fn add_learner(&self, id: u64, addr: &str) -> Result<(), FsError> {
+        let member = cffs_proto::Member { id, addr: addr.to_string(), voter: false };
+        self.call("add learner", true, |mut client| {
+            let request = cffs_proto::AddLearnerRequest { member: Some(member.clone()) };
+            async move { client.add_learner(request).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Makes `voters` the voters of the metadata group (joint consensus inside openraft).
+    pub async fn change_membership(&self, voters: &[u64]) -> Result<(), FsError> {
+        let voters = voters.to_vec();
+        self.call("change membership", true, |mut client| {
+            let request = cffs_proto::ChangeMembershipRequest { voters: voters.clone() };
+            async move { client.change_membership(request).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// The status reported by every endpoint given at connect, in order; `Err` for those that
     /// did not answer.
     pub async fn cluster_status_all(&self) -> Vec<(String, Result<ClusterStatusResponse, FsError>)> {

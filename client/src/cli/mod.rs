@@ -114,6 +114,20 @@ enum Command {
 enum ClusterCommand {
     /// Members, leader, term and applied index, as each endpoint sees them.
     Status,
+    /// Add a replica as a learner (it receives the log but does not vote yet). Start it first
+    /// with `cffs-server meta --id ID --peers` listing the current members and itself.
+    AddLearner {
+        /// The new replica's id (unused in the cluster).
+        id: u64,
+        /// Its address, HOST:PORT, as the other replicas reach it.
+        addr: String,
+    },
+    /// Set the voters of the metadata group (e.g. promote learners, or remove a replica).
+    ChangeMembership {
+        /// Every voter of the new configuration.
+        #[arg(required = true, value_delimiter = ',')]
+        voters: Vec<u64>,
+    },
 }
 
 /// A failed command: coreutils-style message, exit status 1.
@@ -259,6 +273,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Tree { path } => tree(&client, &path, json).await?,
         Command::Cluster { command: ClusterCommand::Status } => cluster_status(&client, json).await?,
+        Command::Cluster { command: ClusterCommand::AddLearner { id, addr } } => {
+            client
+                .add_learner(id, &addr)
+                .await
+                .map_err(|e| Failure(format!("cannot add replica {id} at {addr}: {e}")))?;
+            cluster_status(&client, json).await?;
+        }
+        Command::Cluster { command: ClusterCommand::ChangeMembership { voters } } => {
+            client
+                .change_membership(&voters)
+                .await
+                .map_err(|e| Failure(format!("cannot change the voters to {voters:?}: {e}")))?;
+            cluster_status(&client, json).await?;
+        }
         Command::Bench(args) => bench::run(&client, args, json).await.map_err(|e| Failure(format!("bench: {e}")))?,
     }
     Ok(())
