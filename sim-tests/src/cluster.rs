@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::AtomicU8;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ pub struct Cluster {
     handle: Handle,
     pub nodes: Vec<NodeHandle>,
     pub disks: Vec<SimDisk>,
-    clients_made: std::sync::atomic::AtomicU8,
+    clients_made: AtomicU8,
 }
 
 fn meta_ip(index: usize) -> IpAddr {
@@ -36,36 +37,46 @@ impl Cluster {
         let handle = Handle::current();
         let peers: BTreeMap<u64, String> =
             (0..replicas).map(|i| (i as u64 + 1, format!("{}:{META_PORT}", meta_ip(i)))).collect();
-        let mut nodes = Vec::new();
-        let mut disks = Vec::new();
-        for i in 0..replicas {
-            let disk = SimDisk::new();
-            let node_disk = disk.clone();
-            let node_peers = peers.clone();
-            let node = handle
-                .create_node()
-                .name(format!("meta-{}", i + 1))
-                .ip(meta_ip(i))
-                .init(move || {
-                    let disk = node_disk.clone();
-                    let peers = node_peers.clone();
-                    async move {
-                        let mut config =
-                            MetaNodeConfig::new(i as u64 + 1, SocketAddr::new(meta_ip(i), META_PORT), peers);
-                        adjust(&mut config);
-                        let _node = MetaNode::start(config, Arc::new(disk)).await.expect("start metadata replica");
-                        futures::future::pending::<()>().await;
-                    }
-                })
-                .build();
-            nodes.push(node);
-            disks.push(disk);
+        let mut cluster = Cluster { handle, nodes: Vec::new(), disks: Vec::new(), clients_made: AtomicU8::new(0) };
+        for _ in 0..replicas {
+            cluster.add_replica(peers.clone(), adjust);
         }
-        let cluster = Cluster { handle, nodes, disks, clients_made: std::sync::atomic::AtomicU8::new(0) };
         cluster.wait_for_leader(Duration::from_secs(30)).await.expect("a leader is elected");
         cluster
     }
 
+    /// Starts one more replica, with the next id, on a fresh disk. `peers` is what it is
+    /// started with (`--peers`); only a cluster's lowest id ever bootstraps.
+    pub fn add_replica(&mut self, peers: BTreeMap<u64, String>, adjust: fn(&mut MetaNodeConfig)) -> u64 {
+        let i = self.nodes.len();
+        let id = i as u64 + 1;
+        let disk = SimDisk::new();
+        let node_disk = disk.clone();
+        let node = self
+            .handle
+            .create_node()
+            .name(format!("meta-{id}"))
+            .ip(meta_ip(i))
+            .init(move || {
+                let disk = node_disk.clone();
+                let peers = peers.clone();
+                async move {
+                    let mut config = MetaNodeConfig::new(id, SocketAddr::new(meta_ip(i), META_PORT), peers);
+                    adjust(&mut config);
+                    let _node = MetaNode::start(config, Arc::new(disk)).await.expect("start metadata replica");
+                    futures::future::pending::<()>().await;
+                }
+            })
+            .build();
+        self.nodes.push(node);
+        self.disks.push(disk);
+        id
+    }
+
+    /// The address replica `id` listens on.
+    pub fn addr_of(id: u64) -> String {
+        format!("{}:{META_PORT}", meta_ip(id as usize - 1))
+    }
     pub fn endpoints(&self) -> Vec<String> {
         (0..self.nodes.len()).map(|i| format!("{}:{META_PORT}", meta_ip(i))).collect()
     }

@@ -1,0 +1,43 @@
+//! Membership changes through the admin API: a fourth replica joins as a learner, becomes a
+//! voter in place of replica 3, and the group keeps committing after replica 3 is gone.
+#![cfg(madsim)]
+
+use std::time::Duration;
+
+use cffs_sim_tests::cluster::Cluster;
+
+#[madsim::test]
+async fn a_replica_joins_as_learner_then_replaces_a_voter() {
+    let mut cluster = Cluster::start(3).await;
+    cluster
+        .with_client(
+            |client| async move { client.run(|txn| async move { txn.write_file("/before", b"1").await }).await },
+        )
+        .await
+        .expect("write before the change");
+
+    let peers = (1..=4).map(|id| (id, Cluster::addr_of(id))).collect();
+    let new = cluster.add_replica(peers, |_| {});
+    assert_eq!(new, 4);
+    let addr = Cluster::addr_of(new);
+    cluster.with_client(move |client| async move { client.add_learner(new, &addr).await }).await.expect("add learner");
+    cluster
+        .with_client(|client| async move { client.change_membership(&[1, 2, 4]).await })
+        .await
+        .expect("change voters");
+
+    cluster.kill(3);
+    let status = cluster.with_client(|client| async move { client.cluster_status().await }).await.expect("status");
+    let voters: Vec<u64> = status.members.iter().filter(|m| m.voter).map(|m| m.id).collect();
+    assert_eq!(voters, vec![1, 2, 4]);
+    cluster
+        .with_client(
+            |client| async move { client.run(|txn| async move { txn.write_file("/after", b"2").await }).await },
+        )
+        .await
+        .expect("the new configuration commits without replica 3");
+
+    // The new replica holds the same state as the others once it has applied everything.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(cluster.state_of(4) == cluster.state_of(1), "replica 4's state differs from replica 1's");
+}
