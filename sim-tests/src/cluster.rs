@@ -143,6 +143,33 @@ impl Cluster {
             .expect("watcher task")
     }
 
+    /// Registers every replica's disk with the disk simulator, so a kill can be a power loss.
+    pub fn attach_disks(&self, disk_sim: &crate::disk::DiskSim) {
+        for (node, disk) in self.nodes.iter().zip(&self.disks) {
+            disk_sim.attach(node.id(), disk.clone());
+        }
+    }
+
+    /// The replica that reports itself leader right now, asking each for at most two seconds.
+    pub async fn leader_quick(&self) -> Option<u64> {
+        let all = self.with_client(|client| async move { client.cluster_status_all().await }).await;
+        all.into_iter().filter_map(|(_, s)| s.ok()).find(|s| s.state == "Leader").map(|s| s.node_id)
+    }
+
+    /// Waits until every replica answers with the same applied index; returns it.
+    pub async fn wait_converged(&self, limit: Duration) -> Option<u64> {
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            let all = self.with_client(|client| async move { client.cluster_status_all().await }).await;
+            let applied: Vec<u64> = all.iter().filter_map(|(_, s)| s.as_ref().ok()).map(|s| s.last_applied).collect();
+            if applied.len() == self.nodes.len() && applied.iter().all(|a| *a == applied[0]) {
+                return Some(applied[0]);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        None
+    }
+
     /// The state machine of replica `id` as its disk holds it: every key and value.
     pub fn state_of(&self, id: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
         use cffs_server::storage::{Cf, KvEngine};

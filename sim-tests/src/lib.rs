@@ -3,6 +3,16 @@
 //! build of this crate is empty.
 
 #[cfg(madsim)]
+pub mod checker;
+#[cfg(madsim)]
 pub mod cluster;
+#[cfg(madsim)]
+pub mod disk;
+#[cfg(madsim)]
+pub mod nemesis;
+#[cfg(madsim)]
+pub mod runner;
+#[cfg(madsim)]
+pub mod scenario;
 #[cfg(madsim)]
 pub mod workload;

@@ -96,3 +96,169 @@ pub fn counter_clients(
         })
         .collect()
 }
+
+// ---------------------------------------------------------------------------------------
+// Bank: transfers between account files; read-only audits of every account.
+
+pub const BANK_BALANCE_INITIAL: u64 = 100;
+
+pub fn account_path(account: usize) -> String {
+    format!("/bank/a{account}")
+}
+
+pub async fn bank_setup(client: &Client, accounts: usize) -> Result<(), FsError> {
+    client
+        .run(|txn| async move {
+            txn.mkdir_all("/bank", 0o755).await?;
+            for account in 0..accounts {
+                txn.write_file(&account_path(account), BANK_BALANCE_INITIAL.to_string().as_bytes()).await?;
+            }
+            Ok(())
+        })
+        .await
+}
+
+async fn balance(txn: &cffs_client::Transaction, account: usize) -> Result<u64, FsError> {
+    let data = txn.read_file(&account_path(account)).await?;
+    String::from_utf8_lossy(&data)
+        .parse::<u64>()
+        .map_err(|_| FsError::Internal(format!("account {account} is garbled")))
+}
+
+/// What one bank client saw: the totals of its committed audits, and its outcome counts.
+#[derive(Debug, Default, Clone)]
+pub struct BankHistory {
+    pub audits: Vec<u64>,
+    pub transfers_acked: u64,
+    pub unknown: u64,
+    pub unavailable: u64,
+}
+
+/// One bank client: `ops` operations, each a transfer between two random accounts or (one in
+/// four) an audit reading every account in one transaction.
+pub async fn bank_client(client: Client, accounts: usize, ops: usize, pause: Duration) -> BankHistory {
+    use rand::Rng;
+    let mut history = BankHistory::default();
+    for _ in 0..ops {
+        let (audit, from, to, amount) = {
+            let mut rng = madsim::rand::thread_rng();
+            (rng.gen_ratio(1, 4), rng.gen_range(0..accounts), rng.gen_range(0..accounts), rng.gen_range(1..=30u64))
+        };
+        if audit {
+            let result = client
+                .run(|txn| async move {
+                    let mut total = 0;
+                    for account in 0..accounts {
+                        total += balance(&txn, account).await?;
+                    }
+                    Ok(total)
+                })
+                .await;
+            match result {
+                Ok(total) => history.audits.push(total),
+                Err(error) => note_error(&mut history.unknown, &mut history.unavailable, error),
+            }
+        } else {
+            let result = client
+                .run(|txn| async move {
+                    if from == to {
+                        return Ok(());
+                    }
+                    let (a, b) = (balance(&txn, from).await?, balance(&txn, to).await?);
+                    if a < amount {
+                        return Ok(());
+                    }
+                    txn.write_file(&account_path(from), (a - amount).to_string().as_bytes()).await?;
+                    txn.write_file(&account_path(to), (b + amount).to_string().as_bytes()).await
+                })
+                .await;
+            match result {
+                Ok(()) => history.transfers_acked += 1,
+                Err(error) => note_error(&mut history.unknown, &mut history.unavailable, error),
+            }
+        }
+        tokio::time::sleep(pause).await;
+    }
+    history
+}
+
+fn note_error(unknown: &mut u64, unavailable: &mut u64, error: FsError) {
+    match error {
+        FsError::OutcomeUnknown(_) => *unknown += 1,
+        FsError::Unavailable(_) | FsError::Busy(_) => *unavailable += 1,
+        other => panic!("a bank operation failed with a non-transient error: {other}"),
+    }
+}
+
+/// The sum of all balances, read in one transaction.
+pub async fn bank_total(client: &Client, accounts: usize) -> Result<u64, FsError> {
+    client
+        .run(|txn| async move {
+            let mut total = 0;
+            for account in 0..accounts {
+                total += balance(&txn, account).await?;
+            }
+            Ok(total)
+        })
+        .await
+}
+
+// ---------------------------------------------------------------------------------------
+// Namespace: random create, mkdir, rename (directories too), unlink, link, rmdir, truncate
+// in a small tree, so that operations collide. Failures such as ENOENT are expected
+// outcomes; fsck judges the result.
+
+#[derive(Debug, Default, Clone)]
+pub struct NamespaceHistory {
+    pub committed: u64,
+    pub refused: u64,
+    pub unknown: u64,
+    pub unavailable: u64,
+}
+
+fn random_path(rng: &mut impl rand::Rng) -> String {
+    const NAMES: [&str; 4] = ["a", "b", "c", "d"];
+    let depth = rng.gen_range(1..=3);
+    let mut path = String::from("/ns");
+    for _ in 0..depth {
+        path.push('/');
+        path.push_str(NAMES[rng.gen_range(0..NAMES.len())]);
+    }
+    path
+}
+
+pub async fn namespace_client(client: Client, ops: usize, pause: Duration) -> NamespaceHistory {
+    use rand::Rng;
+    let mut history = NamespaceHistory::default();
+    let _ = client.run(|txn| async move { txn.mkdir_all("/ns", 0o755).await }).await;
+    for _ in 0..ops {
+        let (op, first, second) = {
+            let mut rng = madsim::rand::thread_rng();
+            (rng.gen_range(0..7), random_path(&mut rng), random_path(&mut rng))
+        };
+        let result = client
+            .run(|txn| {
+                let (first, second) = (first.clone(), second.clone());
+                async move {
+                    match op {
+                        0 => txn.create(&first, 0o644, true).await.map(|_| ()),
+                        1 => txn.mkdir(&first, 0o755).await.map(|_| ()),
+                        2 => txn.rename(&first, &second).await,
+                        3 => txn.unlink(&first).await,
+                        4 => txn.link(&first, &second).await,
+                        5 => txn.rmdir(&first).await,
+                        _ => txn.write_file(&first, b"data").await,
+                    }
+                }
+            })
+            .await;
+        match result {
+            Ok(()) => history.committed += 1,
+            Err(FsError::OutcomeUnknown(_)) => history.unknown += 1,
+            Err(FsError::Unavailable(_)) | Err(FsError::Busy(_)) => history.unavailable += 1,
+            Err(_) => history.refused += 1,
+        }
+        tokio::time::sleep(pause).await;
+    }
+    history
+}

@@ -3,8 +3,9 @@
 //!
 //! Contract: a `write` is atomic (all of the batch or none of it is visible, before and after
 //! a crash). A write with `sync = true` is durable when it returns. A write with
-//! `sync = false` survives a process crash but may be lost (whole batches, newest first, or
-//! torn in the simulated disk) on power loss, until a later `sync`.
+//! `sync = false` survives a process crash but may be lost on power loss, until a later
+//! `sync`: what survives is a prefix of the unsynced batches, each whole (a write-ahead log's
+//! recovery stops at the first missing or torn record).
 
 use std::fmt;
 

@@ -2,10 +2,13 @@
 //!
 //! Reads see the page cache (every write so far). A write becomes durable only when it was
 //! written with `sync = true` or a later `sync()` ran. A process crash keeps the page cache
-//! (the OS still has it); a power loss rebuilds the page cache from the durable view plus a
-//! random choice of the unsynced batches: each is kept, dropped, or torn (some of its
-//! operations applied), as chosen by the caller's seeded random source. Everything is in
-//! memory and single-owner behind a mutex, so it is deterministic under madsim.
+//! (the OS still has it); a power loss rebuilds the page cache from the durable view plus the
+//! unsynced batches that survive. Which survive follows the engine contract (kv_engine.rs),
+//! i.e. what a write-ahead log gives after power loss: each unsynced batch, in order, is
+//! kept, dropped or torn (as the caller's seeded random source decides); recovery replays
+//! batches up to the first one that was dropped or torn (a torn record fails its checksum)
+//! and loses everything after it. So a batch is never half applied, and batches survive as a
+//! prefix. Everything is in memory and single-owner behind a mutex: deterministic under madsim.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -30,8 +33,8 @@ struct Disk {
 pub enum UnsyncedFate {
     Kept,
     Dropped,
-    /// Only the first n operations of the batch reach the disk.
-    Torn(usize),
+    /// Partly written: its checksum fails and recovery discards it (and what follows).
+    Torn,
 }
 
 #[derive(Clone, Default)]
@@ -44,24 +47,25 @@ impl SimDisk {
         Self::default()
     }
 
-    /// Power loss: the page cache is lost; unsynced batches survive as `fate` decides, in
-    /// order (a batch after a dropped one may still survive: disks reorder writes).
-    pub fn power_loss(&self, mut fate: impl FnMut(&WriteBatch) -> UnsyncedFate) {
+    /// Power loss: the page cache is lost; unsynced batches survive up to the first one
+    /// that `fate` drops or tears. Returns how many unsynced batches were lost.
+    pub fn power_loss(&self, mut fate: impl FnMut(&WriteBatch) -> UnsyncedFate) -> usize {
         let mut disk = self.disk.lock().expect("sim disk lock");
         let unsynced = std::mem::take(&mut disk.unsynced);
         let mut tree = disk.durable.clone();
+        let mut survived = 0;
         for batch in &unsynced {
-            let applied = match fate(batch) {
-                UnsyncedFate::Kept => batch.ops.len(),
-                UnsyncedFate::Dropped => 0,
-                UnsyncedFate::Torn(n) => n.min(batch.ops.len()),
-            };
-            for op in &batch.ops[..applied] {
+            if fate(batch) != UnsyncedFate::Kept {
+                break;
+            }
+            for op in &batch.ops {
                 apply_op(&mut tree, op);
             }
+            survived += 1;
         }
         disk.durable = tree.clone();
         disk.cache = tree;
+        unsynced.len() - survived
     }
 
     pub fn set_sync_fails(&self, fails: bool) {
@@ -176,18 +180,24 @@ mod tests {
     }
 
     #[test]
-    fn unsynced_write_is_dropped_kept_or_torn_on_power_loss() {
-        for (fate, first, second) in [
-            (UnsyncedFate::Dropped, false, false),
-            (UnsyncedFate::Kept, true, true),
-            (UnsyncedFate::Torn(1), true, false),
+    fn unsynced_writes_survive_as_a_prefix_of_whole_batches() {
+        for (fates, survivors) in [
+            (vec![UnsyncedFate::Dropped, UnsyncedFate::Kept], [false, false]),
+            (vec![UnsyncedFate::Kept, UnsyncedFate::Kept], [true, true]),
+            (vec![UnsyncedFate::Kept, UnsyncedFate::Torn], [true, false]),
+            (vec![UnsyncedFate::Torn, UnsyncedFate::Kept], [false, false]),
         ] {
             let disk = SimDisk::new();
             put(&disk, b"a", false);
-            assert!(has(&disk, b"a"), "the page cache serves unsynced writes");
-            disk.power_loss(|_| fate);
-            assert_eq!(has(&disk, b"a"), first, "{fate:?}");
-            assert_eq!(has(&disk, b"a-2"), second, "{fate:?}");
+            put(&disk, b"b", false);
+            assert!(has(&disk, b"a") && has(&disk, b"b"), "the page cache serves unsynced writes");
+            let mut fate = fates.clone().into_iter();
+            let lost = disk.power_loss(|_| fate.next().unwrap());
+            assert_eq!([has(&disk, b"a"), has(&disk, b"b")], survivors, "{fates:?}");
+            // A batch is never half there.
+            assert_eq!(has(&disk, b"a"), has(&disk, b"a-2"), "{fates:?}");
+            assert_eq!(has(&disk, b"b"), has(&disk, b"b-2"), "{fates:?}");
+            assert_eq!(lost, survivors.iter().filter(|s| !**s).count());
         }
     }
 

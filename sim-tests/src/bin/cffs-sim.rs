@@ -1,0 +1,109 @@
+//! `cffs-sim`: the chaos runner. Runs K seeds of the mixed workload under the swarm nemesis,
+//! in parallel, and prints one line per failing seed (with the checker that caught it and the
+//! command that replays it) and a summary. Build and run it under madsim:
+//!
+//! ```sh
+//! RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR=~/.cache/cffs/target/sim \
+//!   cargo run --release -p cffs-sim-tests --bin cffs-sim -- --seeds 10000
+//! ```
+
+#[cfg(madsim)]
+fn main() -> std::process::ExitCode {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    #[command(name = "cffs-sim", about = "Run CFFS chaos simulations (seeds of the mixed workload under swarm faults)")]
+    struct Args {
+        /// How many seeds to run.
+        #[arg(long, default_value_t = 100)]
+        seeds: u64,
+        /// The first seed.
+        #[arg(long, default_value_t = 1)]
+        start: u64,
+        /// Parallel runs (default: one per core).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Replay exactly one seed, printing its whole report.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// With --seed: run it twice and fail at the first divergence.
+        #[arg(long)]
+        check_determinism: bool,
+    }
+
+    let args = Args::parse();
+    if let Some(seed) = args.seed {
+        if args.check_determinism {
+            return match cffs_sim_tests::runner::check_determinism(seed) {
+                Ok(()) => {
+                    println!("seed {seed}: two runs identical");
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(difference) => {
+                    println!("{difference}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
+        let result = cffs_sim_tests::runner::run_seed(seed);
+        print_result(&result, true);
+        return if result.failed() { std::process::ExitCode::FAILURE } else { std::process::ExitCode::SUCCESS };
+    }
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let started = std::time::Instant::now();
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let results = cffs_sim_tests::runner::run_seeds(args.start, args.seeds, jobs, |result| {
+        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if result.failed() {
+            print_result(result, false);
+        }
+        if n % 10 == 0 || n == args.seeds {
+            eprintln!("cffs-sim: {n}/{} seeds, {:.0} s", args.seeds, started.elapsed().as_secs_f64());
+        }
+    });
+    let failed: Vec<_> = results.iter().filter(|r| r.failed()).collect();
+    let seconds = started.elapsed().as_secs_f64();
+    let commits: u64 = results.iter().filter_map(|r| r.report.as_ref()).map(|r| r.commits).sum();
+    let faults: u64 = results.iter().filter_map(|r| r.report.as_ref()).map(|r| r.faults).sum();
+    println!(
+        "summary: {} seeds in {seconds:.1} s ({:.1} seeds/min, {jobs} jobs), {} failed; {commits} commits, {faults} faults injected",
+        results.len(),
+        results.len() as f64 / seconds * 60.0,
+        failed.len()
+    );
+    if failed.is_empty() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
+#[cfg(madsim)]
+fn print_result(result: &cffs_sim_tests::runner::SeedResult, verbose: bool) {
+    let replay = format!(
+        "RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=~/.cache/cffs/target/sim cargo run --release -p cffs-sim-tests --bin cffs-sim -- --seed {}",
+        result.seed
+    );
+    if result.failed() {
+        println!("FAIL seed {} caught by {:?}; replay: {replay}", result.seed, result.caught_by());
+    } else {
+        println!("ok seed {} ({:.1} s)", result.seed, result.wall.as_secs_f64());
+    }
+    if verbose || result.failed() {
+        if let Some(panic) = &result.panic {
+            println!("  panic: {panic}");
+        }
+        if let Some(report) = &result.report {
+            println!("  plan: {:?}", report.plan);
+            println!("  faults {}, power losses {}, commits {}", report.faults, report.power_losses, report.commits);
+            for (checker, violation) in &report.violations {
+                println!("  [{checker}] {violation}");
+            }
+        }
+    }
+}
+
+#[cfg(not(madsim))]
+fn main() {
+    eprintln!("cffs-sim runs only in the simulated build: RUSTFLAGS=\"--cfg madsim\" (see its doc comment)");
+}
