@@ -19,6 +19,8 @@
 
 pub mod client;
 pub mod error;
+#[cfg(madsim)]
+pub mod planted;
 pub mod txn;
 
 pub use client::Client;

@@ -5,5 +5,7 @@
 pub mod clock;
 pub mod constants;
 pub mod metadata;
+#[cfg(madsim)]
+pub mod planted;
 pub mod raft;
 pub mod storage;

@@ -2,9 +2,10 @@
 //! injects them until told to stop, and heals everything.
 //!
 //! Faults: kill and restart a replica (a process crash, or a power loss of its unsynced
-//! writes), isolate a replica (the leader, sometimes), cut a one-way link, swizzle-clog (clog
-//! links one by one, then unclog them in random order), packet loss and delay. At most a
-//! minority of replicas is down or isolated at any moment, so the cluster can make progress.
+//! writes), a blackout (every replica loses power at once), isolate a replica (the leader, sometimes), cut a one-way link, swizzle-clog (clog
+//! links one by one, then unclog them in random order), packet loss and delay. Apart from a
+//! blackout (which ends with every replica restarted), at most a minority of replicas is down
+//! or isolated at any moment, so the cluster can make progress.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,6 +21,8 @@ use crate::disk::DiskSim;
 pub struct NemesisPlan {
     pub kill: bool,
     pub power_loss: bool,
+    /// Every replica loses power at once (and restarts): only synced writes survive.
+    pub blackout: bool,
     pub isolate: bool,
     pub one_way: bool,
     pub swizzle: bool,
@@ -39,6 +42,7 @@ impl NemesisPlan {
         NemesisPlan {
             kill: rng.gen_bool(0.7),
             power_loss: rng.gen_bool(0.5),
+            blackout: rng.gen_bool(0.3),
             isolate: rng.gen_bool(0.5),
             one_way: rng.gen_bool(0.3),
             swizzle: rng.gen_bool(0.3),
@@ -49,7 +53,7 @@ impl NemesisPlan {
     }
 
     pub fn is_quiet(&self) -> bool {
-        !(self.kill || self.isolate || self.one_way || self.swizzle) && self.packet_loss == 0.0
+        !(self.kill || self.blackout || self.isolate || self.one_way || self.swizzle) && self.packet_loss == 0.0
     }
 }
 
@@ -74,7 +78,7 @@ pub async fn run(cluster: &Cluster, plan: &NemesisPlan, stop: Arc<AtomicBool>) -
             let mut rng = madsim::rand::thread_rng();
             (
                 rng.gen_range(plan.interval_ms.0..=plan.interval_ms.1),
-                rng.gen_range(0..5),
+                rng.gen_range(0..6),
                 rng.gen_range(1..=replicas as u64),
                 rng.gen_range(1..=replicas as u64),
                 rng.gen_bool(0.5),
@@ -126,6 +130,14 @@ pub async fn run(cluster: &Cluster, plan: &NemesisPlan, stop: Arc<AtomicBool>) -
                 for (a, b) in &links {
                     net.unclog_link(node_id(*a), node_id(*b));
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                faults += 1;
+            }
+            4 if plan.blackout && down.is_empty() && isolated.is_empty() => {
+                for id in 1..=replicas as u64 {
+                    disk.arm_power_loss(node_id(id));
+                    cluster.kill(id);
+                    down.push(id);
                 }
                 faults += 1;
             }

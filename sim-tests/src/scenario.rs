@@ -127,6 +127,9 @@ pub async fn run() -> Report {
         }
     }
     report.check("lost-commit", checker::counters(&acked, &unknown, &values));
+    let writes: Vec<_> = counter_histories.iter().flat_map(|h| h.writes.iter().copied()).collect();
+    let reads: Vec<_> = counter_histories.iter().flat_map(|h| h.reads.iter().copied()).collect();
+    report.check("stale-read", checker::stale_reads(&writes, &reads));
     report.commits = bank_histories.iter().map(|h| h.transfers_acked + h.audits.len() as u64).sum::<u64>()
         + acked.iter().sum::<u64>()
         + namespace_histories.iter().map(|h| h.committed).sum::<u64>();

@@ -16,6 +16,10 @@ pub struct CounterHistory {
     pub unknown: Vec<u64>,
     /// Increments that definitely failed (nothing applied).
     pub failed: u64,
+    /// Acknowledged increments: (counter, value written, when acknowledged).
+    pub writes: Vec<(usize, u64, tokio::time::Instant)>,
+    /// Committed read-only reads: (counter, value read, when the read was invoked).
+    pub reads: Vec<(usize, u64, tokio::time::Instant)>,
 }
 
 pub fn counter_path(file: usize) -> String {
@@ -50,23 +54,41 @@ pub async fn counter_values(client: &Client, files: usize) -> Result<Vec<u64>, F
         .await
 }
 
-/// One client: `ops` increments, each of a counter chosen at random, each one
-/// `Client::run` (read, add one, write back).
+async fn read_counter(txn: &cffs_client::Transaction, file: usize) -> Result<u64, FsError> {
+    let data = txn.read_file(&counter_path(file)).await?;
+    String::from_utf8_lossy(&data).parse().map_err(|_| FsError::Internal("counter is garbled".into()))
+}
+
+/// One client: `ops` operations on counters chosen at random, each one `Client::run`: two in
+/// three are increments (read, add one, write back), one in three a read-only read.
 pub async fn counter_client(client: Client, files: usize, ops: usize, pause: Duration) -> CounterHistory {
     use rand::Rng;
-    let mut history = CounterHistory { acked: vec![0; files], unknown: vec![0; files], failed: 0 };
+    let mut history = CounterHistory { acked: vec![0; files], unknown: vec![0; files], ..Default::default() };
     for _ in 0..ops {
-        let file = madsim::rand::thread_rng().gen_range(0..files);
+        let (file, read_only) = {
+            let mut rng = madsim::rand::thread_rng();
+            (rng.gen_range(0..files), rng.gen_ratio(1, 3))
+        };
+        if read_only {
+            let invoked = tokio::time::Instant::now();
+            if let Ok(value) = client.run(|txn| async move { read_counter(&txn, file).await }).await {
+                history.reads.push((file, value, invoked));
+            }
+            tokio::time::sleep(pause).await;
+            continue;
+        }
         let result = client
             .run(|txn| async move {
-                let path = counter_path(file);
-                let data = txn.read_file(&path).await?;
-                let n: u64 = String::from_utf8_lossy(&data).parse().map_err(|_| FsError::Internal("counter".into()))?;
-                txn.write_file(&path, (n + 1).to_string().as_bytes()).await
+                let n = read_counter(&txn, file).await?;
+                txn.write_file(&counter_path(file), (n + 1).to_string().as_bytes()).await?;
+                Ok(n + 1)
             })
             .await;
         match result {
-            Ok(()) => history.acked[file] += 1,
+            Ok(value) => {
+                history.acked[file] += 1;
+                history.writes.push((file, value, tokio::time::Instant::now()));
+            }
             Err(FsError::OutcomeUnknown(_)) => history.unknown[file] += 1,
             Err(error) => {
                 tracing::info!(%error, "increment failed");

@@ -256,7 +256,11 @@ fn apply_commit(
     }
     let txn_id: [u8; TXN_ID_LEN] = request.txn_id.as_slice().try_into().expect("length checked");
     let dedup_key = keys::dedup_key(&txn_id);
-    if let Some(record) = engine.get(Cf::State, &dedup_key)? {
+    #[cfg(madsim)]
+    let forget_dedup = crate::planted::armed(crate::planted::Bug::ForgetDedup);
+    #[cfg(not(madsim))]
+    let forget_dedup = false;
+    if let Some(record) = engine.get(Cf::State, &dedup_key)?.filter(|_| !forget_dedup) {
         // A retry of a commit already decided: answer as then, change nothing.
         let (_, payload) = keys::versioned_decode(&record)?;
         let response =
@@ -264,7 +268,12 @@ fn apply_commit(
         return Ok(CommandOutcome::Commit(response));
     }
 
-    let response = match validate_reads(engine, request)? {
+    #[cfg(madsim)]
+    let skip_validation = crate::planted::armed(crate::planted::Bug::SkipReadValidation);
+    #[cfg(not(madsim))]
+    let skip_validation = false;
+    let conflict = if skip_validation { None } else { validate_reads(engine, request)? };
+    let response = match conflict {
         Some(conflict) => conflict,
         None => match apply_commit_writes(engine, index, request)? {
             Ok(overlay) => {
@@ -323,6 +332,11 @@ fn apply_commit_writes<'a>(
                     return Ok(Err(conflict(Key::inode(adjust.ino), version, version)));
                 };
                 inode.nlink = nlink;
+                #[cfg(madsim)]
+                if crate::planted::armed(crate::planted::Bug::BlindParentUpdate) {
+                    // The client's view of the directory, written over whatever is there.
+                    inode.nlink = 2u32.saturating_add_signed(adjust.nlink_delta).max(2);
+                }
                 inode.mtime_ns = inode.mtime_ns.max(adjust.mtime_ns);
                 inode.ctime_ns = inode.ctime_ns.max(adjust.mtime_ns);
                 overlay.put(inode_key, keys::versioned_encode(index, &inode.encode_to_vec()));

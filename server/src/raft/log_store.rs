@@ -160,7 +160,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         // One synced write for the whole group of entries: the group commit's single fsync.
         // The entries are durable before the callback reports them flushed.
-        let result = self.engine.write(batch, true);
+        #[cfg(madsim)]
+        let sync = !crate::planted::armed(crate::planted::Bug::AckBeforeDurable);
+        #[cfg(not(madsim))]
+        let sync = true;
+        let result = self.engine.write(batch, sync);
         match result {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));

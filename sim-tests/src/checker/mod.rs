@@ -24,3 +24,21 @@ pub fn counters(acked: &[u64], unknown: &[u64], values: &[u64]) -> Vec<String> {
         })
         .collect()
 }
+
+/// Real-time order on counters (strict serializability's "no stale read"): a read invoked
+/// after an increment was acknowledged returns at least the value that increment wrote.
+pub fn stale_reads(
+    writes: &[(usize, u64, tokio::time::Instant)],
+    reads: &[(usize, u64, tokio::time::Instant)],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (file, value, invoked) in reads {
+        let newest = writes.iter().filter(|(f, _, acked)| f == file && acked < invoked).map(|(_, v, _)| *v).max();
+        if let Some(newest) = newest {
+            if *value < newest {
+                problems.push(format!("counter {file}: a read returned {value} after {newest} was acknowledged"));
+            }
+        }
+    }
+    problems
+}

@@ -1,0 +1,31 @@
+//! Planted bugs, compiled only under `cfg(madsim)`: each switches off one thing correctness
+//! depends on, so the chaos harness can prove it would notice (sim-tests/tests/planted.rs).
+//! Switched on for the whole process by the simulation runner; never present in a real build.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Bug {
+    /// Apply commits without checking their read sets.
+    SkipReadValidation = 1,
+    /// Report log entries flushed before they are synced.
+    AckBeforeDurable = 2,
+    /// Forget the deduplication table: a retried commit applies twice.
+    ForgetDedup = 3,
+    /// Serve reads (and read-only validation) from any replica without a read index.
+    FollowerRead = 4,
+    /// Apply a commutative directory update as a blind overwrite of nlink.
+    BlindParentUpdate = 5,
+}
+
+static ARMED: AtomicU8 = AtomicU8::new(0);
+
+/// Arms `bug` (or none) for every simulation in this process.
+pub fn arm(bug: Option<Bug>) {
+    ARMED.store(bug.map_or(0, |b| b as u8), Ordering::SeqCst);
+}
+
+pub fn armed(bug: Bug) -> bool {
+    ARMED.load(Ordering::Relaxed) == bug as u8
+}
