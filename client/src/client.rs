@@ -156,15 +156,17 @@ impl Client {
         Ok(client)
     }
 
-    /// Calls the leader with `call`, following leader hints. `idempotent` says whether an
-    /// unknown outcome may be retried as is (reads, and commits that reuse their id).
+    /// Calls the leader with `call`, following leader hints. Every call here is safe to send
+    /// again (reads change nothing; commits reuse their transaction id; allocations and
+    /// membership changes are idempotent or harmless to repeat). `mutates` says whether a
+    /// call that never got a definite answer must be reported as `OutcomeUnknown`.
     ///
     /// Order of attempts: the known leader; else the endpoints in turn, skipping those that
     /// failed to answer during this call. A hint naming a replica that failed during this call
     /// is not followed (followers keep naming a dead leader until they elect a new one). The
     /// call sleeps (with doubling backoff) only when no leader is known and every endpoint was
     /// tried, so a failover costs about one election, not a backoff series.
-    pub(crate) async fn call<T, F, Fut>(&self, what: &str, idempotent: bool, call: F) -> Result<T, FsError>
+    pub(crate) async fn call<T, F, Fut>(&self, what: &str, mutates: bool, call: F) -> Result<T, FsError>
     where
         F: Fn(MetadataClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -215,7 +217,7 @@ impl Client {
             if code != ErrorCode::NotLeader {
                 unreachable.insert(addr.clone());
             }
-            if !code.is_retryable() || (code.is_outcome_unknown() && !idempotent) {
+            if !code.is_retryable() {
                 break;
             }
             tracing::debug!(what, %addr, ?code, attempt, "rpc failed; retrying");
@@ -227,7 +229,7 @@ impl Client {
                 backoff = (backoff * 2).min(RPC_BACKOFF_MAX);
             }
         }
-        if outcome_unknown && !matches!(last_error, FsError::Invalid(_) | FsError::TooLarge(_)) {
+        if mutates && outcome_unknown && !matches!(last_error, FsError::Invalid(_) | FsError::TooLarge(_)) {
             return Err(FsError::OutcomeUnknown(format!("{what}: {last_error}")));
         }
         Err(last_error)
@@ -269,7 +271,7 @@ impl Client {
     pub async fn cluster_status(&self) -> Result<ClusterStatusResponse, FsError> {
         self.call(
             "cluster status",
-            true,
+            false,
             |mut client| async move { client.cluster_status(ClusterStatusRequest {}).await },
         )
         .await

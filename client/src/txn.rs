@@ -246,7 +246,7 @@ impl Transaction {
         }
         let response = self
             .client
-            .call("get inode", true, |mut client| async move { client.get_inode(GetInodeRequest { ino }).await })
+            .call("get inode", false, |mut client| async move { client.get_inode(GetInodeRequest { ino }).await })
             .await?;
         let mut state = self.state();
         if let Some(inode) = state.inodes.get(&ino) {
@@ -284,7 +284,7 @@ impl Transaction {
         let request = LookupRequest { key: Some(DentryKey { parent, name: name.to_vec() }) };
         let response = self
             .client
-            .call("lookup", true, |mut client| {
+            .call("lookup", false, |mut client| {
                 let request = request.clone();
                 async move { client.lookup(request).await }
             })
@@ -675,7 +675,7 @@ impl Transaction {
                 let request = ReadDirRequest { ino, start_after: start_after.clone(), limit: 0 };
                 let page = self
                     .client
-                    .call("readdir", true, |mut client| {
+                    .call("readdir", false, |mut client| {
                         let request = request.clone();
                         async move { client.read_dir(request).await }
                     })

@@ -2,6 +2,8 @@
 //! `main.rs` is a thin shell over `metadata::node::MetaNode`; the simulation tests start the
 //! same node on a simulated disk.
 
+#[cfg(madsim)]
+pub mod buggify;
 pub mod clock;
 pub mod constants;
 pub mod metadata;

@@ -2,7 +2,7 @@
 //! injects them until told to stop, and heals everything.
 //!
 //! Faults: kill and restart a replica (a process crash, or a power loss of its unsynced
-//! writes), a blackout (every replica loses power at once), isolate a replica (the leader, sometimes), cut a one-way link, swizzle-clog (clog
+//! writes), a blackout (every replica loses power at once), a disk whose syncs fail, isolate a replica (the leader, sometimes), cut a one-way link, swizzle-clog (clog
 //! links one by one, then unclog them in random order), packet loss and delay. Apart from a
 //! blackout (which ends with every replica restarted), at most a minority of replicas is down
 //! or isolated at any moment, so the cluster can make progress.
@@ -23,6 +23,9 @@ pub struct NemesisPlan {
     pub power_loss: bool,
     /// Every replica loses power at once (and restarts): only synced writes survive.
     pub blackout: bool,
+    /// A replica's disk starts failing syncs; the replica must stop serving (until it is
+    /// restarted, with a working disk, at the next step).
+    pub sync_failure: bool,
     pub isolate: bool,
     pub one_way: bool,
     pub swizzle: bool,
@@ -43,6 +46,7 @@ impl NemesisPlan {
             kill: rng.gen_bool(0.7),
             power_loss: rng.gen_bool(0.5),
             blackout: rng.gen_bool(0.3),
+            sync_failure: rng.gen_bool(0.3),
             isolate: rng.gen_bool(0.5),
             one_way: rng.gen_bool(0.3),
             swizzle: rng.gen_bool(0.3),
@@ -53,7 +57,8 @@ impl NemesisPlan {
     }
 
     pub fn is_quiet(&self) -> bool {
-        !(self.kill || self.blackout || self.isolate || self.one_way || self.swizzle) && self.packet_loss == 0.0
+        !(self.kill || self.blackout || self.sync_failure || self.isolate || self.one_way || self.swizzle)
+            && self.packet_loss == 0.0
     }
 }
 
@@ -72,13 +77,14 @@ pub async fn run(cluster: &Cluster, plan: &NemesisPlan, stop: Arc<AtomicBool>) -
     let mut down: Vec<u64> = Vec::new();
     let mut isolated: Vec<u64> = Vec::new();
     let mut clogged: Vec<(u64, u64)> = Vec::new();
+    let mut failing_disks: Vec<u64> = Vec::new();
     let node_id = |id: u64| cluster.nodes[id as usize - 1].id();
     while !stop.load(Ordering::Relaxed) {
         let (pause, choice, victim, other, power) = {
             let mut rng = madsim::rand::thread_rng();
             (
                 rng.gen_range(plan.interval_ms.0..=plan.interval_ms.1),
-                rng.gen_range(0..6),
+                rng.gen_range(0..7),
                 rng.gen_range(1..=replicas as u64),
                 rng.gen_range(1..=replicas as u64),
                 rng.gen_bool(0.5),
@@ -86,6 +92,11 @@ pub async fn run(cluster: &Cluster, plan: &NemesisPlan, stop: Arc<AtomicBool>) -
         };
         tokio::time::sleep(Duration::from_millis(pause)).await;
         // Heal what was broken before, so faults come and go.
+        for id in failing_disks.drain(..) {
+            cluster.disks[id as usize - 1].set_sync_fails(false);
+            cluster.kill(id);
+            down.push(id);
+        }
         for id in down.drain(..) {
             cluster.restart(id);
         }
@@ -141,6 +152,11 @@ pub async fn run(cluster: &Cluster, plan: &NemesisPlan, stop: Arc<AtomicBool>) -
                 }
                 faults += 1;
             }
+            5 if plan.sync_failure && impaired(&down, &isolated) + failing_disks.len() < minority.max(1) => {
+                cluster.disks[victim as usize - 1].set_sync_fails(true);
+                failing_disks.push(victim);
+                faults += 1;
+            }
             _ => {
                 for (a, b) in clogged.drain(..) {
                     net.unclog_link(node_id(a), node_id(b));
@@ -149,6 +165,11 @@ pub async fn run(cluster: &Cluster, plan: &NemesisPlan, stop: Arc<AtomicBool>) -
         }
     }
     // Heal.
+    for id in failing_disks.drain(..) {
+        cluster.disks[id as usize - 1].set_sync_fails(false);
+        cluster.kill(id);
+        down.push(id);
+    }
     for id in down.drain(..) {
         cluster.restart(id);
     }

@@ -47,6 +47,8 @@ fn runtime(seed: u64) -> madsim::runtime::Runtime {
 /// Runs one seed.
 pub fn run_seed(seed: u64) -> SeedResult {
     let started = Instant::now();
+    // A run that panicked may have left the buggify sites on for this thread.
+    cffs_server::buggify::enable(false);
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| runtime(seed).block_on(scenario::run())));
     let wall = started.elapsed();
     match outcome {

@@ -52,6 +52,8 @@ pub async fn run() -> Report {
         .await
         .expect("setup before faults");
 
+    // Buggify points in the server fire during the safety phase only.
+    cffs_server::buggify::enable(true);
     let pause = Duration::from_millis(30);
     let mut bank = Vec::new();
     let mut counters = Vec::new();
@@ -85,6 +87,7 @@ pub async fn run() -> Report {
         namespace_histories.push(handle.await.expect("namespace client"));
     }
     stop.store(true, Ordering::Relaxed);
+    cffs_server::buggify::enable(false);
     report.faults = nemesis.await.expect("nemesis");
     report.power_losses = DiskSim::current().power_losses();
     report.plan = Some(plan);

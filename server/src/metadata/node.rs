@@ -107,6 +107,11 @@ impl MetaNode {
             let id = config.id;
             tokio::spawn(async move { bootstrap(id, raft, peers).await });
         }
+        #[cfg(madsim)]
+        {
+            let raft = raft.clone();
+            tokio::spawn(async move { buggify_background(raft).await });
+        }
         Ok(MetaNode { raft, state })
     }
 }
@@ -149,5 +154,20 @@ async fn peer_is_initialized(addr: &str) -> Option<bool> {
     match tokio::time::timeout(Duration::from_secs(1), call).await {
         Ok(Ok(reply)) => Some(reply.into_inner().initialized),
         _ => None,
+    }
+}
+
+/// Snapshots at odd moments and forced elections, when those buggify sites are armed.
+#[cfg(madsim)]
+async fn buggify_background(raft: MetaRaft) {
+    use crate::buggify::{fire, Site};
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if fire(Site::SnapshotNow, 0.2) {
+            let _ = raft.trigger().snapshot().await;
+        }
+        if fire(Site::ForceElection, 0.01) {
+            let _ = raft.trigger().elect().await;
+        }
     }
 }

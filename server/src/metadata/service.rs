@@ -231,7 +231,13 @@ impl cffs_proto::metadata_server::Metadata for MetadataService {
             return Ok(Response::new(response));
         }
         match self.propose(Command { kind: Some(command::Kind::Commit(request)) }).await? {
-            CommandOutcome::Commit(response) => Ok(Response::new(response)),
+            CommandOutcome::Commit(response) => {
+                #[cfg(madsim)]
+                if crate::buggify::fire(crate::buggify::Site::DropCommitReply, 0.05) {
+                    return Err(status(ErrorCode::Timeout, "buggify: reply dropped after the commit"));
+                }
+                Ok(Response::new(response))
+            }
             CommandOutcome::Rejected(why) => Err(invalid(why)),
             CommandOutcome::AllocateInodes(_) => Err(status(ErrorCode::Internal, "commit answered as an allocation")),
         }

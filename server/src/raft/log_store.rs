@@ -165,6 +165,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         #[cfg(not(madsim))]
         let sync = true;
         let result = self.engine.write(batch, sync);
+        #[cfg(madsim)]
+        if crate::buggify::fire(crate::buggify::Site::LogAppendDelay, 0.1) {
+            crate::buggify::delay().await;
+        }
         match result {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));

@@ -108,6 +108,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut outcomes = Vec::new();
         for entry in entries {
+            #[cfg(madsim)]
+            if crate::buggify::fire(crate::buggify::Site::ApplyDelay, 0.05) {
+                crate::buggify::delay().await;
+            }
             let index = entry.log_id.index;
             if let Some(applied) = self.applied {
                 assert!(index > applied.index, "entries are applied once, in log order");

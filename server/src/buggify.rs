@@ -1,0 +1,51 @@
+//! Two-level buggify points, compiled only under `cfg(madsim)`: each site is armed for a whole
+//! run or not (decided from the run's seed, so runs differ in which sites they stress), and an
+//! armed site fires at random, drawn from the simulation's RNG. Off unless the simulation
+//! enables it (for the thread the simulation runs on). madsim's own buggify switch is not used:
+//! it also delays one network message in ten by seconds, which would drown every other fault.
+//! Every site provokes something correct code must survive: slow disks, slow apply, a reply
+//! lost after the work was done, snapshots at odd moments, leadership changes.
+
+use std::cell::Cell;
+
+thread_local! {
+    static ENABLED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Turns the buggify sites on or off for the simulation running on this thread.
+pub fn enable(on: bool) {
+    ENABLED.with(|enabled| enabled.set(on));
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Site {
+    /// The log append's flush is reported late.
+    LogAppendDelay = 1,
+    /// Applying an entry takes a while.
+    ApplyDelay = 2,
+    /// A commit's reply is dropped after the commit was applied (the client sees a timeout).
+    DropCommitReply = 3,
+    /// A snapshot is built now.
+    SnapshotNow = 4,
+    /// A follower starts an election now, deposing the leader.
+    ForceElection = 5,
+}
+
+/// True when `site` is armed in this run and fires this time (with probability `p`).
+pub fn fire(site: Site, p: f64) -> bool {
+    use rand::Rng;
+    if !ENABLED.with(|enabled| enabled.get()) {
+        return false;
+    }
+    let seed = madsim::runtime::Handle::current().seed();
+    // Armed for about half of the runs, a different half per site.
+    let mixed = (seed ^ (site as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    (mixed >> 63) == 1 && madsim::rand::thread_rng().gen_bool(p)
+}
+
+/// A short random delay, for the delay sites.
+pub async fn delay() {
+    use rand::Rng;
+    let ms = madsim::rand::thread_rng().gen_range(1..50);
+    madsim::time::sleep(std::time::Duration::from_millis(ms)).await;
+}
