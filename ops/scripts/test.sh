@@ -18,7 +18,7 @@ cargo fmt --all -- --check
 
 step "tidy: every Rust file opens with a //! comment saying what it owns"
 missing=$(git ls-files '*.rs' | while read -r file; do
-  grep -v '^#!\[' "$file" | head -1 | grep -q '^//!' || echo "$file"
+  awk '!/^#!\[/ { print; exit }' "$file" | grep -q '^//!' || echo "$file"
 done)
 if [ -n "$missing" ]; then
   echo "these files do not open with //!:" >&2
