@@ -206,7 +206,12 @@ impl Client {
             let detail = cffs_proto::error_code::detail(&status);
             let code = cffs_proto::error_code::detail_code(&detail);
             last_error = FsError::from_status(&status);
-            outcome_unknown |= code.is_outcome_unknown();
+            // For a call that changes state, only a refusal before proposing (a bad or oversized
+            // request) or a connection never made is definite: `NOT_LEADER` can come from a
+            // leader that proposed the entry and then lost its leadership.
+            outcome_unknown |= code.is_outcome_unknown()
+                || (mutates
+                    && !matches!(code, ErrorCode::InvalidArgument | ErrorCode::TooLarge | ErrorCode::Unavailable));
             let hint = detail.leader_addr;
             if code == ErrorCode::NotLeader && !hint.is_empty() && hint != addr && !unreachable.contains(&hint) {
                 *self.inner.leader.lock().expect("leader lock") = Some(hint);

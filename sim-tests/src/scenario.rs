@@ -47,6 +47,7 @@ pub async fn run() -> Report {
     cluster
         .with_client(|client| async move {
             workload::bank_setup(&client, ACCOUNTS).await?;
+            workload::list_setup(&client).await?;
             workload::counter_setup(&client, COUNTERS).await
         })
         .await
@@ -58,6 +59,10 @@ pub async fn run() -> Report {
     let mut bank = Vec::new();
     let mut counters = Vec::new();
     let mut namespace = Vec::new();
+    let mut lists = Vec::new();
+    for client_id in 1..=3u64 {
+        lists.push(spawn_client(&cluster, move |c| workload::list_append_client(c, client_id, 40, pause)));
+    }
     for _ in 0..3 {
         bank.push(spawn_client(&cluster, move |c| workload::bank_client(c, ACCOUNTS, 40, pause)));
     }
@@ -86,6 +91,10 @@ pub async fn run() -> Report {
     for handle in namespace {
         namespace_histories.push(handle.await.expect("namespace client"));
     }
+    let mut list_history = Vec::new();
+    for handle in lists {
+        list_history.extend(handle.await.expect("list-append client"));
+    }
     stop.store(true, Ordering::Relaxed);
     cffs_server::buggify::enable(false);
     report.faults = nemesis.await.expect("nemesis");
@@ -112,13 +121,15 @@ pub async fn run() -> Report {
     }
 
     // Checkers.
-    let (total, values) = cluster
+    let (total, values, finals) = cluster
         .with_client(|client| async move {
             let total = workload::bank_total(&client, ACCOUNTS).await.expect("final bank read");
             let values = workload::counter_values(&client, COUNTERS).await.expect("final counter read");
-            (total, values)
+            let finals = workload::list_finals(&client).await.expect("final list read");
+            (total, values, finals)
         })
         .await;
+    report.check("elle", checker::elle::check(&list_history, &finals));
     let audits: Vec<u64> = bank_histories.iter().flat_map(|h| h.audits.iter().copied()).collect();
     report.check("bank", checker::bank(&audits, total, ACCOUNTS as u64 * workload::BANK_BALANCE_INITIAL));
     let mut acked = vec![0; COUNTERS];
@@ -135,7 +146,8 @@ pub async fn run() -> Report {
     report.check("stale-read", checker::stale_reads(&writes, &reads));
     report.commits = bank_histories.iter().map(|h| h.transfers_acked + h.audits.len() as u64).sum::<u64>()
         + acked.iter().sum::<u64>()
-        + namespace_histories.iter().map(|h| h.committed).sum::<u64>();
+        + namespace_histories.iter().map(|h| h.committed).sum::<u64>()
+        + list_history.iter().filter(|t| t.outcome == checker::elle::Outcome::Committed).count() as u64;
 
     // Every replica converges to the same applied index, with identical state, and passes fsck.
     match cluster.wait_converged(LIVENESS_BOUND).await {

@@ -284,3 +284,111 @@ pub async fn namespace_client(client: Client, ops: usize, pause: Duration) -> Na
     }
     history
 }
+
+// ---------------------------------------------------------------------------------------
+// List-append: each file holds a list of values; transactions append unique values to some
+// files and read others, recorded for the Elle-style checker.
+
+pub const LIST_KEYS: usize = 6;
+
+pub fn list_path(key: usize) -> String {
+    format!("/la/k{key}")
+}
+
+fn parse_list(data: &[u8]) -> Result<Vec<u64>, FsError> {
+    let text = String::from_utf8_lossy(data);
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|_| FsError::Internal(format!("list is garbled: {text}"))))
+        .collect()
+}
+
+async fn read_list(txn: &cffs_client::Transaction, key: usize) -> Result<Vec<u64>, FsError> {
+    match txn.read_file(&list_path(key)).await {
+        Ok(data) => parse_list(&data),
+        Err(FsError::NotFound) => Ok(Vec::new()),
+        Err(error) => Err(error),
+    }
+}
+
+pub async fn list_setup(client: &Client) -> Result<(), FsError> {
+    client.run(|txn| async move { txn.mkdir_all("/la", 0o755).await }).await
+}
+
+/// One list-append client; `client_id` makes its values unique.
+pub async fn list_append_client(
+    client: Client,
+    client_id: u64,
+    txns: usize,
+    pause: Duration,
+) -> Vec<crate::checker::elle::Txn> {
+    use crate::checker::elle::{Op, Outcome, Txn};
+    use rand::seq::SliceRandom;
+    use rand::Rng;
+    let mut history = Vec::new();
+    let mut counter = 0u64;
+    for _ in 0..txns {
+        let plan: Vec<(usize, Option<u64>)> = {
+            let mut rng = madsim::rand::thread_rng();
+            let mut keys: Vec<usize> = (0..LIST_KEYS).collect();
+            keys.shuffle(&mut rng);
+            let n = rng.gen_range(1..=3);
+            keys.into_iter()
+                .take(n)
+                .map(|key| {
+                    let append = rng.gen_bool(0.5).then(|| {
+                        counter += 1;
+                        client_id << 32 | counter
+                    });
+                    (key, append)
+                })
+                .collect()
+        };
+        let invoked = tokio::time::Instant::now();
+        let result = client
+            .run(|txn| {
+                let plan = plan.clone();
+                async move {
+                    let mut ops = Vec::new();
+                    for (key, append) in plan {
+                        let list = read_list(&txn, key).await?;
+                        match append {
+                            Some(value) => {
+                                let mut text: String = list.iter().map(|v| format!("{v},")).collect();
+                                text.push_str(&value.to_string());
+                                txn.write_file(&list_path(key), text.as_bytes()).await?;
+                                ops.push(Op::Append { key, value });
+                            }
+                            None => ops.push(Op::Read { key, list }),
+                        }
+                    }
+                    Ok(ops)
+                }
+            })
+            .await;
+        let completed = tokio::time::Instant::now();
+        let appends_only =
+            || plan.iter().filter_map(|(key, a)| a.map(|value| Op::Append { key: *key, value })).collect();
+        let (ops, outcome) = match result {
+            Ok(ops) => (ops, Outcome::Committed),
+            Err(FsError::OutcomeUnknown(_)) => (appends_only(), Outcome::Unknown),
+            Err(_) => (appends_only(), Outcome::Failed),
+        };
+        history.push(Txn { ops, outcome, invoked, completed });
+        tokio::time::sleep(pause).await;
+    }
+    history
+}
+
+/// Every list, read in one transaction after the run.
+pub async fn list_finals(client: &Client) -> Result<std::collections::BTreeMap<usize, Vec<u64>>, FsError> {
+    client
+        .run(|txn| async move {
+            let mut finals = std::collections::BTreeMap::new();
+            for key in 0..LIST_KEYS {
+                finals.insert(key, read_list(&txn, key).await?);
+            }
+            Ok(finals)
+        })
+        .await
+}

@@ -1,5 +1,6 @@
 //! Checkers, one module per property. Each returns the violations it found (empty = pass).
 
+pub mod elle;
 pub mod fsck;
 
 /// Every committed audit saw the initial total, and so does the final read.
