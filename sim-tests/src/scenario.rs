@@ -19,6 +19,8 @@ pub const ACCOUNTS: usize = 5;
 pub const COUNTERS: usize = 3;
 /// After the faults stop, the cluster must commit again within this long.
 pub const LIVENESS_BOUND: Duration = Duration::from_secs(20);
+/// Clients that must each commit in the liveness phase.
+pub const LIVENESS_CLIENTS: usize = 4;
 
 /// What a run found: the checker that caught each violation, and what it saw.
 #[derive(Debug, Default)]
@@ -101,20 +103,28 @@ pub async fn run() -> Report {
     report.power_losses = DiskSim::current().power_losses();
     report.plan = Some(plan);
 
-    // Liveness phase: healed, the cluster must commit again within the bound.
-    let live = cluster
-        .with_client(|client| async move {
-            tokio::time::timeout(
-                LIVENESS_BOUND,
-                client.run(|txn| async move { txn.write_file("/liveness", b"ok").await }),
-            )
-            .await
+    // Liveness phase: healed, every client (one per workload client, each on its own node)
+    // must commit again within the bound.
+    let live: Vec<_> = (0..LIVENESS_CLIENTS)
+        .map(|i| {
+            spawn_client(&cluster, move |client| async move {
+                let path = format!("/liveness-{i}");
+                let commit = client.run(|txn| {
+                    let path = path.clone();
+                    async move { txn.write_file(&path, b"ok").await }
+                });
+                tokio::time::timeout(LIVENESS_BOUND, commit).await
+            })
         })
-        .await;
-    match live {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => report.check("liveness", vec![format!("no commit after healing: {error}")]),
-        Err(_) => report.check("liveness", vec![format!("no commit within {LIVENESS_BOUND:?} after healing")]),
+        .collect();
+    for (i, handle) in live.into_iter().enumerate() {
+        match handle.await.expect("liveness client") {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => report.check("liveness", vec![format!("client {i}: no commit after healing: {error}")]),
+            Err(_) => {
+                report.check("liveness", vec![format!("client {i}: no commit within {LIVENESS_BOUND:?} after healing")])
+            }
+        }
     }
     if !report.violations.is_empty() {
         return report;

@@ -65,8 +65,10 @@ fn main() -> std::process::ExitCode {
     let seconds = started.elapsed().as_secs_f64();
     let commits: u64 = results.iter().filter_map(|r| r.report.as_ref()).map(|r| r.commits).sum();
     let faults: u64 = results.iter().filter_map(|r| r.report.as_ref()).map(|r| r.faults).sum();
+    let anomalies: usize = results.iter().filter_map(|r| r.report.as_ref()).map(|r| r.violations.len()).sum::<usize>()
+        + results.iter().filter(|r| r.panic.is_some()).count();
     println!(
-        "summary: {} seeds in {seconds:.1} s ({:.1} seeds/min, {jobs} jobs), {} failed; {commits} commits, {faults} faults injected",
+        "summary: {} seeds in {seconds:.1} s ({:.1} seeds/min, {jobs} jobs), {} failed, {anomalies} anomalies; {commits} commits, {faults} faults injected",
         results.len(),
         results.len() as f64 / seconds * 60.0,
         failed.len()
