@@ -24,7 +24,7 @@ use cffs_proto::{
 use prost::Message;
 
 use super::state;
-use crate::constants::{INODE_ALLOCATE_MAX, INO_FIRST_ALLOCATED, ROOT_INO};
+use crate::constants::{DEDUP_RETAIN_ENTRIES, INODE_ALLOCATE_MAX, INO_FIRST_ALLOCATED, ROOT_INO};
 use crate::storage::keys;
 use crate::storage::{Cf, KvEngine, StorageError, WriteBatch};
 
@@ -284,7 +284,29 @@ fn apply_commit(
         },
     };
     batch.put(Cf::State, dedup_key, keys::versioned_encode(index, &response.encode_to_vec()));
+    batch.put(Cf::State, keys::dedup_by_index_key(index, &txn_id), Vec::new());
+    prune_dedup(engine, index, DEDUP_RETAIN_ENTRIES, batch)?;
     Ok(CommandOutcome::Commit(response))
+}
+
+/// Most dedup records dropped per applied commit: pruning keeps pace with commits (each adds
+/// one) without making any one apply slow.
+const DEDUP_PRUNE_PER_COMMIT: usize = 4;
+
+/// Drops dedup records older than `retain` log entries before `index`, oldest first. Runs at
+/// apply time, so every replica drops the same records at the same index.
+fn prune_dedup(engine: &dyn KvEngine, index: u64, retain: u64, batch: &mut WriteBatch) -> Result<(), StorageError> {
+    let Some(cutoff) = index.checked_sub(retain) else {
+        return Ok(());
+    };
+    let start = [keys::PREFIX_DEDUP_BY_INDEX];
+    let end = keys::dedup_by_index_key(cutoff, &[0; TXN_ID_LEN]);
+    for (key, _) in engine.scan(Cf::State, &start, Some(&end), DEDUP_PRUNE_PER_COMMIT)? {
+        let (_, txn_id) = keys::dedup_by_index_key_decode(&key)?;
+        batch.delete(Cf::State, keys::dedup_key(&txn_id));
+        batch.delete(Cf::State, key);
+    }
+    Ok(())
 }
 
 /// Applies the write set to an overlay. A commutative update of a directory that no longer
@@ -517,6 +539,28 @@ mod tests {
         let retry = state.apply(&increment);
         assert_eq!(retry, first, "the retry gets the first outcome");
         assert_eq!(state.version(&Key::inode(20)), version, "and changes nothing");
+    }
+
+    #[test]
+    fn dedup_records_are_pruned_in_log_order_past_the_window() {
+        let mut state = State::new();
+        for id in 1..=6u8 {
+            assert!(committed(&state.apply(&txn(id, vec![], vec![put_inode(file(20 + u64::from(id), b""))]))));
+        }
+        // Entries 2..=7 hold commits 1..=6. With a window of 3 at index 8, records of entries
+        // before 5 go.
+        let mut batch = WriteBatch::default();
+        prune_dedup(&state.engine, 8, 3, &mut batch).unwrap();
+        state.engine.write(batch, false).unwrap();
+        let kept: Vec<u8> = (1..=6u8)
+            .filter(|id| state.engine.get(Cf::State, &keys::dedup_key(&[*id; 16])).unwrap().is_some())
+            .collect();
+        assert_eq!(kept, vec![4, 5, 6]);
+        let index_keys = state
+            .engine
+            .scan(Cf::State, &[keys::PREFIX_DEDUP_BY_INDEX], Some(&[keys::PREFIX_DEDUP_BY_INDEX + 1]), 100)
+            .unwrap();
+        assert_eq!(index_keys.len(), 3);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //!   contiguous, in name order, so a listing is one range scan
 //! - `l` ino:u64                 → versioned, empty payload: the directory's listing version
 //! - `t` txn_id:[u8;16]          → dedup record: log index:u64, then `CommitResponse` (prost)
+//! - `T` index:u64 txn_id:[u8;16] → empty: the dedup records in log order, for pruning
 //! - `s` name                    → system keys: `applied` (last applied log id, bincode),
 //!   `membership` (bincode), `next_ino` (u64)
 //!
@@ -25,6 +26,7 @@ pub const PREFIX_INODE: u8 = b'i';
 pub const PREFIX_DENTRY: u8 = b'd';
 pub const PREFIX_LISTING: u8 = b'l';
 pub const PREFIX_DEDUP: u8 = b't';
+pub const PREFIX_DEDUP_BY_INDEX: u8 = b'T';
 pub const PREFIX_SYSTEM: u8 = b's';
 
 pub const SYSTEM_APPLIED: &[u8] = b"sapplied";
@@ -89,6 +91,24 @@ pub fn dedup_key(txn_id: &[u8; TXN_ID_LEN]) -> Vec<u8> {
     key.push(PREFIX_DEDUP);
     key.extend_from_slice(txn_id);
     key
+}
+
+/// The log-ordered index entry of a dedup record.
+pub fn dedup_by_index_key(index: u64, txn_id: &[u8; TXN_ID_LEN]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9 + TXN_ID_LEN);
+    key.push(PREFIX_DEDUP_BY_INDEX);
+    key.extend_from_slice(&index.to_be_bytes());
+    key.extend_from_slice(txn_id);
+    key
+}
+
+/// Splits a dedup index key into (log index, transaction id).
+pub fn dedup_by_index_key_decode(key: &[u8]) -> Result<(u64, [u8; TXN_ID_LEN]), StorageError> {
+    if key.len() != 9 + TXN_ID_LEN || key[0] != PREFIX_DEDUP_BY_INDEX {
+        return Err(StorageError::corruption("dedup index key"));
+    }
+    let index = u64::from_be_bytes(key[1..9].try_into().expect("8 bytes"));
+    Ok((index, key[9..].try_into().expect("16 bytes")))
 }
 
 pub fn log_key(index: u64) -> Vec<u8> {
