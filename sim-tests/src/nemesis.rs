@@ -92,17 +92,7 @@ pub async fn run(cluster: &Cluster, plan: &NemesisPlan, stop: Arc<AtomicBool>) -
         };
         tokio::time::sleep(Duration::from_millis(pause)).await;
         // Heal what was broken before, so faults come and go.
-        for id in failing_disks.drain(..) {
-            cluster.disks[id as usize - 1].set_sync_fails(false);
-            cluster.kill(id);
-            down.push(id);
-        }
-        for id in down.drain(..) {
-            cluster.restart(id);
-        }
-        for id in isolated.drain(..) {
-            net.unclog_node(node_id(id));
-        }
+        heal_replicas(cluster, &net, &mut failing_disks, &mut down, &mut isolated);
         let impaired = |down: &Vec<u64>, isolated: &Vec<u64>| down.len() + isolated.len();
         match choice {
             0 if plan.kill && impaired(&down, &isolated) < minority.max(1) => {
@@ -165,14 +155,7 @@ pub async fn run(cluster: &Cluster, plan: &NemesisPlan, stop: Arc<AtomicBool>) -
         }
     }
     // Heal.
-    for id in failing_disks.drain(..) {
-        cluster.disks[id as usize - 1].set_sync_fails(false);
-        cluster.kill(id);
-        down.push(id);
-    }
-    for id in down.drain(..) {
-        cluster.restart(id);
-    }
+    heal_replicas(cluster, &net, &mut failing_disks, &mut down, &mut isolated);
     for id in 1..=replicas as u64 {
         net.unclog_node(node_id(id));
     }
@@ -184,4 +167,26 @@ pub async fn run(cluster: &Cluster, plan: &NemesisPlan, stop: Arc<AtomicBool>) -
         config.send_latency = Duration::from_millis(1)..Duration::from_millis(10);
     });
     faults
+}
+
+/// Gives failing disks their syncs back (restarting those replicas, which stopped serving),
+/// restarts the replicas that are down, and reconnects the isolated ones.
+fn heal_replicas(
+    cluster: &Cluster,
+    net: &NetSim,
+    failing_disks: &mut Vec<u64>,
+    down: &mut Vec<u64>,
+    isolated: &mut Vec<u64>,
+) {
+    for id in failing_disks.drain(..) {
+        cluster.disks[id as usize - 1].set_sync_fails(false);
+        cluster.kill(id);
+        down.push(id);
+    }
+    for id in down.drain(..) {
+        cluster.restart(id);
+    }
+    for id in isolated.drain(..) {
+        net.unclog_node(cluster.nodes[id as usize - 1].id());
+    }
 }
