@@ -17,10 +17,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-use cffs_proto::limits::{check_name, INLINE_DATA_MAX, ROOT_INO, SYMLINK_TARGET_MAX};
+use cffs_proto::limits::{check_name, INLINE_DATA_MAX, LOOKUP_PATH_COMPONENTS_MAX, ROOT_INO, SYMLINK_TARGET_MAX};
 use cffs_proto::{
     commit_response, write_op, AdjustDir, CommitRequest, Dentry, DentryKey, FileKind, GetInodeRequest, Inode, Key,
-    LookupRequest, PutDentry, ReadDirRequest, ReadEntry, WriteOp,
+    LookupPathRequest, LookupRequest, PutDentry, ReadDirRequest, ReadEntry, WriteOp,
 };
 
 use crate::client::Client;
@@ -155,6 +155,9 @@ struct TxnState {
     dirty_inodes: BTreeSet<u64>,
     dirty_dentries: BTreeSet<(u64, Vec<u8>)>,
     dir_updates: BTreeMap<u64, DirUpdate>,
+    /// Dentries fetched ahead by a path lookup, not yet used: (version, dentry). A use moves
+    /// one into the read set and the view, so only what resolution needed is validated.
+    prefetched: BTreeMap<(u64, Vec<u8>), (u64, Option<Dentry>)>,
     /// Inodes created by this transaction: the server has nothing to say about them.
     created: BTreeSet<u64>,
     /// Files opened through `open`, and unlinked ones kept readable through their handle.
@@ -281,6 +284,14 @@ impl Transaction {
         if self.state().created.contains(&parent) {
             return Ok(None);
         }
+        {
+            let mut state = self.state();
+            if let Some((version, dentry)) = state.prefetched.remove(&key) {
+                state.reads.insert(ReadKey::Dentry(parent, name.to_vec()), version);
+                state.dentries.insert(key, dentry.clone());
+                return Ok(dentry);
+            }
+        }
         let request = LookupRequest { key: Some(DentryKey { parent, name: name.to_vec() }) };
         let response = self
             .client
@@ -296,6 +307,37 @@ impl Transaction {
         state.reads.insert(ReadKey::Dentry(parent, name.to_vec()), response.version);
         state.dentries.insert(key, response.dentry.clone());
         Ok(response.dentry)
+    }
+
+    /// Fetches `name` in `parent` and then `ahead` (the following components) with one
+    /// `LookupPath` call, unless `name` is already known to this transaction.
+    async fn prefetch(&self, parent: u64, name: &[u8], ahead: Vec<Vec<u8>>) -> Result<(), FsError> {
+        {
+            let state = self.state();
+            let key = (parent, name.to_vec());
+            if ahead.is_empty()
+                || state.dentries.contains_key(&key)
+                || state.prefetched.contains_key(&key)
+                || state.created.contains(&parent)
+            {
+                return Ok(());
+            }
+        }
+        let mut names = vec![name.to_vec()];
+        names.extend(ahead.into_iter().take(LOOKUP_PATH_COMPONENTS_MAX - 1));
+        let request = LookupPathRequest { parent, names };
+        let response = self
+            .client
+            .call("lookup path", false, |mut client| {
+                let request = request.clone();
+                async move { client.lookup_path(request).await }
+            })
+            .await?;
+        let mut state = self.state();
+        for step in response.steps {
+            state.prefetched.entry((step.parent, step.name)).or_insert((step.version, step.dentry));
+        }
+        Ok(())
     }
 
     /// Resolves `path`. Symlinks met on the way are followed; the last component is followed
@@ -329,6 +371,9 @@ impl Transaction {
                 continue;
             }
             let parent = *ancestors.last().expect("the root is never popped");
+            // Fetch this component and the plain names after it in one round trip.
+            let ahead: Vec<Vec<u8>> = pending.iter().rev().take_while(|n| n.as_slice() != b"..").cloned().collect();
+            self.prefetch(parent, &name, ahead).await?;
             let dentry = self.lookup(parent, &name).await?;
             let is_last = pending.is_empty();
             match dentry {

@@ -21,6 +21,9 @@ pub const TXN_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// snapshot chunk.
 pub const RPC_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
+/// Most components one `LookupPath` request may name.
+pub const LOOKUP_PATH_COMPONENTS_MAX: usize = 256;
+
 /// The root directory's inode number.
 pub const ROOT_INO: u64 = 1;
 

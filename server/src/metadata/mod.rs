@@ -2,6 +2,7 @@
 //! transaction validator that runs at apply time, and the gRPC service in front of Raft.
 
 pub mod node;
+pub mod read_index;
 pub mod service;
 pub mod state;
 pub mod txn;

@@ -5,17 +5,20 @@
 //! the leader answers `NOT_LEADER` with a hint, and the client follows it.
 
 use cffs_proto::error_code::{status, status_with_leader};
-use cffs_proto::limits::{check_name, INLINE_DATA_MAX, NAME_LEN_MAX, TXN_BYTES_MAX, TXN_KEYS_MAX};
+use cffs_proto::limits::{
+    check_name, INLINE_DATA_MAX, LOOKUP_PATH_COMPONENTS_MAX, NAME_LEN_MAX, TXN_BYTES_MAX, TXN_KEYS_MAX,
+};
 use cffs_proto::{
     command, AddLearnerRequest, AllocateInodesRequest, AllocateInodesResponse, ChangeMembershipRequest,
-    ClusterStatusRequest, ClusterStatusResponse, Command, CommitRequest, CommitResponse, DirEntry, ErrorCode,
-    GetInodeRequest, GetInodeResponse, LookupRequest, LookupResponse, Member, MembershipResponse, OpenSessionRequest,
-    OpenSessionResponse, ReadDirRequest, ReadDirResponse,
+    ClusterStatusRequest, ClusterStatusResponse, Command, CommitRequest, CommitResponse, DirEntry, ErrorCode, FileKind,
+    GetInodeRequest, GetInodeResponse, LookupPathRequest, LookupPathResponse, LookupRequest, LookupResponse,
+    LookupStep, Member, MembershipResponse, OpenSessionRequest, OpenSessionResponse, ReadDirRequest, ReadDirResponse,
 };
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::BasicNode;
 use tonic::{Request, Response, Status};
 
+use super::read_index::{ReadIndex, ReadIndexError};
 use super::state;
 use super::txn::{self, CommandOutcome};
 use crate::constants::{INODE_ALLOCATE_MAX, READDIR_PAGE_MAX, REQUEST_TIMEOUT};
@@ -31,12 +34,14 @@ pub struct MetadataService {
     node_id: NodeId,
     raft: MetaRaft,
     state: MetaState,
+    read_index: ReadIndex,
     session_next: std::sync::atomic::AtomicU64,
 }
 
 impl MetadataService {
     pub fn new(node_id: NodeId, raft: MetaRaft, state: MetaState) -> Self {
-        MetadataService { node_id, raft, state, session_next: std::sync::atomic::AtomicU64::new(1) }
+        let read_index = ReadIndex::start(raft.clone());
+        MetadataService { node_id, raft, state, read_index, session_next: std::sync::atomic::AtomicU64::new(1) }
     }
 
     fn not_leader(&self, leader_id: Option<NodeId>, leader_node: Option<&BasicNode>) -> Status {
@@ -62,13 +67,13 @@ impl MetadataService {
         if crate::planted::armed(crate::planted::Bug::FollowerRead) {
             return Ok(());
         }
-        match tokio::time::timeout(REQUEST_TIMEOUT, self.raft.ensure_linearizable()).await {
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.read_index.wait()).await {
             Err(_) => Err(status(ErrorCode::Unavailable, "read index timed out")),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(error)) => match error.forward_to_leader::<BasicNode>() {
-                Some(forward) => Err(self.not_leader(forward.leader_id, forward.leader_node.as_ref())),
-                None => Err(status(ErrorCode::Unavailable, format!("read index: {error}"))),
-            },
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(ReadIndexError::NotLeader { leader_id, leader_node })) => {
+                Err(self.not_leader(leader_id, leader_node.as_ref()))
+            }
+            Ok(Err(ReadIndexError::Unavailable(why))) => Err(status(ErrorCode::Unavailable, why)),
         }
     }
 
@@ -175,6 +180,35 @@ impl cffs_proto::metadata_server::Metadata for MetadataService {
         let (version, dentry) =
             state::read_dentry(self.state.engine.as_ref(), key.parent, &key.name).map_err(storage_status)?;
         Ok(Response::new(LookupResponse { version, dentry }))
+    }
+
+    async fn lookup_path(&self, request: Request<LookupPathRequest>) -> Result<Response<LookupPathResponse>, Status> {
+        let request = request.into_inner();
+        if request.parent == 0 {
+            return Err(invalid("inode number 0"));
+        }
+        if request.names.is_empty() || request.names.len() > LOOKUP_PATH_COMPONENTS_MAX {
+            return Err(invalid(format!("a path lookup names 1..={LOOKUP_PATH_COMPONENTS_MAX} components")));
+        }
+        for name in &request.names {
+            check_name(name).map_err(|e| invalid(e.to_string()))?;
+        }
+        self.linearizable().await?;
+        // One state for the whole walk: apply is held off.
+        let _guard = self.state.apply_lock.read().expect("apply lock");
+        let mut steps = Vec::with_capacity(request.names.len());
+        let mut parent = request.parent;
+        for name in request.names {
+            let (version, dentry) =
+                state::read_dentry(self.state.engine.as_ref(), parent, &name).map_err(storage_status)?;
+            let next = dentry.as_ref().filter(|d| d.kind == FileKind::Directory as i32).map(|d| d.ino);
+            steps.push(LookupStep { parent, name, version, dentry });
+            match next {
+                Some(ino) => parent = ino,
+                None => break,
+            }
+        }
+        Ok(Response::new(LookupPathResponse { steps }))
     }
 
     async fn read_dir(&self, request: Request<ReadDirRequest>) -> Result<Response<ReadDirResponse>, Status> {
