@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ops/scripts/setup.sh
 source ops/scripts/env.sh
-echo "building cffs-server and cffs (the first build compiles RocksDB: about 10 minutes on 2 cores) ..." >&2
+echo "building cffs-server and cffs (the first build compiles RocksDB: tens of minutes on 2 cores) ..." >&2
 cargo build --release --locked -p cffs-server -p cffs-client --bins
 mkdir -p bin
 ln -sf "$CARGO_TARGET_DIR/release/cffs" bin/cffs
