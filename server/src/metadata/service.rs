@@ -14,7 +14,7 @@ use cffs_proto::{
     GetInodeRequest, GetInodeResponse, LookupPathRequest, LookupPathResponse, LookupRequest, LookupResponse,
     LookupStep, Member, MembershipResponse, OpenSessionRequest, OpenSessionResponse, ReadDirRequest, ReadDirResponse,
 };
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::BasicNode;
 use tonic::{Request, Response, Status};
 
@@ -331,6 +331,10 @@ impl MetadataService {
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                 Err(self.not_leader(forward.leader_id, forward.leader_node.as_ref()))
             }
+            // Another change is still being committed: the same request succeeds shortly.
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(
+                busy,
+            )))) => Err(status(ErrorCode::Unavailable, busy.to_string())),
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(error))) => Err(invalid(error.to_string())),
             Err(error) => Err(status(ErrorCode::Unavailable, format!("membership change: {error}"))),
         }
