@@ -131,17 +131,29 @@ pub async fn run() -> Report {
     }
 
     // Checkers.
-    let (total, values, finals) = cluster
+    let finals = cluster
         .with_client(|client| async move {
-            let total = workload::bank_total(&client, ACCOUNTS).await.expect("final bank read");
-            let values = workload::counter_values(&client, COUNTERS).await.expect("final counter read");
-            let finals = workload::list_finals(&client).await.expect("final list read");
-            (total, values, finals)
+            let total = workload::bank_total(&client, ACCOUNTS).await?;
+            let values = workload::counter_values(&client, COUNTERS).await?;
+            let finals = workload::list_finals(&client).await?;
+            Ok::<_, cffs_client::FsError>((total, values, finals))
         })
         .await;
+    // The files all existed before the faults: failing to read them back means state was lost.
+    let (total, values, finals) = match finals {
+        Ok(finals) => finals,
+        Err(error) => {
+            report.check("lost-commit", vec![format!("the final read of the workloads' files failed: {error}")]);
+            return report;
+        }
+    };
     report.check("elle", checker::elle::check(&list_history, &finals));
     let audits: Vec<u64> = bank_histories.iter().flat_map(|h| h.audits.iter().copied()).collect();
     report.check("bank", checker::bank(&audits, total, ACCOUNTS as u64 * workload::BANK_BALANCE_INITIAL));
+    report.check(
+        "bank",
+        bank_histories.iter().flat_map(|h| h.errors.iter().map(|e| format!("a bank operation failed: {e}"))).collect(),
+    );
     let mut acked = vec![0; COUNTERS];
     let mut unknown = vec![0; COUNTERS];
     for history in &counter_histories {

@@ -154,6 +154,8 @@ pub struct BankHistory {
     pub transfers_acked: u64,
     pub unknown: u64,
     pub unavailable: u64,
+    /// Errors no correct cluster gives a bank client (a missing or garbled account).
+    pub errors: Vec<String>,
 }
 
 /// One bank client: `ops` operations, each a transfer between two random accounts or (one in
@@ -178,7 +180,7 @@ pub async fn bank_client(client: Client, accounts: usize, ops: usize, pause: Dur
                 .await;
             match result {
                 Ok(total) => history.audits.push(total),
-                Err(error) => note_error(&mut history.unknown, &mut history.unavailable, error),
+                Err(error) => note_error(&mut history, error),
             }
         } else {
             let result = client
@@ -196,7 +198,7 @@ pub async fn bank_client(client: Client, accounts: usize, ops: usize, pause: Dur
                 .await;
             match result {
                 Ok(()) => history.transfers_acked += 1,
-                Err(error) => note_error(&mut history.unknown, &mut history.unavailable, error),
+                Err(error) => note_error(&mut history, error),
             }
         }
         tokio::time::sleep(pause).await;
@@ -204,11 +206,12 @@ pub async fn bank_client(client: Client, accounts: usize, ops: usize, pause: Dur
     history
 }
 
-fn note_error(unknown: &mut u64, unavailable: &mut u64, error: FsError) {
+fn note_error(history: &mut BankHistory, error: FsError) {
     match error {
-        FsError::OutcomeUnknown(_) => *unknown += 1,
-        FsError::Unavailable(_) | FsError::Busy(_) => *unavailable += 1,
-        other => panic!("a bank operation failed with a non-transient error: {other}"),
+        FsError::OutcomeUnknown(_) => history.unknown += 1,
+        FsError::Unavailable(_) | FsError::Busy(_) => history.unavailable += 1,
+        // The accounts exist from the start: any other error means the state went wrong.
+        other => history.errors.push(other.to_string()),
     }
 }
 

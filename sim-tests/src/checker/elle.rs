@@ -6,8 +6,8 @@
 //! G0 (write-write only), G1c (with write-read), G-single (one read-write edge), G2 (two or
 //! more), each with "-realtime" when it needs a real-time edge (a strict-serializability
 //! violation that plain serializability would allow). Also G1a (a value of a transaction
-//! known to have failed was read) and incompatible orders (two reads of one file that are not
-//! prefixes of one another).
+//! known to have failed was read), incompatible orders (two reads of one file that are not
+//! prefixes of one another), and lost appends (acknowledged, but not in the final list).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -89,6 +89,17 @@ pub fn check(history: &[Txn], final_lists: &BTreeMap<usize, Vec<u64>>) -> Vec<St
                     problems.push(format!("G1a: file {key} holds {value}, appended by a transaction that failed"))
                 }
                 Some(_) => {}
+            }
+        }
+    }
+
+    // Every acknowledged append is in the final list: nothing acknowledged is lost.
+    for txn in history.iter().filter(|t| t.outcome == Outcome::Committed) {
+        for op in &txn.ops {
+            if let Op::Append { key, value } = op {
+                if !final_lists.get(key).is_some_and(|list| list.contains(value)) {
+                    problems.push(format!("lost-append: file {key} lacks {value}, whose append was acknowledged"));
+                }
             }
         }
     }
@@ -290,6 +301,14 @@ mod tests {
         let finals = BTreeMap::from([(0, vec![1])]);
         let problems = check(&history, &finals);
         assert!(problems.iter().any(|p| p.contains("-realtime")), "{problems:?}");
+    }
+
+    #[madsim::test]
+    async fn an_acknowledged_append_missing_at_the_end_is_lost() {
+        let history = vec![txn(vec![append(0, 1)], 0, 1), txn(vec![append(0, 2)], 2, 3)];
+        let finals = BTreeMap::from([(0, vec![1])]);
+        let problems = check(&history, &finals);
+        assert!(problems.iter().any(|p| p.starts_with("lost-append") && p.contains(" 2,")), "{problems:?}");
     }
 
     #[madsim::test]
