@@ -113,6 +113,8 @@ fn attr_of(inode: &Inode) -> Result<Attr, FsError> {
     })
 }
 
+/// Wall-clock time for inode timestamps: the one clock read of the client (madsim replaces
+/// the clock in simulation).
 fn now_ns() -> i64 {
     match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
         Ok(since) => i64::try_from(since.as_nanos()).unwrap_or(i64::MAX),

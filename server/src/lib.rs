@@ -4,7 +4,6 @@
 
 #[cfg(madsim)]
 pub mod buggify;
-pub mod clock;
 pub mod constants;
 pub mod metadata;
 #[cfg(madsim)]
