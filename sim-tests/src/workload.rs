@@ -259,7 +259,15 @@ pub async fn namespace_client(client: Client, ops: usize, pause: Duration) -> Na
     for _ in 0..ops {
         let (op, first, second) = {
             let mut rng = madsim::rand::thread_rng();
-            (rng.gen_range(0..7), random_path(&mut rng), random_path(&mut rng))
+            let op = rng.gen_range(0..7);
+            let first = random_path(&mut rng);
+            // Half the renames try to move a path under itself, which must always fail.
+            let second = if op == 2 && rng.gen_bool(0.5) {
+                format!("{first}/{}", ["a", "b", "c", "d"][rng.gen_range(0..4)])
+            } else {
+                random_path(&mut rng)
+            };
+            (op, first, second)
         };
         let result = client
             .run(|txn| {
