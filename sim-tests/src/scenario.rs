@@ -147,6 +147,15 @@ pub async fn run() -> Report {
             return report;
         }
     };
+    if std::env::var_os("CFFS_DEBUG_HISTORY").is_some() {
+        let base = list_history.iter().map(|t| t.invoked).min();
+        for (i, t) in list_history.iter().enumerate() {
+            if let Some(base) = base {
+                eprintln!("T{i} {:?} [{:?} .. {:?}] {:?}", t.outcome, t.invoked - base, t.completed - base, t.ops);
+            }
+        }
+        eprintln!("finals {finals:?}");
+    }
     report.check("elle", checker::elle::check(&list_history, &finals));
     let audits: Vec<u64> = bank_histories.iter().flat_map(|h| h.audits.iter().copied()).collect();
     report.check("bank", checker::bank(&audits, total, ACCOUNTS as u64 * workload::BANK_BALANCE_INITIAL));
