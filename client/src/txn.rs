@@ -471,7 +471,7 @@ impl Transaction {
         }
     }
 
-    async fn create_entry(&self, parent: u64, name: &[u8], mut inode: Inode) -> Result<(), FsError> {
+    fn create_entry(&self, parent: u64, name: &[u8], mut inode: Inode) {
         let kind = inode.kind;
         let is_dir = kind == FileKind::Directory as i32;
         if is_dir {
@@ -482,7 +482,6 @@ impl Transaction {
         self.put_inode(inode);
         self.put_dentry(parent, name, Some(Dentry { ino, kind }));
         self.update_dir(parent, if is_dir { 1 } else { 0 });
-        Ok(())
     }
 
     // ----------------------------------------------------------------------------------
@@ -518,7 +517,7 @@ impl Transaction {
         }
         let inode = self.new_inode(self.client.allocate_ino().await?, Kind::Dir, mode);
         let attr = attr_of(&inode)?;
-        self.create_entry(resolved.parent, &name, inode).await?;
+        self.create_entry(resolved.parent, &name, inode);
         Ok(attr)
     }
 
@@ -560,7 +559,7 @@ impl Transaction {
         };
         let inode = self.new_inode(self.client.allocate_ino().await?, Kind::File, mode);
         let attr = attr_of(&inode)?;
-        self.create_entry(resolved.parent, &name, inode).await?;
+        self.create_entry(resolved.parent, &name, inode);
         Ok(attr)
     }
 
@@ -907,7 +906,8 @@ impl Transaction {
         let mut inode = self.new_inode(self.client.allocate_ino().await?, Kind::Symlink, 0o777);
         inode.symlink_target = target.as_bytes().to_vec();
         inode.size = target.len() as u64;
-        self.create_entry(to.parent, &name, inode).await
+        self.create_entry(to.parent, &name, inode);
+        Ok(())
     }
 
     pub async fn readlink(&self, path: &str) -> Result<String, FsError> {

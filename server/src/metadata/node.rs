@@ -47,7 +47,6 @@ impl MetaNodeConfig {
 
 pub struct MetaNode {
     pub raft: MetaRaft,
-    pub state: MetaState,
 }
 
 pub fn raft_config(node: &MetaNodeConfig) -> anyhow::Result<Arc<openraft::Config>> {
@@ -112,7 +111,7 @@ impl MetaNode {
             let raft = raft.clone();
             tokio::spawn(async move { buggify_background(raft).await });
         }
-        Ok(MetaNode { raft, state })
+        Ok(MetaNode { raft })
     }
 }
 

@@ -71,10 +71,6 @@ impl SimDisk {
     pub fn set_sync_fails(&self, fails: bool) {
         self.disk.lock().expect("sim disk lock").sync_fails = fails;
     }
-
-    pub fn unsynced_batches(&self) -> usize {
-        self.disk.lock().expect("sim disk lock").unsynced.len()
-    }
 }
 
 fn apply_op(tree: &mut Tree, op: &BatchOp) {
