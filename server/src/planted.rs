@@ -17,6 +17,9 @@ pub enum Bug {
     FollowerRead = 4,
     /// Apply a commutative directory update as a blind overwrite of nlink.
     BlindParentUpdate = 5,
+    /// A replica restarted as the leader of its stored term serves reads at openraft's read
+    /// index alone, without waiting to apply the log it found at startup (chaos seed 182).
+    NoRestartFloor = 6,
 }
 
 static ARMED: AtomicU8 = AtomicU8::new(0);

@@ -37,6 +37,43 @@ impl SeedResult {
     }
 }
 
+/// A bug planted in the code under test (compiled only under madsim), for proving that the
+/// checkers notice it. Process-wide: one at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Planted {
+    /// Apply commits without checking their read sets.
+    SkipReadValidation,
+    /// Acknowledge log entries before they are synced.
+    AckBeforeDurable,
+    /// Forget deduplication: a retried commit applies twice.
+    ForgetDedup,
+    /// Serve reads from any replica without the read index.
+    FollowerRead,
+    /// Rename a directory without checking that it does not move under itself (client).
+    RenameWithoutAncestorCheck,
+    /// Apply a commutative parent update as a blind overwrite.
+    BlindParentUpdate,
+    /// A leader restarted in its stored term serves reads before applying its log.
+    NoRestartFloor,
+}
+
+impl Planted {
+    /// Switches this bug on or off for every simulation in the process.
+    pub fn set(self, on: bool) {
+        use cffs_server::planted::{arm, Bug};
+        let server = |bug| arm(if on { Some(bug) } else { None });
+        match self {
+            Planted::SkipReadValidation => server(Bug::SkipReadValidation),
+            Planted::AckBeforeDurable => server(Bug::AckBeforeDurable),
+            Planted::ForgetDedup => server(Bug::ForgetDedup),
+            Planted::FollowerRead => server(Bug::FollowerRead),
+            Planted::BlindParentUpdate => server(Bug::BlindParentUpdate),
+            Planted::NoRestartFloor => server(Bug::NoRestartFloor),
+            Planted::RenameWithoutAncestorCheck => cffs_client::planted::arm_rename_without_ancestor_check(on),
+        }
+    }
+}
+
 fn runtime(seed: u64) -> madsim::runtime::Runtime {
     let mut runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
     runtime.add_simulator::<DiskSim>();

@@ -5,30 +5,17 @@
 
 use std::sync::Mutex;
 
-use cffs_server::planted::{arm, Bug};
-use cffs_sim_tests::runner;
+use cffs_sim_tests::runner::{self, Planted};
 
 const SEEDS_MAX: u64 = 50;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-enum Planted {
-    Server(Bug),
-    RenameWithoutAncestorCheck,
-}
-
-fn set(bug: &Planted, on: bool) {
-    match bug {
-        Planted::Server(bug) => arm(if on { Some(*bug) } else { None }),
-        Planted::RenameWithoutAncestorCheck => cffs_client::planted::arm_rename_without_ancestor_check(on),
-    }
-}
-
 /// Runs seeds from 1 with `bug` planted until one fails; asserts that happens within
 /// `SEEDS_MAX` seeds and returns the checkers that caught it.
 fn caught_by(name: &str, bug: Planted) -> Vec<&'static str> {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    set(&bug, true);
+    bug.set(true);
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
     let mut found = None;
     let mut start = 1;
@@ -37,7 +24,7 @@ fn caught_by(name: &str, bug: Planted) -> Vec<&'static str> {
         found = results.into_iter().find(|r| r.failed()).map(|r| (r.seed, r.caught_by()));
         start += jobs;
     }
-    set(&bug, false);
+    bug.set(false);
     let (seed, checkers) = found.unwrap_or_else(|| panic!("planted bug '{name}' not caught within {SEEDS_MAX} seeds"));
     eprintln!("planted bug '{name}': caught at seed {seed} by {checkers:?}");
     checkers
@@ -45,22 +32,22 @@ fn caught_by(name: &str, bug: Planted) -> Vec<&'static str> {
 
 #[test]
 fn skipped_read_set_validation_is_caught() {
-    caught_by("skip read-set validation", Planted::Server(Bug::SkipReadValidation));
+    caught_by("skip read-set validation", Planted::SkipReadValidation);
 }
 
 #[test]
 fn acknowledging_before_the_log_is_durable_is_caught() {
-    caught_by("acknowledge before the log is durable", Planted::Server(Bug::AckBeforeDurable));
+    caught_by("acknowledge before the log is durable", Planted::AckBeforeDurable);
 }
 
 #[test]
 fn forgotten_deduplication_is_caught() {
-    caught_by("forget deduplication", Planted::Server(Bug::ForgetDedup));
+    caught_by("forget deduplication", Planted::ForgetDedup);
 }
 
 #[test]
 fn reads_without_the_read_index_are_caught() {
-    caught_by("serve reads without the read index", Planted::Server(Bug::FollowerRead));
+    caught_by("serve reads without the read index", Planted::FollowerRead);
 }
 
 #[test]
@@ -71,6 +58,6 @@ fn rename_without_the_ancestor_check_is_caught() {
 
 #[test]
 fn blind_parent_updates_are_caught() {
-    let checkers = caught_by("commutative parent update as blind overwrite", Planted::Server(Bug::BlindParentUpdate));
+    let checkers = caught_by("commutative parent update as blind overwrite", Planted::BlindParentUpdate);
     assert!(checkers.contains(&"fsck"), "a wrong link count is fsck's to find: {checkers:?}");
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use openraft::BasicNode;
 use tracing::{info, warn};
 
+use super::read_index::RestartFloor;
 use super::service::MetadataService;
 use crate::constants::*;
 use crate::raft::log_store::LogStore;
@@ -73,13 +74,22 @@ impl MetaNode {
     /// spawned.
     pub async fn start(config: MetaNodeConfig, engine: Arc<dyn KvEngine>) -> anyhow::Result<MetaNode> {
         anyhow::ensure!(config.peers.contains_key(&config.id), "--peers must include this node's own id {}", config.id);
-        let log_store = LogStore::new(engine.clone());
+        let mut log_store = LogStore::new(engine.clone());
         let initialized = log_store.is_initialized()?;
+        let floor = {
+            use openraft::storage::RaftLogStorage;
+            let vote = log_store.read_vote().await?;
+            let last_log_index = log_store.get_log_state().await?.last_log_id.map(|id| id.index);
+            RestartFloor::at_startup(config.id, vote, last_log_index)
+        };
         let state = MetaState::new(engine);
         let state_machine = StateMachine::open(state.clone())?;
         let raft = MetaRaft::new(config.id, raft_config(&config)?, Network, log_store, state_machine).await?;
 
-        let metadata = MetadataService::new(config.id, raft.clone(), state.clone());
+        if let Some(floor) = floor {
+            info!(node_id = config.id, vote = %floor.vote, last_log_index = floor.last_log_index, "restarting as the leader of its stored term; reads wait for the log found at startup");
+        }
+        let metadata = MetadataService::new(config.id, raft.clone(), state.clone(), floor);
         let router = tonic::transport::Server::builder()
             .add_service(
                 cffs_proto::metadata_server::MetadataServer::new(metadata)

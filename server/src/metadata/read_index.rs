@@ -4,8 +4,17 @@
 //! follower, so rather than one round per read, reads queue here and a single task runs one
 //! round for every read queued before the round began. A read arriving during a round waits
 //! for the next one: that is what keeps each read linearizable.
+//!
+//! A leader that restarts keeps its leadership (openraft restores it from the stored vote),
+//! and then openraft's read index is not enough. It is the larger of the commit index and the
+//! first entry of the leader's term, and after a power loss the commit index is the one last
+//! made durable, older than commits this leader acknowledged before it went down, later in the
+//! same term. Those entries are in its log (the log is synced before an entry counts), so a
+//! replica that starts as the leader of its stored term also waits, in that term, until it
+//! has applied its whole log as found at startup: the [`RestartFloor`]. Found by chaos seed
+//! 182: a read after an acknowledged commit missed it across such a restart.
 
-use openraft::BasicNode;
+use openraft::{BasicNode, Vote};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::raft::MetaRaft;
@@ -25,16 +34,35 @@ pub enum ReadIndexError {
 
 type Waiter = oneshot::Sender<Result<(), ReadIndexError>>;
 
+/// What a replica that may restart as leader must apply before it serves a read: its log's
+/// last index at startup, while it still leads in the term of the vote it started with.
+#[derive(Debug, Clone, Copy)]
+pub struct RestartFloor {
+    pub vote: Vote<u64>,
+    pub last_log_index: u64,
+}
+
+impl RestartFloor {
+    /// The floor for a replica that starts with `vote` and a log ending at `last_log_index`:
+    /// none unless the vote is a committed vote for itself (openraft restores leadership only
+    /// then; a later term's first entry follows, so covers, everything before it).
+    pub fn at_startup(node_id: u64, vote: Option<Vote<u64>>, last_log_index: Option<u64>) -> Option<RestartFloor> {
+        let vote = vote?;
+        let leads = vote.is_committed() && vote.leader_id().voted_for() == Some(node_id);
+        Some(RestartFloor { vote, last_log_index: last_log_index? }).filter(|_| leads)
+    }
+}
+
 #[derive(Clone)]
 pub struct ReadIndex {
     queue: mpsc::Sender<Waiter>,
 }
 
 impl ReadIndex {
-    /// Starts the task that runs the rounds for `raft`.
-    pub fn start(raft: MetaRaft) -> ReadIndex {
+    /// Starts the task that runs the rounds for `raft`, which started with `floor`.
+    pub fn start(raft: MetaRaft, floor: Option<RestartFloor>) -> ReadIndex {
         let (queue, receiver) = mpsc::channel(READ_INDEX_QUEUE_MAX);
-        tokio::spawn(run_rounds(raft, receiver));
+        tokio::spawn(run_rounds(raft, floor, receiver));
         ReadIndex { queue }
     }
 
@@ -49,15 +77,31 @@ impl ReadIndex {
     }
 }
 
-async fn run_rounds(raft: MetaRaft, mut receiver: mpsc::Receiver<Waiter>) {
+async fn run_rounds(raft: MetaRaft, mut floor: Option<RestartFloor>, mut receiver: mpsc::Receiver<Waiter>) {
     while let Some(first) = receiver.recv().await {
         // Every read queued now arrived before this round starts.
         let mut waiters = vec![first];
         while let Ok(more) = receiver.try_recv() {
             waiters.push(more);
         }
+        // The vote only grows, and metrics lag the core: a vote read here that differs from
+        // the startup vote means the round below confirms a later term, whose first entry
+        // covers the floor. If it still equals it, the floor holds for this round (at worst
+        // one round waits for a floor it no longer needs).
+        #[cfg(madsim)]
+        if crate::planted::armed(crate::planted::Bug::NoRestartFloor) {
+            floor = None;
+        }
+        if let Some(at_startup) = floor {
+            if raft.metrics().borrow().vote != at_startup.vote {
+                floor = None;
+            }
+        }
         let result = match raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
+            Ok(_) => match floor {
+                None => Ok(()),
+                Some(floor) => wait_applied(&raft, floor.last_log_index).await,
+            },
             Err(error) => match error.forward_to_leader::<BasicNode>() {
                 Some(forward) => Err(ReadIndexError::NotLeader {
                     leader_id: forward.leader_id,
@@ -66,9 +110,22 @@ async fn run_rounds(raft: MetaRaft, mut receiver: mpsc::Receiver<Waiter>) {
                 None => Err(ReadIndexError::Unavailable(format!("read index: {error}"))),
             },
         };
+        if let (Ok(()), Some(at_startup)) = (&result, floor) {
+            if raft.metrics().borrow().last_applied.map_or(0, |applied| applied.index) >= at_startup.last_log_index {
+                floor = None;
+            }
+        }
         for waiter in waiters {
             // A waiter that gave up (timed out) is gone; nothing to tell it.
             let _ = waiter.send(result.clone());
         }
     }
+}
+
+async fn wait_applied(raft: &MetaRaft, index: u64) -> Result<(), ReadIndexError> {
+    raft.wait(None)
+        .applied_index_at_least(Some(index), "read index: restart floor")
+        .await
+        .map(|_| ())
+        .map_err(|error| ReadIndexError::Unavailable(format!("read index: {error}")))
 }

@@ -18,7 +18,7 @@ use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::BasicNode;
 use tonic::{Request, Response, Status};
 
-use super::read_index::{ReadIndex, ReadIndexError};
+use super::read_index::{ReadIndex, ReadIndexError, RestartFloor};
 use super::state;
 use super::txn::{self, CommandOutcome};
 use crate::constants::{INODE_ALLOCATE_MAX, READDIR_PAGE_MAX, REQUEST_TIMEOUT};
@@ -39,8 +39,8 @@ pub struct MetadataService {
 }
 
 impl MetadataService {
-    pub fn new(node_id: NodeId, raft: MetaRaft, state: MetaState) -> Self {
-        let read_index = ReadIndex::start(raft.clone());
+    pub fn new(node_id: NodeId, raft: MetaRaft, state: MetaState, floor: Option<RestartFloor>) -> Self {
+        let read_index = ReadIndex::start(raft.clone(), floor);
         MetadataService { node_id, raft, state, read_index, session_next: std::sync::atomic::AtomicU64::new(1) }
     }
 

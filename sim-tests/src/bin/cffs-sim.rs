@@ -29,9 +29,16 @@ fn main() -> std::process::ExitCode {
         /// With --seed: run it twice and fail at the first divergence.
         #[arg(long)]
         check_determinism: bool,
+        /// Plant a known bug in the code under test, to see which checker catches it and how
+        /// soon (the planted-bug tests do this for each).
+        #[arg(long, value_enum)]
+        plant: Option<cffs_sim_tests::runner::Planted>,
     }
 
     let args = Args::parse();
+    if let Some(bug) = args.plant {
+        bug.set(true);
+    }
     if let Some(seed) = args.seed {
         if args.check_determinism {
             return match cffs_sim_tests::runner::check_determinism(seed) {
@@ -46,7 +53,7 @@ fn main() -> std::process::ExitCode {
             };
         }
         let result = cffs_sim_tests::runner::run_seed(seed);
-        print_result(&result, true);
+        print_result(&result, args.plant, true);
         return if result.failed() { std::process::ExitCode::FAILURE } else { std::process::ExitCode::SUCCESS };
     }
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -55,7 +62,7 @@ fn main() -> std::process::ExitCode {
     let results = cffs_sim_tests::runner::run_seeds(args.start, args.seeds, jobs, |result| {
         let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         if result.failed() {
-            print_result(result, false);
+            print_result(result, args.plant, false);
         }
         if n % 10 == 0 || n == args.seeds {
             eprintln!("cffs-sim: {n}/{} seeds, {:.0} s", args.seeds, started.elapsed().as_secs_f64());
@@ -81,9 +88,18 @@ fn main() -> std::process::ExitCode {
 }
 
 #[cfg(madsim)]
-fn print_result(result: &cffs_sim_tests::runner::SeedResult, verbose: bool) {
+fn print_result(
+    result: &cffs_sim_tests::runner::SeedResult,
+    plant: Option<cffs_sim_tests::runner::Planted>,
+    verbose: bool,
+) {
+    use clap::ValueEnum;
+    let plant = plant
+        .and_then(|bug| bug.to_possible_value())
+        .map(|value| format!(" --plant {}", value.get_name()))
+        .unwrap_or_default();
     let replay = format!(
-        "RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=~/.cache/cffs/target/sim cargo run --release -p cffs-sim-tests --bin cffs-sim -- --seed {}",
+        "RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=~/.cache/cffs/target/sim cargo run --release -p cffs-sim-tests --bin cffs-sim -- --seed {}{plant}",
         result.seed
     );
     if result.failed() {
