@@ -17,14 +17,24 @@ pub const INODE_ALLOCATE_MAX: u32 = 65_536;
 /// Inode numbers below this are reserved (the root is `ROOT_INO`).
 pub const INO_FIRST_ALLOCATED: u64 = 16;
 
-/// Raft timing. Elections fire between the min and max timeout without a heartbeat. openraft
-/// 0.9 followers refuse votes for `max` after the last heartbeat, so the first round after a
-/// leader dies usually fails and the second wins; a wide window (min = max / 3) makes the
-/// second round come sooner. Measured over 100 madsim seeds of the counter test: with
-/// 200..600 ms, 80 elections took at most 2 × max (with 300..600: 68; with 450..600: 19).
+/// Raft timing. A follower that hears nothing from a leader campaigns after openraft 0.9's
+/// leader lease (`max`: until then the other voters refuse to vote) plus a random stagger
+/// (`PROMPT_ELECTION_STAGGER`, see `raft/prompt_election.rs`); openraft's own timer, at the
+/// lease plus a random `min..max` on a 1.5-heartbeat tick, is the fallback. `min` is 400 ms
+/// so that timer rarely fires before the watcher's (lease + stagger + check + probe, at most
+/// lease + 400 ms): with 200 ms, both followers' timers fired in one tick and split the vote.
 pub const RAFT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
-pub const RAFT_ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(200);
+pub const RAFT_ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(400);
 pub const RAFT_ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(600);
+
+/// How often the prompt-election watcher looks at the silence since the last leader contact.
+pub const PROMPT_ELECTION_CHECK: Duration = Duration::from_millis(20);
+/// The random part of a follower's wait past the lease: wide enough against simultaneous
+/// candidates, small enough that an election after a leader's death ends within two election
+/// timeouts (`2 × max`).
+pub const PROMPT_ELECTION_STAGGER: std::ops::Range<Duration> = Duration::from_millis(30)..Duration::from_millis(330);
+/// How long a follower about to campaign waits for the other voters' status (log length).
+pub const PROMPT_ELECTION_PROBE_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// A snapshot is built after this many log entries since the last one; the log before the
 /// snapshot is then purged, keeping `RAFT_LOG_KEEP_AFTER_SNAPSHOT` entries for slow followers.

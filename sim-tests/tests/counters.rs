@@ -38,16 +38,15 @@ async fn counters_survive_leader_kill_and_restart() {
     let elected = cluster.wait_for_new_leader(leader, Duration::from_secs(10)).await.expect("a new leader is elected");
     let served = probe.await.expect("probe task").expect("the cluster commits after losing its leader");
     tracing::info!(?elected, ?served, "served again after leader kill");
-    // openraft's followers refuse votes for one election_timeout_max after the last
-    // heartbeat (its leader lease), so the first candidate is usually refused and the second
-    // round wins: two election timeouts in most seeds (80 of 100; p50 1.06 s, p90 1.23 s with
-    // the 600 ms maximum). Split votes and a candidate whose log is behind add rounds, so the
-    // asserted liveness bound is four timeouts; the figures are printed per seed.
+    // A follower campaigns once openraft's leader lease (the maximum election timeout) has
+    // passed without a leader, plus a short stagger, and only if no voter has a longer log
+    // (`raft/prompt_election.rs`). Measured over 100 seeds: a new leader after p50 805 ms,
+    // max 1012 ms; the first commit after p50 908 ms, max 1149 ms.
     eprintln!("failover: new leader after {} ms, first commit after {} ms", elected.as_millis(), served.as_millis());
-    assert!(elected <= RAFT_ELECTION_TIMEOUT_MAX * 4, "a new leader after {elected:?}");
-    // The client then needs the new leader's first commit and at most one retry backoff.
+    assert!(elected <= RAFT_ELECTION_TIMEOUT_MAX * 2, "a new leader after {elected:?}");
+    // The client retries on a backoff, so it may learn of the new leader one backoff late.
     assert!(
-        served <= RAFT_ELECTION_TIMEOUT_MAX * 4 + RPC_BACKOFF_MAX + Duration::from_millis(150),
+        served <= RAFT_ELECTION_TIMEOUT_MAX * 2 + RPC_BACKOFF_MAX,
         "took {served:?} to commit again after the leader was killed"
     );
     let unavailable = served;

@@ -19,6 +19,7 @@ use super::service::MetadataService;
 use crate::constants::*;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{channel, Network, RaftService};
+use crate::raft::prompt_election::{self, LeaderContact};
 use crate::raft::state_machine::{MetaState, StateMachine};
 use crate::raft::MetaRaft;
 use crate::storage::KvEngine;
@@ -90,6 +91,8 @@ impl MetaNode {
             info!(node_id = config.id, vote = %floor.vote, last_log_index = floor.last_log_index, "restarting as the leader of its stored term; reads wait for the log found at startup");
         }
         let metadata = MetadataService::new(config.id, raft.clone(), state.clone(), floor);
+        let contact = LeaderContact::default();
+        tokio::spawn(prompt_election::watch(raft.clone(), contact.clone()));
         let router = tonic::transport::Server::builder()
             .add_service(
                 cffs_proto::metadata_server::MetadataServer::new(metadata)
@@ -97,7 +100,7 @@ impl MetaNode {
                     .max_encoding_message_size(RPC_MESSAGE_BYTES_MAX),
             )
             .add_service(
-                cffs_proto::raft_server::RaftServer::new(RaftService::new(raft.clone()))
+                cffs_proto::raft_server::RaftServer::new(RaftService::new(raft.clone(), contact.clone()))
                     .max_decoding_message_size(RPC_MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(RPC_MESSAGE_BYTES_MAX),
             );

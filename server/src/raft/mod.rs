@@ -3,6 +3,7 @@
 
 pub mod log_store;
 pub mod network;
+pub mod prompt_election;
 #[cfg(madsim)]
 pub mod runtime;
 pub mod state_machine;

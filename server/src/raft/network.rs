@@ -14,6 +14,7 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
 use super::log_store::encode;
+use super::prompt_election::LeaderContact;
 use super::{MetaRaft, TypeConfig};
 use crate::constants::{RAFT_RPC_TIMEOUT, RPC_MESSAGE_BYTES_MAX};
 use cffs_proto::raft_client::RaftClient;
@@ -139,14 +140,17 @@ impl RaftNetwork<TypeConfig> for Connection {
     }
 }
 
-/// The server side: hands each RPC to the local Raft and returns its `Result` encoded.
+/// The server side: hands each RPC to the local Raft and returns its `Result` encoded, and
+/// notes each append or snapshot chunk it accepted, and each vote it granted, as contact with
+/// a leader (see `prompt_election`).
 pub struct RaftService {
     raft: MetaRaft,
+    contact: LeaderContact,
 }
 
 impl RaftService {
-    pub fn new(raft: MetaRaft) -> Self {
-        RaftService { raft }
+    pub fn new(raft: MetaRaft, contact: LeaderContact) -> Self {
+        RaftService { raft, contact }
     }
 }
 
@@ -167,12 +171,20 @@ impl cffs_proto::raft_server::Raft for RaftService {
         request: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
         let request: AppendEntriesRequest<TypeConfig> = decode_request(request)?;
-        reply(&self.raft.append_entries(request).await)
+        let result = self.raft.append_entries(request).await;
+        if matches!(result, Ok(ref response) if !matches!(response, AppendEntriesResponse::HigherVote(_))) {
+            self.contact.touch();
+        }
+        reply(&result)
     }
 
     async fn vote(&self, request: tonic::Request<RaftPayload>) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
         let request: VoteRequest<NodeId> = decode_request(request)?;
-        reply(&self.raft.vote(request).await)
+        let result = self.raft.vote(request).await;
+        if matches!(result, Ok(ref response) if response.vote_granted) {
+            self.contact.touch();
+        }
+        reply(&result)
     }
 
     async fn install_snapshot(
@@ -180,6 +192,11 @@ impl cffs_proto::raft_server::Raft for RaftService {
         request: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
         let request: InstallSnapshotRequest<TypeConfig> = decode_request(request)?;
-        reply(&self.raft.install_snapshot(request).await)
+        let vote = request.vote;
+        let result = self.raft.install_snapshot(request).await;
+        if matches!(result, Ok(ref response) if response.vote == vote) {
+            self.contact.touch();
+        }
+        reply(&result)
     }
 }
