@@ -4,7 +4,10 @@
 set -euo pipefail
 
 need_apt=()
-if ! ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q libclang; then
+# bindgen needs libclang itself (libclang.so or libclang-N.so), not libclang-cpp, which
+# some images carry alone.
+if ! ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 \
+  && ! ldconfig -p 2>/dev/null | grep -qE 'libclang(-[0-9.]+)?\.so'; then
   need_apt+=(libclang-dev)
 fi
 if ! command -v g++ >/dev/null 2>&1; then
