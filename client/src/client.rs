@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use cffs_proto::{
 use rand::Rng;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::cache::{Cache, CacheStats, CACHE_BYTES_DEFAULT};
 use crate::error::FsError;
 use crate::txn::{Outcome, Transaction};
 
@@ -45,8 +46,23 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    endpoints: Vec<String>,
+/// How a client caches (docs/design/leases.md).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientOptions {
+    /// Cache inodes, dentries and listings under leases, with a session to the leader.
+    pub cache: bool,
+    /// Most bytes the cache holds.
+    pub cache_bytes: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions { cache: true, cache_bytes: CACHE_BYTES_DEFAULT }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) endpoints: Vec<String>,
     channels: Mutex<BTreeMap<String, MetadataClient<Channel>>>,
     /// The address of the replica that last answered as leader.
     leader: Mutex<Option<String>>,
@@ -55,6 +71,39 @@ struct Inner {
     /// Random per client; with `txn_seq`, makes transaction ids unique.
     client_id: u64,
     txn_seq: AtomicU64,
+    options: ClientOptions,
+    pub(crate) cache: Arc<Mutex<Cache>>,
+    session_started: AtomicBool,
+}
+
+impl Inner {
+    pub(crate) fn leader(&self) -> Option<String> {
+        self.leader.lock().expect("leader lock").clone()
+    }
+
+    pub(crate) fn set_leader(&self, addr: &str) {
+        *self.leader.lock().expect("leader lock") = Some(addr.to_string());
+    }
+
+    pub(crate) fn forget_leader(&self) {
+        *self.leader.lock().expect("leader lock") = None;
+    }
+
+    pub(crate) fn channel(&self, addr: &str) -> Result<MetadataClient<Channel>, FsError> {
+        let mut channels = self.channels.lock().expect("channels lock");
+        if let Some(client) = channels.get(addr) {
+            return Ok(client.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| FsError::Invalid(format!("endpoint {addr}: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true);
+        let client = MetadataClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(cffs_proto::limits::RPC_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(cffs_proto::limits::RPC_MESSAGE_BYTES_MAX);
+        channels.insert(addr.to_string(), client.clone());
+        Ok(client)
+    }
 }
 
 /// Splits an endpoints list (`host:port,host:port`) and checks it.
@@ -75,6 +124,11 @@ impl Client {
     /// Connects to a cluster through any of its metadata replicas (HOST:PORT each). No
     /// request is sent until the first operation: connecting never blocks.
     pub fn connect<S: AsRef<str>>(endpoints: &[S]) -> Result<Client, FsError> {
+        Self::connect_with(endpoints, ClientOptions::default())
+    }
+
+    /// `connect`, with the cache set by `options`.
+    pub fn connect_with<S: AsRef<str>>(endpoints: &[S], options: ClientOptions) -> Result<Client, FsError> {
         let endpoints = parse_endpoints(&endpoints.iter().map(|e| e.as_ref()).collect::<Vec<_>>().join(","))?;
         Ok(Client {
             inner: Arc::new(Inner {
@@ -84,8 +138,29 @@ impl Client {
                 inodes: Mutex::new((0, 0)),
                 client_id: madsim::rand::thread_rng().gen(),
                 txn_seq: AtomicU64::new(1),
+                options,
+                cache: Arc::new(Mutex::new(Cache::new(options.cache_bytes))),
+                session_started: AtomicBool::new(false),
             }),
         })
+    }
+
+    /// The cache, when this client caches; starts its session on first use.
+    pub(crate) fn cache(&self) -> Option<&Mutex<Cache>> {
+        if !self.inner.options.cache {
+            return None;
+        }
+        if !self.inner.session_started.swap(true, Ordering::SeqCst) {
+            let link =
+                crate::session::SessionLink { inner: Arc::downgrade(&self.inner), cache: self.inner.cache.clone() };
+            tokio::spawn(crate::session::run(link));
+        }
+        Some(&self.inner.cache)
+    }
+
+    /// The cache's counters (all zero when the cache is off).
+    pub fn cache_stats(&self) -> CacheStats {
+        self.inner.cache.lock().expect("cache lock").stats()
     }
 
     /// Starts a transaction. Nothing is sent until it reads something that is not cached.
@@ -141,19 +216,7 @@ impl Client {
     }
 
     fn channel(&self, addr: &str) -> Result<MetadataClient<Channel>, FsError> {
-        let mut channels = self.inner.channels.lock().expect("channels lock");
-        if let Some(client) = channels.get(addr) {
-            return Ok(client.clone());
-        }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| FsError::Invalid(format!("endpoint {addr}: {e}")))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true);
-        let client = MetadataClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(cffs_proto::limits::RPC_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(cffs_proto::limits::RPC_MESSAGE_BYTES_MAX);
-        channels.insert(addr.to_string(), client.clone());
-        Ok(client)
+        self.inner.channel(addr)
     }
 
     /// Calls the leader with `call`, following leader hints. Every call here is safe to send

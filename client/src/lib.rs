@@ -17,13 +17,16 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cache;
 pub mod client;
 pub mod error;
 #[cfg(madsim)]
 pub mod planted;
+mod session;
 pub mod txn;
 
-pub use client::Client;
+pub use cache::CacheStats;
+pub use client::{Client, ClientOptions};
 pub use error::FsError;
 pub use txn::{Attr, DirEntry, FileHandle, Kind, Outcome, Transaction};
 

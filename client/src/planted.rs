@@ -13,3 +13,14 @@ pub fn arm_rename_without_ancestor_check(armed: bool) {
 pub fn rename_without_ancestor_check() -> bool {
     RENAME_WITHOUT_ANCESTOR_CHECK.load(Ordering::Relaxed)
 }
+
+static IGNORE_INVALIDATIONS: AtomicBool = AtomicBool::new(false);
+
+/// Arms (or disarms) a client that neither applies nor acknowledges invalidations.
+pub fn arm_ignore_invalidations(armed: bool) {
+    IGNORE_INVALIDATIONS.store(armed, Ordering::SeqCst);
+}
+
+pub fn ignore_invalidations() -> bool {
+    IGNORE_INVALIDATIONS.load(Ordering::Relaxed)
+}

@@ -23,6 +23,7 @@ use cffs_proto::{
     LookupPathRequest, LookupRequest, PutDentry, ReadDirRequest, ReadEntry, WriteOp,
 };
 
+use crate::cache::{CacheKey, CacheValue};
 use crate::client::Client;
 use crate::error::FsError;
 
@@ -131,6 +132,14 @@ enum ReadKey {
 }
 
 impl ReadKey {
+    fn cache_key(&self) -> CacheKey {
+        match self {
+            ReadKey::Inode(ino) => CacheKey::Inode(*ino),
+            ReadKey::Dentry(parent, name) => CacheKey::Dentry(*parent, name.clone()),
+            ReadKey::Listing(ino) => CacheKey::Listing(*ino),
+        }
+    }
+
     fn wire(&self) -> Key {
         match self {
             ReadKey::Inode(ino) => Key::inode(*ino),
@@ -157,9 +166,13 @@ struct TxnState {
     dirty_inodes: BTreeSet<u64>,
     dirty_dentries: BTreeSet<(u64, Vec<u8>)>,
     dir_updates: BTreeMap<u64, DirUpdate>,
-    /// Dentries fetched ahead by a path lookup, not yet used: (version, dentry). A use moves
-    /// one into the read set and the view, so only what resolution needed is validated.
-    prefetched: BTreeMap<(u64, Vec<u8>), (u64, Option<Dentry>)>,
+    /// Dentries fetched ahead by a path lookup, not yet used: (version, dentry, cache
+    /// generation if leased). A use moves one into the read set and the view, so only what
+    /// resolution needed is validated.
+    prefetched: BTreeMap<(u64, Vec<u8>), (u64, Option<Dentry>, Option<u64>)>,
+    /// For reads served under a lease: the cache entry's generation. A read-only transaction
+    /// whose every read is here and still valid commits locally.
+    leased: BTreeMap<ReadKey, u64>,
     /// Inodes created by this transaction: the server has nothing to say about them.
     created: BTreeSet<u64>,
     /// Files opened through `open`, and unlinked ones kept readable through their handle.
@@ -242,6 +255,32 @@ impl Transaction {
         self.state.lock().expect("transaction lock")
     }
 
+    /// A valid cached value of `key`, with its generation.
+    fn cached(&self, key: &CacheKey) -> Option<(CacheValue, u64)> {
+        let cache = self.client.cache()?;
+        let now = tokio::time::Instant::now();
+        cache.lock().expect("cache lock").get(key, now)
+    }
+
+    /// The session reads ask leases for (0: none yet, or no cache), and the send instant.
+    fn lease_request(&self) -> (u64, tokio::time::Instant) {
+        let session = self.client.cache().map_or(0, |cache| cache.lock().expect("cache lock").session_id());
+        (session, tokio::time::Instant::now())
+    }
+
+    /// Caches a value read with `grant` (if any); returns its generation when cached.
+    fn cache_insert(
+        &self,
+        key: CacheKey,
+        value: CacheValue,
+        (session, sent): (u64, tokio::time::Instant),
+        grant: Option<cffs_proto::LeaseGrant>,
+    ) -> Option<u64> {
+        let grant = grant?;
+        let cache = self.client.cache()?;
+        cache.lock().expect("cache lock").insert(key, value, session, grant.seq, sent)
+    }
+
     // ----------------------------------------------------------------------------------
     // Reads through the view
 
@@ -249,16 +288,37 @@ impl Transaction {
         if let Some(inode) = self.state().inodes.get(&ino) {
             return Ok(inode.clone());
         }
+        if let Some((CacheValue::Inode(version, inode), generation)) = self.cached(&CacheKey::Inode(ino)) {
+            return Ok(self.record_inode(ino, version, inode, Some(generation)));
+        }
+        let lease = self.lease_request();
+        let session_id = lease.0;
         let response = self
             .client
-            .call("get inode", false, |mut client| async move { client.get_inode(GetInodeRequest { ino }).await })
+            .call("get inode", false, |mut client| async move {
+                client.get_inode(GetInodeRequest { ino, session_id }).await
+            })
             .await?;
+        let generation = self.cache_insert(
+            CacheKey::Inode(ino),
+            CacheValue::Inode(response.version, response.inode.clone()),
+            lease,
+            response.lease,
+        );
+        Ok(self.record_inode(ino, response.version, response.inode, generation))
+    }
+
+    /// Adds an inode read (at `version`; `generation` when under a lease) to the read set and
+    /// the view, unless the view already has it.
+    fn record_inode(&self, ino: u64, version: u64, mut inode: Option<Inode>, generation: Option<u64>) -> Option<Inode> {
         let mut state = self.state();
         if let Some(inode) = state.inodes.get(&ino) {
-            return Ok(inode.clone()); // read concurrently through a clone of this transaction
+            return inode.clone(); // read concurrently through a clone of this transaction
         }
-        state.reads.insert(ReadKey::Inode(ino), response.version);
-        let mut inode = response.inode;
+        state.reads.insert(ReadKey::Inode(ino), version);
+        if let Some(generation) = generation {
+            state.leased.insert(ReadKey::Inode(ino), generation);
+        }
         // Commutative updates made before this read now apply to the inode read: they are
         // carried by the inode's put, validated by this read.
         if let (Some(inode), Some(update)) = (inode.as_mut(), state.dir_updates.get_mut(&ino)) {
@@ -269,7 +329,7 @@ impl Transaction {
             state.dirty_inodes.insert(ino);
         }
         state.inodes.insert(ino, inode.clone());
-        Ok(inode)
+        inode
     }
 
     async fn existing_inode(&self, ino: u64) -> Result<Inode, FsError> {
@@ -286,15 +346,17 @@ impl Transaction {
         if self.state().created.contains(&parent) {
             return Ok(None);
         }
-        {
-            let mut state = self.state();
-            if let Some((version, dentry)) = state.prefetched.remove(&key) {
-                state.reads.insert(ReadKey::Dentry(parent, name.to_vec()), version);
-                state.dentries.insert(key, dentry.clone());
-                return Ok(dentry);
-            }
+        let prefetched = self.state().prefetched.remove(&key);
+        if let Some((version, dentry, generation)) = prefetched {
+            return Ok(self.record_dentry(parent, name, version, dentry, generation));
         }
-        let request = LookupRequest { key: Some(DentryKey { parent, name: name.to_vec() }) };
+        if let Some((CacheValue::Dentry(version, dentry), generation)) =
+            self.cached(&CacheKey::Dentry(parent, name.to_vec()))
+        {
+            return Ok(self.record_dentry(parent, name, version, dentry, Some(generation)));
+        }
+        let lease = self.lease_request();
+        let request = LookupRequest { key: Some(DentryKey { parent, name: name.to_vec() }), session_id: lease.0 };
         let response = self
             .client
             .call("lookup", false, |mut client| {
@@ -302,13 +364,34 @@ impl Transaction {
                 async move { client.lookup(request).await }
             })
             .await?;
+        let generation = self.cache_insert(
+            CacheKey::Dentry(parent, name.to_vec()),
+            CacheValue::Dentry(response.version, response.dentry.clone()),
+            lease,
+            response.lease,
+        );
+        Ok(self.record_dentry(parent, name, response.version, response.dentry, generation))
+    }
+
+    fn record_dentry(
+        &self,
+        parent: u64,
+        name: &[u8],
+        version: u64,
+        dentry: Option<Dentry>,
+        generation: Option<u64>,
+    ) -> Option<Dentry> {
+        let key = (parent, name.to_vec());
         let mut state = self.state();
         if let Some(dentry) = state.dentries.get(&key) {
-            return Ok(dentry.clone());
+            return dentry.clone();
         }
-        state.reads.insert(ReadKey::Dentry(parent, name.to_vec()), response.version);
-        state.dentries.insert(key, response.dentry.clone());
-        Ok(response.dentry)
+        state.reads.insert(ReadKey::Dentry(parent, name.to_vec()), version);
+        if let Some(generation) = generation {
+            state.leased.insert(ReadKey::Dentry(parent, name.to_vec()), generation);
+        }
+        state.dentries.insert(key, dentry.clone());
+        dentry
     }
 
     /// Fetches `name` in `parent` and then `ahead` (the following components) with one
@@ -325,9 +408,16 @@ impl Transaction {
                 return Ok(());
             }
         }
+        if let Some(cache) = self.client.cache() {
+            let now = tokio::time::Instant::now();
+            if cache.lock().expect("cache lock").peek(&CacheKey::Dentry(parent, name.to_vec()), now) {
+                return Ok(()); // the lookup is served from the cache
+            }
+        }
         let mut names = vec![name.to_vec()];
         names.extend(ahead.into_iter().take(LOOKUP_PATH_COMPONENTS_MAX - 1));
-        let request = LookupPathRequest { parent, names };
+        let lease = self.lease_request();
+        let request = LookupPathRequest { parent, names, session_id: lease.0 };
         let response = self
             .client
             .call("lookup path", false, |mut client| {
@@ -335,9 +425,14 @@ impl Transaction {
                 async move { client.lookup_path(request).await }
             })
             .await?;
-        let mut state = self.state();
         for step in response.steps {
-            state.prefetched.entry((step.parent, step.name)).or_insert((step.version, step.dentry));
+            let generation = self.cache_insert(
+                CacheKey::Dentry(step.parent, step.name.clone()),
+                CacheValue::Dentry(step.version, step.dentry.clone()),
+                lease,
+                response.lease,
+            );
+            self.state().prefetched.entry((step.parent, step.name)).or_insert((step.version, step.dentry, generation));
         }
         Ok(())
     }
@@ -713,12 +808,21 @@ impl Transaction {
         if self.state().created.contains(&ino) {
             return Ok(BTreeMap::new());
         }
+        if let Some((CacheValue::Listing(version, entries), generation)) = self.cached(&CacheKey::Listing(ino)) {
+            self.record_listing(ino, version, Some(generation))?;
+            return Ok(entries);
+        }
         for _ in 0..READDIR_RESTARTS_MAX {
             let mut entries = BTreeMap::new();
             let mut version = None;
             let mut start_after = Vec::new();
+            let lease = self.lease_request();
+            // The listing is cached only when every page came with a lease; the first
+            // page's grant is the earliest, so it is the one checked against invalidations.
+            let mut first_grant = None;
+            let mut every_page_leased = true;
             let consistent = loop {
-                let request = ReadDirRequest { ino, start_after: start_after.clone(), limit: 0 };
+                let request = ReadDirRequest { ino, start_after: start_after.clone(), limit: 0, session_id: lease.0 };
                 let page = self
                     .client
                     .call("readdir", false, |mut client| {
@@ -728,6 +832,10 @@ impl Transaction {
                     .await?;
                 if *version.get_or_insert(page.listing_version) != page.listing_version {
                     break false; // changed between pages: read it again
+                }
+                every_page_leased &= page.lease.is_some();
+                if first_grant.is_none() {
+                    first_grant = page.lease;
                 }
                 for entry in page.entries {
                     start_after = entry.name.clone();
@@ -741,16 +849,31 @@ impl Transaction {
             };
             if consistent {
                 let version = version.expect("at least one page");
-                let mut state = self.state();
-                let recorded = *state.reads.entry(ReadKey::Listing(ino)).or_insert(version);
-                if recorded != version {
-                    // Listed twice in one transaction and it changed: the commit must fail.
-                    return Err(FsError::Busy("directory changed during the transaction".into()));
-                }
+                let grant = first_grant.filter(|_| every_page_leased);
+                let generation = self.cache_insert(
+                    CacheKey::Listing(ino),
+                    CacheValue::Listing(version, entries.clone()),
+                    lease,
+                    grant,
+                );
+                self.record_listing(ino, version, generation)?;
                 return Ok(entries);
             }
         }
         Err(FsError::Busy("directory keeps changing while it is listed".into()))
+    }
+
+    fn record_listing(&self, ino: u64, version: u64, generation: Option<u64>) -> Result<(), FsError> {
+        let mut state = self.state();
+        let recorded = *state.reads.entry(ReadKey::Listing(ino)).or_insert(version);
+        if recorded != version {
+            // Listed twice in one transaction and it changed: the commit must fail.
+            return Err(FsError::Busy("directory changed during the transaction".into()));
+        }
+        if let Some(generation) = generation {
+            state.leased.entry(ReadKey::Listing(ino)).or_insert(generation);
+        }
+        Ok(())
     }
 
     /// Removes the name of a non-directory (POSIX unlink).
@@ -976,7 +1099,8 @@ impl Transaction {
                 })),
             });
         }
-        CommitRequest { txn_id: self.txn_id.to_vec(), reads, writes }
+        let session_id = self.client.cache().map_or(0, |cache| cache.lock().expect("cache lock").session_id());
+        CommitRequest { txn_id: self.txn_id.to_vec(), reads, writes, session_id }
     }
 
     /// True when the transaction wrote nothing.
@@ -1000,7 +1124,34 @@ impl Transaction {
         if request.reads.is_empty() && request.writes.is_empty() {
             return Ok(Outcome::Committed { version: 0 });
         }
+        if request.writes.is_empty() && self.commits_locally() {
+            return Ok(Outcome::Committed { version: 0 });
+        }
+        if let Some(cache) = self.client.cache() {
+            // This client's own entries for what it writes go now: the leader drops, rather
+            // than invalidates, the writer's leases on them.
+            let mut cache = cache.lock().expect("cache lock");
+            for key in written_cache_keys(&request) {
+                cache.remove(&key);
+            }
+        }
         self.send(request).await
+    }
+
+    /// True when every read holds a valid lease that was not invalidated since the read
+    /// (docs/design/leases.md): the transaction serializes now, with no round trip.
+    fn commits_locally(&self) -> bool {
+        let Some(cache) = self.client.cache() else { return false };
+        let state = self.state();
+        let now = tokio::time::Instant::now();
+        let mut cache = cache.lock().expect("cache lock");
+        let all_leased = state.reads.keys().all(|key| {
+            state.leased.get(key).is_some_and(|generation| cache.still_valid(&key.cache_key(), *generation, now))
+        });
+        if all_leased {
+            cache.local_commit();
+        }
+        all_leased
     }
 
     /// Checks the read set without writing anything (a read-only commit of the reads).
@@ -1023,6 +1174,30 @@ impl Transaction {
             None => Err(FsError::Internal("commit answered without an outcome".into())),
         }
     }
+}
+
+/// The cache keys a commit writes (as the leader counts them for leases).
+fn written_cache_keys(request: &CommitRequest) -> Vec<CacheKey> {
+    let mut keys = Vec::new();
+    for op in request.writes.iter().filter_map(|w| w.op.as_ref()) {
+        match op {
+            write_op::Op::PutInode(inode) => keys.push(CacheKey::Inode(inode.ino)),
+            write_op::Op::DeleteInode(ino) => keys.extend([CacheKey::Inode(*ino), CacheKey::Listing(*ino)]),
+            write_op::Op::PutDentry(put) => {
+                if let Some(key) = &put.key {
+                    keys.push(CacheKey::Dentry(key.parent, key.name.clone()));
+                }
+            }
+            write_op::Op::DeleteDentry(key) => keys.push(CacheKey::Dentry(key.parent, key.name.clone())),
+            write_op::Op::AdjustDir(adjust) => {
+                keys.push(CacheKey::Inode(adjust.ino));
+                if adjust.bump_listing {
+                    keys.push(CacheKey::Listing(adjust.ino));
+                }
+            }
+        }
+    }
+    keys
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use cffs_server::constants::{LEASE_DRIFT_PPM_DEFAULT, LEASE_DURATION_DEFAULT};
+use cffs_server::metadata::leases::LeaseConfig;
 use cffs_server::metadata::node::{MetaNode, MetaNodeConfig};
 use cffs_server::storage::rocks::RocksEngine;
 use clap::{Parser, Subcommand};
@@ -39,6 +41,16 @@ enum Role {
         /// Directory of this replica's RocksDB data (created if missing).
         #[arg(long)]
         data_dir: PathBuf,
+        /// Client lease duration in milliseconds: how long a cached item stays good without
+        /// news; also how long a writer may wait for a silent client, and a new leader for
+        /// its predecessor's leases. Every replica should use the same value.
+        #[arg(long, default_value_t = LEASE_DURATION_DEFAULT.as_millis() as u64,
+              value_parser = clap::value_parser!(u64).range(50..=60_000))]
+        lease_ms: u64,
+        /// Bound on clock rate error (parts per million) that leases allow for.
+        #[arg(long, default_value_t = LEASE_DRIFT_PPM_DEFAULT,
+              value_parser = clap::value_parser!(u32).range(0..=500_000))]
+        lease_drift_ppm: u32,
     },
     /// Run a local three-replica cluster on loopback, as three `meta` processes.
     ///
@@ -86,7 +98,10 @@ pub fn main() -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Role::Meta { id, listen, peers, data_dir } => run_meta(id, listen, peers, &data_dir).await,
+            Role::Meta { id, listen, peers, data_dir, lease_ms, lease_drift_ppm } => {
+                let leases = LeaseConfig { duration: Duration::from_millis(lease_ms), drift_ppm: lease_drift_ppm };
+                run_meta(id, listen, peers, &data_dir, leases).await
+            }
             Role::Dev { data_dir, base_port } => run_dev(&data_dir, base_port).await,
         }
     });
@@ -99,14 +114,22 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run_meta(id: u64, listen: SocketAddr, peers: BTreeMap<u64, String>, data_dir: &Path) -> anyhow::Result<()> {
+async fn run_meta(
+    id: u64,
+    listen: SocketAddr,
+    peers: BTreeMap<u64, String>,
+    data_dir: &Path,
+    leases: LeaseConfig,
+) -> anyhow::Result<()> {
     if !peers.contains_key(&id) {
         bail!("--peers does not list this replica's id {id}");
     }
     std::fs::create_dir_all(data_dir).with_context(|| format!("create data directory {}", data_dir.display()))?;
     let engine = RocksEngine::open(&data_dir.join("rocksdb"))
         .with_context(|| format!("open data directory {}", data_dir.display()))?;
-    let node = MetaNode::start(MetaNodeConfig::new(id, listen, peers), Arc::new(engine)).await?;
+    let mut config = MetaNodeConfig::new(id, listen, peers);
+    config.leases = leases;
+    let node = MetaNode::start(config, Arc::new(engine)).await?;
     shutdown_signal().await;
     tracing::info!(node_id = id, "shutting down");
     node.raft.shutdown().await.ok();

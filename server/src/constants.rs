@@ -36,6 +36,16 @@ pub const PROMPT_ELECTION_STAGGER: std::ops::Range<Duration> = Duration::from_mi
 /// How long a follower about to campaign waits for the other voters' status (log length).
 pub const PROMPT_ELECTION_PROBE_TIMEOUT: Duration = Duration::from_millis(50);
 
+/// Leases (docs/design/leases.md): how long a grant or a session renewal is good for, and
+/// the most a clock's rate may err, in parts per million. A writer waits at most one span
+/// (`duration × (1 + drift)`) for a silent holder; a new leader waits one span before it
+/// grants or writes. Clients renew their session every quarter of the duration.
+pub const LEASE_DURATION_DEFAULT: Duration = Duration::from_millis(1_000);
+pub const LEASE_DRIFT_PPM_DEFAULT: u32 = 10_000;
+/// Most events (invalidations, keepalive acks) queued for one session stream; a client that
+/// lets more pile up gets none, and its leases run out instead.
+pub const SESSION_EVENTS_QUEUE_MAX: usize = 1024;
+
 /// A snapshot is built after this many log entries since the last one; the log before the
 /// snapshot is then purged, keeping `RAFT_LOG_KEEP_AFTER_SNAPSHOT` entries for slow followers.
 pub const RAFT_SNAPSHOT_EVERY_ENTRIES: u64 = 5_000;

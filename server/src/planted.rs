@@ -20,6 +20,9 @@ pub enum Bug {
     /// A replica restarted as the leader of its stored term serves reads at openraft's read
     /// index alone, without waiting to apply the log it found at startup (chaos seed 182).
     NoRestartFloor = 6,
+    /// A new leader grants leases and writes at once, without waiting out its
+    /// predecessor's leases.
+    SkipNewLeaderWait = 7,
 }
 
 static ARMED: AtomicU8 = AtomicU8::new(0);

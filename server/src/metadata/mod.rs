@@ -1,8 +1,10 @@
 //! The metadata service: the namespace state (inodes, dentries, listing versions), the
 //! transaction validator that runs at apply time, and the gRPC service in front of Raft.
 
+pub mod leases;
 pub mod node;
 pub mod read_index;
 pub mod service;
+pub mod sessions;
 pub mod state;
 pub mod txn;

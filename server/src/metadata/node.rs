@@ -14,6 +14,7 @@ use std::time::Duration;
 use openraft::BasicNode;
 use tracing::{info, warn};
 
+use super::leases::LeaseConfig;
 use super::read_index::RestartFloor;
 use super::service::MetadataService;
 use crate::constants::*;
@@ -33,6 +34,8 @@ pub struct MetaNodeConfig {
     pub snapshot_every_entries: u64,
     /// Log entries kept behind the last snapshot, for followers that lag a little.
     pub log_keep_after_snapshot: u64,
+    /// Client leases (docs/design/leases.md).
+    pub leases: LeaseConfig,
 }
 
 impl MetaNodeConfig {
@@ -43,6 +46,7 @@ impl MetaNodeConfig {
             peers,
             snapshot_every_entries: RAFT_SNAPSHOT_EVERY_ENTRIES,
             log_keep_after_snapshot: RAFT_LOG_KEEP_AFTER_SNAPSHOT,
+            leases: LeaseConfig { duration: LEASE_DURATION_DEFAULT, drift_ppm: LEASE_DRIFT_PPM_DEFAULT },
         }
     }
 }
@@ -90,7 +94,7 @@ impl MetaNode {
         if let Some(floor) = floor {
             info!(node_id = config.id, vote = %floor.vote, last_log_index = floor.last_log_index, "restarting as the leader of its stored term; reads wait for the log found at startup");
         }
-        let metadata = MetadataService::new(config.id, raft.clone(), state.clone(), floor);
+        let metadata = MetadataService::new(config.id, raft.clone(), state.clone(), floor, config.leases);
         let contact = LeaderContact::default();
         tokio::spawn(prompt_election::watch(raft.clone(), contact.clone()));
         let router = tonic::transport::Server::builder()

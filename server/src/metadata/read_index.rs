@@ -14,8 +14,11 @@
 //! has applied its whole log as found at startup: the [`RestartFloor`]. Found by chaos seed
 //! 182: a read after an acknowledged commit missed it across such a restart.
 
+use cffs_proto::error_code::{status, status_with_leader};
+use cffs_proto::ErrorCode;
 use openraft::{BasicNode, Vote};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::raft::MetaRaft;
 
@@ -32,7 +35,23 @@ pub enum ReadIndexError {
     Unavailable(String),
 }
 
-type Waiter = oneshot::Sender<Result<(), ReadIndexError>>;
+/// Answered with the instant its round started (a lease counts from there).
+impl ReadIndexError {
+    /// The error as a client sees it (a hint at the leader, when known).
+    pub fn into_status(self) -> tonic::Status {
+        match self {
+            ReadIndexError::NotLeader { leader_id, leader_node } => status_with_leader(
+                ErrorCode::NotLeader,
+                "not the leader",
+                leader_id.unwrap_or(0),
+                leader_node.map(|node| node.addr).unwrap_or_default(),
+            ),
+            ReadIndexError::Unavailable(why) => status(ErrorCode::Unavailable, why),
+        }
+    }
+}
+
+type Waiter = oneshot::Sender<Result<Instant, ReadIndexError>>;
 
 /// What a replica that may restart as leader must apply before it serves a read: its log's
 /// last index at startup, while it still leads in the term of the vote it started with.
@@ -66,9 +85,10 @@ impl ReadIndex {
         ReadIndex { queue }
     }
 
-    /// Returns once a read of local state is linearizable. Cancellation-safe: a dropped
-    /// caller only leaves an unanswered sender behind.
-    pub async fn wait(&self) -> Result<(), ReadIndexError> {
+    /// Returns once a read of local state is linearizable, with the instant the read-index
+    /// round that made it so started. Cancellation-safe: a dropped caller only leaves an
+    /// unanswered sender behind.
+    pub async fn wait(&self) -> Result<Instant, ReadIndexError> {
         let (sender, receiver) = oneshot::channel();
         self.queue
             .try_send(sender)
@@ -97,10 +117,11 @@ async fn run_rounds(raft: MetaRaft, mut floor: Option<RestartFloor>, mut receive
                 floor = None;
             }
         }
+        let started = Instant::now();
         let result = match raft.ensure_linearizable().await {
             Ok(_) => match floor {
-                None => Ok(()),
-                Some(floor) => wait_applied(&raft, floor.last_log_index).await,
+                None => Ok(started),
+                Some(floor) => wait_applied(&raft, floor.last_log_index).await.map(|()| started),
             },
             Err(error) => match error.forward_to_leader::<BasicNode>() {
                 Some(forward) => Err(ReadIndexError::NotLeader {
@@ -110,7 +131,7 @@ async fn run_rounds(raft: MetaRaft, mut floor: Option<RestartFloor>, mut receive
                 None => Err(ReadIndexError::Unavailable(format!("read index: {error}"))),
             },
         };
-        if let (Ok(()), Some(at_startup)) = (&result, floor) {
+        if let (Ok(_), Some(at_startup)) = (&result, floor) {
             if raft.metrics().borrow().last_applied.map_or(0, |applied| applied.index) >= at_startup.last_log_index {
                 floor = None;
             }

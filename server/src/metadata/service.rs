@@ -5,20 +5,20 @@
 //! the leader answers `NOT_LEADER` with a hint, and the client follows it.
 
 use cffs_proto::error_code::{status, status_with_leader};
-use cffs_proto::limits::{
-    check_name, INLINE_DATA_MAX, LOOKUP_PATH_COMPONENTS_MAX, NAME_LEN_MAX, TXN_BYTES_MAX, TXN_KEYS_MAX,
-};
+use cffs_proto::limits::{check_name, LOOKUP_PATH_COMPONENTS_MAX};
 use cffs_proto::{
     command, AddLearnerRequest, AllocateInodesRequest, AllocateInodesResponse, ChangeMembershipRequest,
     ClusterStatusRequest, ClusterStatusResponse, Command, CommitRequest, CommitResponse, DirEntry, ErrorCode, FileKind,
-    GetInodeRequest, GetInodeResponse, LookupPathRequest, LookupPathResponse, LookupRequest, LookupResponse,
-    LookupStep, Member, MembershipResponse, OpenSessionRequest, OpenSessionResponse, ReadDirRequest, ReadDirResponse,
+    GetInodeRequest, GetInodeResponse, Key, LookupPathRequest, LookupPathResponse, LookupRequest, LookupResponse,
+    LookupStep, Member, MembershipResponse, ReadDirRequest, ReadDirResponse, SessionRequest,
 };
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::BasicNode;
 use tonic::{Request, Response, Status};
 
+use super::leases::LeaseConfig;
 use super::read_index::{ReadIndex, ReadIndexError, RestartFloor};
+use super::sessions::{self, EventStream, Sessions};
 use super::state;
 use super::txn::{self, CommandOutcome};
 use crate::constants::{INODE_ALLOCATE_MAX, READDIR_PAGE_MAX, REQUEST_TIMEOUT};
@@ -30,18 +30,36 @@ use crate::storage::{Cf, StorageError};
 
 type NodeId = u64;
 
+#[derive(Clone)]
 pub struct MetadataService {
     node_id: NodeId,
     raft: MetaRaft,
     state: MetaState,
     read_index: ReadIndex,
-    session_next: std::sync::atomic::AtomicU64,
+    sessions: Sessions,
+}
+
+/// The term this replica leads, if it leads.
+fn leader_term(raft: &MetaRaft) -> Option<u64> {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    (metrics.state == openraft::ServerState::Leader).then_some(metrics.current_term)
 }
 
 impl MetadataService {
-    pub fn new(node_id: NodeId, raft: MetaRaft, state: MetaState, floor: Option<RestartFloor>) -> Self {
+    pub fn new(
+        node_id: NodeId,
+        raft: MetaRaft,
+        state: MetaState,
+        floor: Option<RestartFloor>,
+        leases: LeaseConfig,
+    ) -> Self {
         let read_index = ReadIndex::start(raft.clone(), floor);
-        MetadataService { node_id, raft, state, read_index, session_next: std::sync::atomic::AtomicU64::new(1) }
+        MetadataService { node_id, raft, state, read_index, sessions: Sessions::new(leases) }
+    }
+
+    fn term(&self) -> Option<u64> {
+        leader_term(&self.raft)
     }
 
     fn not_leader(&self, leader_id: Option<NodeId>, leader_node: Option<&BasicNode>) -> Status {
@@ -61,15 +79,16 @@ impl MetadataService {
     }
 
     /// Waits until a read of local state is linearizable: this replica is the leader, a quorum
-    /// confirmed it, and everything committed before the read began is applied here.
-    async fn linearizable(&self) -> Result<(), Status> {
+    /// confirmed it, and everything committed before the read began is applied here. Returns
+    /// when the read-index round that confirmed it started.
+    async fn linearizable(&self) -> Result<tokio::time::Instant, Status> {
         #[cfg(madsim)]
         if crate::planted::armed(crate::planted::Bug::FollowerRead) {
-            return Ok(());
+            return Ok(tokio::time::Instant::now());
         }
         match tokio::time::timeout(REQUEST_TIMEOUT, self.read_index.wait()).await {
             Err(_) => Err(status(ErrorCode::Unavailable, "read index timed out")),
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(round_start)) => Ok(round_start),
             Ok(Err(ReadIndexError::NotLeader { leader_id, leader_node })) => {
                 Err(self.not_leader(leader_id, leader_node.as_ref()))
             }
@@ -113,6 +132,7 @@ impl MetadataService {
             initialized: metrics.last_log_index.is_some() || metrics.vote.leader_id().term > 0,
             snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
             purged_index: metrics.purged.map_or(0, |l| l.index),
+            leases: (metrics.state == openraft::ServerState::Leader).then(|| self.sessions.metrics()),
         }
     }
 }
@@ -148,38 +168,38 @@ fn invalid(message: impl Into<String>) -> Status {
 
 #[tonic::async_trait]
 impl cffs_proto::metadata_server::Metadata for MetadataService {
-    async fn open_session(
+    type SessionStream = EventStream;
+
+    async fn session(
         &self,
-        _request: Request<OpenSessionRequest>,
-    ) -> Result<Response<OpenSessionResponse>, Status> {
-        let session_id = self.node_id << 48 | self.session_next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(Response::new(OpenSessionResponse {
-            session_id,
-            inline_data_max: INLINE_DATA_MAX as u64,
-            txn_keys_max: TXN_KEYS_MAX as u64,
-            txn_bytes_max: TXN_BYTES_MAX as u64,
-            name_len_max: NAME_LEN_MAX as u64,
-            members: self.status_response().members,
-        }))
+        request: Request<tonic::Streaming<SessionRequest>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let raft = self.raft.clone();
+        let events = self.sessions.serve(move || leader_term(&raft), self.read_index.clone(), request.into_inner());
+        Ok(Response::new(events))
     }
 
     async fn get_inode(&self, request: Request<GetInodeRequest>) -> Result<Response<GetInodeResponse>, Status> {
-        let ino = request.into_inner().ino;
+        let GetInodeRequest { ino, session_id } = request.into_inner();
         if ino == 0 {
             return Err(invalid("inode number 0"));
         }
-        self.linearizable().await?;
+        let round = self.linearizable().await?;
+        // The lease is recorded before the state is read (docs/design/leases.md).
+        let lease = self.sessions.grant(self.term(), session_id, &[Key::inode(ino)], round);
         let (version, inode) = state::read_inode(self.state.engine.as_ref(), ino).map_err(storage_status)?;
-        Ok(Response::new(GetInodeResponse { version, inode }))
+        Ok(Response::new(GetInodeResponse { version, inode, lease }))
     }
 
     async fn lookup(&self, request: Request<LookupRequest>) -> Result<Response<LookupResponse>, Status> {
-        let key = request.into_inner().key.ok_or_else(|| invalid("key missing"))?;
+        let LookupRequest { key, session_id } = request.into_inner();
+        let key = key.ok_or_else(|| invalid("key missing"))?;
         check_name(&key.name).map_err(|e| invalid(e.to_string()))?;
-        self.linearizable().await?;
+        let round = self.linearizable().await?;
+        let lease = self.sessions.grant(self.term(), session_id, &[Key::dentry(key.parent, &key.name)], round);
         let (version, dentry) =
             state::read_dentry(self.state.engine.as_ref(), key.parent, &key.name).map_err(storage_status)?;
-        Ok(Response::new(LookupResponse { version, dentry }))
+        Ok(Response::new(LookupResponse { version, dentry, lease }))
     }
 
     async fn lookup_path(&self, request: Request<LookupPathRequest>) -> Result<Response<LookupPathResponse>, Status> {
@@ -193,7 +213,7 @@ impl cffs_proto::metadata_server::Metadata for MetadataService {
         for name in &request.names {
             check_name(name).map_err(|e| invalid(e.to_string()))?;
         }
-        self.linearizable().await?;
+        let round = self.linearizable().await?;
         // One state for the whole walk: apply is held off.
         let _guard = self.state.apply_lock.read().expect("apply lock");
         let mut steps = Vec::with_capacity(request.names.len());
@@ -208,7 +228,11 @@ impl cffs_proto::metadata_server::Metadata for MetadataService {
                 None => break,
             }
         }
-        Ok(Response::new(LookupPathResponse { steps }))
+        // Which keys the walk reads is known only after it; the lease is still recorded
+        // before the state could change under it: apply is held off by the guard above.
+        let keys: Vec<Key> = steps.iter().map(|step| Key::dentry(step.parent, &step.name)).collect();
+        let lease = self.sessions.grant(self.term(), request.session_id, &keys, round);
+        Ok(Response::new(LookupPathResponse { steps, lease }))
     }
 
     async fn read_dir(&self, request: Request<ReadDirRequest>) -> Result<Response<ReadDirResponse>, Status> {
@@ -220,7 +244,8 @@ impl cffs_proto::metadata_server::Metadata for MetadataService {
             0 => READDIR_PAGE_MAX,
             n => n.min(READDIR_PAGE_MAX),
         };
-        self.linearizable().await?;
+        let round = self.linearizable().await?;
+        let lease = self.sessions.grant(self.term(), request.session_id, &[Key::listing(request.ino)], round);
         let start = if request.start_after.is_empty() {
             keys::dentry_prefix(request.ino)
         } else {
@@ -241,7 +266,7 @@ impl cffs_proto::metadata_server::Metadata for MetadataService {
             let (_, dentry) = state::decode_dentry(&value).map_err(storage_status)?;
             entries.push(DirEntry { name: name.to_vec(), dentry: Some(dentry) });
         }
-        Ok(Response::new(ReadDirResponse { listing_version, entries, more }))
+        Ok(Response::new(ReadDirResponse { listing_version, entries, more, lease }))
     }
 
     async fn commit(&self, request: Request<CommitRequest>) -> Result<Response<CommitResponse>, Status> {
@@ -264,7 +289,13 @@ impl cffs_proto::metadata_server::Metadata for MetadataService {
                 .unwrap_or(CommitResponse { outcome: Some(cffs_proto::commit_response::Outcome::CommittedVersion(0)) });
             return Ok(Response::new(response));
         }
-        match self.propose(Command { kind: Some(command::Kind::Commit(request)) }).await? {
+        // In its own task: a client that goes away must not cut the write short between its
+        // invalidations and the end of its pending mark.
+        let this = self.clone();
+        let outcome = tokio::spawn(async move { this.write(request).await })
+            .await
+            .map_err(|e| status(ErrorCode::Internal, format!("commit task: {e}")))??;
+        match outcome {
             CommandOutcome::Commit(response) => {
                 #[cfg(madsim)]
                 if crate::buggify::fire(crate::buggify::Site::DropCommitReply, 0.05) {
@@ -322,6 +353,22 @@ impl cffs_proto::metadata_server::Metadata for MetadataService {
 }
 
 impl MetadataService {
+    /// Proposes a commit that writes, once the holders of leases on its keys have let go
+    /// (docs/design/leases.md). The keys stay pending (no new grants) until the entry is
+    /// decided: when its outcome is unknown, until everything logged by then is applied.
+    async fn write(&self, request: CommitRequest) -> Result<CommandOutcome, Status> {
+        let raft = self.raft.clone();
+        let pending = self
+            .sessions
+            .before_write(move || leader_term(&raft), request.session_id, sessions::written_keys(&request))
+            .await?;
+        let outcome = self.propose(Command { kind: Some(command::Kind::Commit(request)) }).await;
+        if outcome.is_err() {
+            pending.release_when_applied(self.raft.clone());
+        }
+        outcome
+    }
+
     fn membership_result<T>(
         &self,
         result: Result<T, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>,

@@ -36,6 +36,14 @@ fn main() -> std::process::ExitCode {
     }
 
     let args = Args::parse();
+    // Logs of the simulated nodes, when asked for (RUST_LOG=...), to stderr.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init();
+    }
     if let Some(bug) = args.plant {
         bug.set(true);
     }

@@ -1,0 +1,152 @@
+//! The client's side of the session stream (docs/design/leases.md): one background task per
+//! `Client` that opens a session on the leader, renews it every quarter lease, applies the
+//! leader's invalidations to the cache and acknowledges them. When the stream ends, the cache
+//! is dropped and a new session is opened (with the new leader, once known).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use cffs_proto::{session_event, session_request, InvalidateAck, Keepalive, SessionOpen, SessionRequest};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::cache::{Cache, CacheKey};
+use crate::client::{Inner, RPC_BACKOFF_MAX, RPC_BACKOFF_MIN, RPC_TIMEOUT};
+use crate::error::FsError;
+
+/// How the session task reaches the rest of the client.
+pub(crate) struct SessionLink {
+    pub inner: Weak<Inner>,
+    pub cache: Arc<Mutex<Cache>>,
+}
+
+/// Runs sessions for as long as the client exists.
+pub(crate) async fn run(link: SessionLink) {
+    let mut backoff = RPC_BACKOFF_MIN;
+    let mut rotation = 0usize;
+    loop {
+        if link.inner.strong_count() == 0 {
+            return; // the client is gone
+        }
+        let opened = one_session(&link.inner, &link.cache, &mut rotation).await;
+        link.cache.lock().expect("cache lock").session_lost();
+        match opened {
+            Ok(()) => backoff = RPC_BACKOFF_MIN,
+            Err(error) => {
+                tracing::debug!(%error, "session ended");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RPC_BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// One session, from open to the end of its stream. `Ok` when a session was opened.
+async fn one_session(client: &Weak<Inner>, cache: &Mutex<Cache>, rotation: &mut usize) -> Result<(), FsError> {
+    // Held only while opening: the session must not keep its client alive.
+    let Some(inner) = client.upgrade() else { return Ok(()) };
+    let addr = match inner.leader() {
+        Some(leader) => leader,
+        None => {
+            *rotation += 1;
+            inner.endpoints[*rotation % inner.endpoints.len()].clone()
+        }
+    };
+    let mut grpc = inner.channel(&addr)?;
+    let (requests, receiver) = mpsc::channel::<SessionRequest>(64);
+    let sent = Instant::now();
+    requests
+        .send(SessionRequest { msg: Some(session_request::Msg::Open(SessionOpen {})) })
+        .await
+        .map_err(|_| FsError::Internal("session request queue closed".into()))?;
+    let call = grpc.session(tokio_stream::wrappers::ReceiverStream::new(receiver));
+    let mut events = match tokio::time::timeout(RPC_TIMEOUT, call).await {
+        Ok(Ok(response)) => response.into_inner(),
+        Ok(Err(status)) => return Err(follow_hint(&inner, &addr, &status)),
+        Err(_) => return Err(FsError::Unavailable(format!("session to {addr} timed out"))),
+    };
+    let opened = match tokio::time::timeout(RPC_TIMEOUT, events.message()).await {
+        Ok(Ok(Some(event))) => match event.msg {
+            Some(session_event::Msg::Opened(opened)) => opened,
+            _ => return Err(FsError::Internal("a session must open with `opened`".into())),
+        },
+        Ok(Ok(None)) => return Err(FsError::Unavailable(format!("{addr} closed the session"))),
+        Ok(Err(status)) => return Err(follow_hint(&inner, &addr, &status)),
+        Err(_) => return Err(FsError::Unavailable(format!("session to {addr} timed out"))),
+    };
+    let session = opened.session_id;
+    let lease = Duration::from_millis(opened.lease_ms);
+    cache.lock().expect("cache lock").session_opened(session, lease, opened.lease_drift_ppm, sent);
+    inner.set_leader(&addr);
+    drop(inner);
+    tracing::debug!(session, %addr, "session opened");
+
+    let mut ticker = tokio::time::interval(lease / 4);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await; // the first tick is immediate
+    let mut keepalives: BTreeMap<u64, Instant> = BTreeMap::new();
+    let mut seq = 0u64;
+    loop {
+        tokio::select! {
+            biased; // deterministic under madsim: no random branch order
+            _ = ticker.tick() => {
+                if client.strong_count() == 0 {
+                    return Ok(()); // the client is gone
+                }
+                // A leader that stopped answering keepalives for a whole lease is gone.
+                if keepalives.first_key_value().is_some_and(|(_, sent)| sent.elapsed() > lease) {
+                    return Ok(());
+                }
+                seq += 1;
+                keepalives.insert(seq, Instant::now());
+                let keepalive = SessionRequest { msg: Some(session_request::Msg::Keepalive(Keepalive { seq })) };
+                if requests.send(keepalive).await.is_err() {
+                    return Ok(());
+                }
+            }
+            event = events.message() => {
+                let Ok(Some(event)) = event else { return Ok(()) };
+                match event.msg {
+                    Some(session_event::Msg::KeepaliveAck(ack)) => {
+                        if let Some(sent) = keepalives.remove(&ack.seq) {
+                            cache.lock().expect("cache lock").renewed(session, sent);
+                        }
+                        keepalives.retain(|seq, _| *seq > ack.seq);
+                    }
+                    Some(session_event::Msg::Invalidate(invalidate)) => {
+                        #[cfg(madsim)]
+                        if crate::planted::ignore_invalidations() {
+                            continue;
+                        }
+                        let keys: Vec<CacheKey> = invalidate.keys.iter().filter_map(CacheKey::from_wire).collect();
+                        tracing::debug!(session, seq = invalidate.seq, ?keys, "invalidation received");
+                        cache.lock().expect("cache lock").invalidate(invalidate.seq, keys);
+                        let ack = SessionRequest {
+                            msg: Some(session_request::Msg::Ack(InvalidateAck { seq: invalidate.seq })),
+                        };
+                        if requests.send(ack).await.is_err() {
+                            return Ok(());
+                        }
+                        cache.lock().expect("cache lock").acked();
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Follows a leader hint in a refusal; returns the error.
+fn follow_hint(inner: &Inner, addr: &str, status: &tonic::Status) -> FsError {
+    let detail = cffs_proto::error_code::detail(status);
+    if cffs_proto::error_code::detail_code(&detail) == cffs_proto::ErrorCode::NotLeader
+        && !detail.leader_addr.is_empty()
+        && detail.leader_addr != addr
+    {
+        inner.set_leader(&detail.leader_addr);
+    } else {
+        inner.forget_leader();
+    }
+    FsError::from_status(status)
+}

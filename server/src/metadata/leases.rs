@@ -1,0 +1,455 @@
+//! The leader's lease table (docs/design/leases.md): sessions, the leases granted to them on
+//! keys, the writes pending on keys, and the invalidations a write waits for. Pure: time is
+//! passed in, nothing is sent from here; the service sends what `begin_write` asks for and
+//! reports acknowledgements back. Keys are state-family storage keys (`storage::keys`).
+//!
+//! Every operation names the term this replica leads (`None` when it does not lead). A
+//! table that meets a new term starts over: sessions and leases from before are gone, and for
+//! one lease span nothing is granted and no write may be proposed, since the previous
+//! leader's grants are unknown here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Lease settings, the same on the leader and (sent when a session opens) on its clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseConfig {
+    pub duration: Duration,
+    /// The most a clock's rate may differ from real time, in parts per million.
+    pub drift_ppm: u32,
+}
+
+impl LeaseConfig {
+    /// How long the leader honours a grant or renewal: `duration × (1 + drift)` of its clock,
+    /// at least `duration` of real time.
+    pub fn server_span(&self) -> Duration {
+        self.duration + self.duration.mul_f64(f64::from(self.drift_ppm) / 1e6)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// Valid until its grant expiry or its session's expiry, whichever is later.
+    Held { grant_expiry: Instant },
+    /// Invalidated with sequence number `seq`: gone once acknowledged, or at expiry.
+    Revoking { grant_expiry: Instant, seq: u64 },
+}
+
+#[derive(Debug)]
+struct Session {
+    expiry: Instant,
+    /// The sequence number of the last invalidation sent, and of the last acknowledged.
+    sent: u64,
+    acked: u64,
+}
+
+/// An invalidation to send: `keys` to `session`, numbered `seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalidation {
+    pub session: u64,
+    pub seq: u64,
+    pub keys: Vec<Vec<u8>>,
+}
+
+/// What a write must wait for before it is proposed: each (session, seq) acknowledged, or
+/// the holder's lease expired.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WriteWait {
+    pub send: Vec<Invalidation>,
+    pub waits: Vec<(u64, u64)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteRefused {
+    /// This replica does not lead.
+    NotLeader,
+    /// A new leader's wait: no write before this instant.
+    NewLeaderWait(Instant),
+}
+
+#[derive(Debug)]
+pub struct LeaseTable {
+    config: LeaseConfig,
+    term: Option<u64>,
+    /// No grant and no write before this (a new leader's wait).
+    quiet_until: Instant,
+    sessions: BTreeMap<u64, Session>,
+    next_session: u64,
+    leases: BTreeMap<Vec<u8>, BTreeMap<u64, Hold>>,
+    pending: BTreeMap<Vec<u8>, u32>,
+    /// Counters for metrics.
+    pub granted: u64,
+    pub invalidations_sent: u64,
+    pub invalidations_acked: u64,
+}
+
+impl LeaseTable {
+    pub fn new(config: LeaseConfig, now: Instant) -> Self {
+        LeaseTable {
+            config,
+            term: None,
+            quiet_until: now,
+            sessions: BTreeMap::new(),
+            next_session: 1,
+            leases: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            granted: 0,
+            invalidations_sent: 0,
+            invalidations_acked: 0,
+        }
+    }
+
+    pub fn config(&self) -> LeaseConfig {
+        self.config
+    }
+
+    /// Brings the table to `term` (the term this replica leads now, if any). Returns true
+    /// when it started over: every session before is gone (the caller closes their streams).
+    pub fn sync_term(&mut self, term: Option<u64>, now: Instant) -> bool {
+        if self.term == term {
+            return false;
+        }
+        self.term = term;
+        self.sessions.clear();
+        self.leases.clear();
+        // Pending writes of the old term are decided by their own callers; their marks must
+        // not block the new term's grants forever.
+        self.pending.clear();
+        self.quiet_until = now + self.config.server_span();
+        true
+    }
+
+    /// Opens a session; its first expiry is one span from now (`now` follows the read-index
+    /// round the caller ran for it).
+    pub fn open_session(&mut self, term: Option<u64>, now: Instant) -> Option<u64> {
+        self.sync_term(term, now);
+        term?;
+        // Ids carry the term, so an id from an older term never names a newer session.
+        let id = (term.unwrap_or(0) << 32) | self.next_session;
+        self.next_session += 1;
+        self.sessions.insert(id, Session { expiry: now + self.config.server_span(), sent: 0, acked: 0 });
+        Some(id)
+    }
+
+    /// Renews a session after a read-index round that started at `round_start`. False when
+    /// the session is gone (expired, or from another term).
+    pub fn renew(&mut self, term: Option<u64>, session: u64, round_start: Instant, now: Instant) -> bool {
+        self.sync_term(term, now);
+        self.expire(now);
+        match self.sessions.get_mut(&session) {
+            // A session past its expiry is dead for good, even while a lease granted with a
+            // read keeps it in the table: its other leases may already be forgotten, and a
+            // renewal would make its client trust them again.
+            Some(s) if s.expiry > now => {
+                s.expiry = s.expiry.max(round_start + self.config.server_span());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn close_session(&mut self, session: u64) {
+        self.sessions.remove(&session);
+        for holders in self.leases.values_mut() {
+            holders.remove(&session);
+        }
+        self.leases.retain(|_, holders| !holders.is_empty());
+    }
+
+    pub fn session_live(&self, session: u64, now: Instant) -> bool {
+        self.sessions.get(&session).is_some_and(|s| s.expiry > now)
+    }
+
+    /// Grants `session` leases on `keys` for a read whose read-index round started at
+    /// `round_start`; returns the session's invalidation sequence number at the grant, or
+    /// None when nothing is granted (no live session, a new leader's wait, or a write
+    /// pending on one of the keys: then no key is leased).
+    pub fn grant(
+        &mut self,
+        term: Option<u64>,
+        session: u64,
+        keys: &[Vec<u8>],
+        round_start: Instant,
+        now: Instant,
+    ) -> Option<u64> {
+        self.sync_term(term, now);
+        term?;
+        if session == 0 || now < self.quiet_until || !self.session_live(session, now) {
+            return None;
+        }
+        if keys.iter().any(|key| self.pending.contains_key(key)) {
+            return None;
+        }
+        let grant_expiry = round_start + self.config.server_span();
+        for key in keys {
+            let hold =
+                self.leases.entry(key.clone()).or_default().entry(session).or_insert(Hold::Held { grant_expiry });
+            // A key being revoked from this session stays revoking (its ack is awaited);
+            // otherwise the grant is refreshed.
+            if let Hold::Held { grant_expiry: old } = hold {
+                *old = (*old).max(grant_expiry);
+            }
+        }
+        self.granted += keys.len() as u64;
+        Some(self.sessions[&session].sent)
+    }
+
+    /// Starts a write of `keys` by `writer` (its session, or 0): marks them pending, drops the
+    /// writer's own leases on them, and says which invalidations to send and which to wait
+    /// for. Refused when this replica does not lead or is in its new-leader wait.
+    pub fn begin_write(
+        &mut self,
+        term: Option<u64>,
+        writer: u64,
+        keys: &BTreeSet<Vec<u8>>,
+        now: Instant,
+    ) -> Result<WriteWait, WriteRefused> {
+        self.sync_term(term, now);
+        if term.is_none() {
+            return Err(WriteRefused::NotLeader);
+        }
+        if now < self.quiet_until {
+            return Err(WriteRefused::NewLeaderWait(self.quiet_until));
+        }
+        self.expire(now);
+        let mut to_send: BTreeMap<u64, Vec<Vec<u8>>> = BTreeMap::new();
+        let mut waits: BTreeSet<(u64, u64)> = BTreeSet::new();
+        for key in keys {
+            *self.pending.entry(key.clone()).or_default() += 1;
+            let Some(holders) = self.leases.get_mut(key) else { continue };
+            holders.remove(&writer);
+            for (session, hold) in holders.iter() {
+                match hold {
+                    Hold::Held { .. } => to_send.entry(*session).or_default().push(key.clone()),
+                    Hold::Revoking { seq, .. } => {
+                        waits.insert((*session, *seq));
+                    }
+                }
+            }
+        }
+        let mut send = Vec::new();
+        for (session, keys) in to_send {
+            let state = self.sessions.get_mut(&session).expect("leases belong to live sessions");
+            state.sent += 1;
+            let seq = state.sent;
+            for key in &keys {
+                let hold = self.leases.get_mut(key).and_then(|h| h.get_mut(&session)).expect("collected above");
+                if let Hold::Held { grant_expiry } = *hold {
+                    *hold = Hold::Revoking { grant_expiry, seq };
+                }
+            }
+            waits.insert((session, seq));
+            self.invalidations_sent += 1;
+            send.push(Invalidation { session, seq, keys });
+        }
+        self.leases.retain(|_, holders| !holders.is_empty());
+        Ok(WriteWait { send, waits: waits.into_iter().collect() })
+    }
+
+    /// Ends a write started by `begin_write` (whatever its outcome).
+    pub fn end_write(&mut self, keys: &BTreeSet<Vec<u8>>) {
+        for key in keys {
+            if let Some(count) = self.pending.get_mut(key) {
+                *count -= 1;
+                if *count == 0 {
+                    self.pending.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Records that `session` acknowledged every invalidation up to `seq`.
+    pub fn acknowledge(&mut self, session: u64, seq: u64) {
+        let Some(state) = self.sessions.get_mut(&session) else { return };
+        if seq <= state.acked || seq > state.sent {
+            return;
+        }
+        self.invalidations_acked += seq - state.acked;
+        state.acked = seq;
+        for holders in self.leases.values_mut() {
+            if let Some(Hold::Revoking { seq: revoked, .. }) = holders.get(&session) {
+                if *revoked <= seq {
+                    holders.remove(&session);
+                }
+            }
+        }
+        self.leases.retain(|_, holders| !holders.is_empty());
+    }
+
+    /// When a write may be proposed: None when every awaited invalidation is acknowledged or
+    /// expired; else the latest instant it must still wait until (if no ack comes).
+    pub fn write_blocked_until(&self, waits: &[(u64, u64)], keys: &BTreeSet<Vec<u8>>, now: Instant) -> Option<Instant> {
+        let mut until: Option<Instant> = None;
+        for &(session, seq) in waits {
+            let Some(state) = self.sessions.get(&session) else { continue };
+            if state.acked >= seq {
+                continue;
+            }
+            // The latest expiry of this session's revoked leases on the written keys.
+            let expiry = keys
+                .iter()
+                .filter_map(|key| self.leases.get(key).and_then(|holders| holders.get(&session)))
+                .map(|hold| match hold {
+                    Hold::Held { grant_expiry } | Hold::Revoking { grant_expiry, .. } => *grant_expiry,
+                })
+                .max()
+                .map_or(state.expiry, |grant| grant.max(state.expiry));
+            if expiry > now {
+                until = Some(until.map_or(expiry, |u| u.max(expiry)));
+            }
+        }
+        until
+    }
+
+    /// Drops expired sessions and the leases nobody can hold any more.
+    pub fn expire(&mut self, now: Instant) {
+        let sessions = &self.sessions;
+        for holders in self.leases.values_mut() {
+            holders.retain(|session, hold| {
+                let session_expiry = sessions.get(session).map(|s| s.expiry);
+                let grant_expiry = match hold {
+                    Hold::Held { grant_expiry } | Hold::Revoking { grant_expiry, .. } => *grant_expiry,
+                };
+                session_expiry.is_some_and(|session_expiry| session_expiry.max(grant_expiry) > now)
+            });
+        }
+        self.leases.retain(|_, holders| !holders.is_empty());
+        let leased: BTreeSet<u64> = self.leases.values().flat_map(|h| h.keys().copied()).collect();
+        self.sessions.retain(|id, s| s.expiry > now || leased.contains(id));
+    }
+
+    /// True when `session` acknowledged invalidation `seq` (false for a session gone).
+    pub fn acknowledged(&self, session: u64, seq: u64) -> bool {
+        self.sessions.get(&session).is_some_and(|s| s.acked >= seq)
+    }
+
+    /// Planted bug: a new leader that grants and writes at once.
+    #[cfg(madsim)]
+    pub fn skip_new_leader_wait(&mut self) {
+        self.quiet_until = self.quiet_until.min(Instant::now());
+    }
+
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn leased_keys(&self) -> usize {
+        self.leases.len()
+    }
+}
+
+// Real time only: madsim's clock exists only inside a simulation.
+#[cfg(all(test, not(madsim)))]
+mod tests {
+    use super::*;
+
+    const TERM: Option<u64> = Some(3);
+
+    fn config() -> LeaseConfig {
+        LeaseConfig { duration: Duration::from_secs(1), drift_ppm: 10_000 }
+    }
+
+    fn keys(names: &[&str]) -> BTreeSet<Vec<u8>> {
+        names.iter().map(|n| n.as_bytes().to_vec()).collect()
+    }
+
+    /// A table past its new-leader wait, with one session.
+    fn table() -> (LeaseTable, Instant, u64) {
+        let start = Instant::now();
+        let mut table = LeaseTable::new(config(), start);
+        table.sync_term(TERM, start);
+        let now = start + config().server_span();
+        let session = table.open_session(TERM, now).unwrap();
+        (table, now, session)
+    }
+
+    #[test]
+    fn a_new_leader_grants_nothing_and_writes_nothing_for_one_span() {
+        let start = Instant::now();
+        let mut table = LeaseTable::new(config(), start);
+        let session = table.open_session(TERM, start).unwrap();
+        assert_eq!(table.grant(TERM, session, &[b"k".to_vec()], start, start), None);
+        let during = start + Duration::from_millis(500);
+        assert!(matches!(table.begin_write(TERM, 0, &keys(&["k"]), during), Err(WriteRefused::NewLeaderWait(_))));
+        let after = start + config().server_span();
+        assert!(table.begin_write(TERM, 0, &keys(&["k"]), after).is_ok());
+    }
+
+    #[test]
+    fn a_write_invalidates_other_holders_and_waits_for_their_ack() {
+        let (mut table, now, reader) = table();
+        let writer = table.open_session(TERM, now).unwrap();
+        assert_eq!(table.grant(TERM, reader, &[b"k".to_vec()], now, now), Some(0));
+        assert_eq!(table.grant(TERM, writer, &[b"k".to_vec()], now, now), Some(0));
+        let written = keys(&["k"]);
+        let wait = table.begin_write(TERM, writer, &written, now).unwrap();
+        assert_eq!(wait.send, vec![Invalidation { session: reader, seq: 1, keys: vec![b"k".to_vec()] }]);
+        assert!(table.write_blocked_until(&wait.waits, &written, now).is_some(), "blocked until acked");
+        // While pending, no new lease on the key.
+        assert_eq!(table.grant(TERM, reader, &[b"k".to_vec()], now, now), None);
+        table.acknowledge(reader, 1);
+        assert_eq!(table.write_blocked_until(&wait.waits, &written, now), None);
+        table.end_write(&written);
+        assert_eq!(table.grant(TERM, reader, &[b"k".to_vec()], now, now), Some(1));
+    }
+
+    #[test]
+    fn a_silent_holder_blocks_a_write_only_until_its_lease_expires() {
+        let (mut table, now, reader) = table();
+        table.grant(TERM, reader, &[b"k".to_vec()], now, now);
+        let written = keys(&["k"]);
+        let wait = table.begin_write(TERM, 0, &written, now).unwrap();
+        let until = table.write_blocked_until(&wait.waits, &written, now).expect("blocked");
+        assert_eq!(until, now + config().server_span());
+        assert_eq!(table.write_blocked_until(&wait.waits, &written, until), None);
+    }
+
+    #[test]
+    fn a_second_write_waits_for_the_first_ones_invalidation() {
+        let (mut table, now, reader) = table();
+        table.grant(TERM, reader, &[b"k".to_vec()], now, now);
+        let written = keys(&["k"]);
+        let first = table.begin_write(TERM, 0, &written, now).unwrap();
+        let second = table.begin_write(TERM, 0, &written, now).unwrap();
+        assert!(second.send.is_empty(), "already being revoked");
+        assert_eq!(second.waits, first.waits);
+        assert!(table.write_blocked_until(&second.waits, &written, now).is_some());
+    }
+
+    #[test]
+    fn keepalives_extend_a_session_and_its_leases() {
+        let (mut table, now, reader) = table();
+        table.grant(TERM, reader, &[b"k".to_vec()], now, now);
+        let later = now + Duration::from_millis(900);
+        assert!(table.renew(TERM, reader, later, later));
+        let after_grant = now + config().server_span() + Duration::from_millis(1);
+        table.expire(after_grant);
+        assert_eq!(table.leased_keys(), 1, "the renewed session still holds the key");
+        let after_renewal = later + config().server_span() + Duration::from_millis(1);
+        table.expire(after_renewal);
+        assert_eq!(table.leased_keys(), 0);
+        assert_eq!(table.sessions(), 0);
+        assert!(!table.renew(TERM, reader, after_renewal, after_renewal), "an expired session is gone");
+    }
+
+    #[test]
+    fn a_session_past_its_expiry_cannot_be_renewed_even_while_a_grant_keeps_it() {
+        let (mut table, now, reader) = table();
+        let late = now + config().server_span() - Duration::from_millis(1);
+        table.grant(TERM, reader, &[b"late".to_vec()], late, late);
+        let expired = now + config().server_span() + Duration::from_millis(1);
+        assert!(!table.renew(TERM, reader, expired, expired));
+    }
+
+    #[test]
+    fn a_new_term_forgets_every_session() {
+        let (mut table, now, reader) = table();
+        table.grant(TERM, reader, &[b"k".to_vec()], now, now);
+        assert!(table.sync_term(Some(4), now));
+        assert!(!table.session_live(reader, now));
+        assert_eq!(table.grant(Some(4), reader, &[b"k".to_vec()], now, now), None);
+        assert!(matches!(table.begin_write(None, 0, &keys(&["k"]), now), Err(WriteRefused::NotLeader)));
+    }
+}

@@ -1,0 +1,325 @@
+//! The leader's side of sessions and leases (docs/design/leases.md), around the pure
+//! `LeaseTable`: session streams (keepalives, invalidations and their acknowledgements),
+//! grants on reads, and the wait of a commit for the invalidations of the keys it writes.
+//! Lease-table keys are protobuf-encoded `Key`s.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cffs_proto::error_code::status;
+use cffs_proto::limits::{INLINE_DATA_MAX, NAME_LEN_MAX, TXN_BYTES_MAX, TXN_KEYS_MAX};
+use cffs_proto::{
+    session_event, session_request, write_op, CommitRequest, ErrorCode, Invalidate, KeepaliveAck, Key, LeaseGrant,
+    LeaseMetrics, SessionEvent, SessionOpened, SessionRequest,
+};
+use futures::Stream;
+use prost::Message;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+use tonic::Status;
+
+use super::leases::{LeaseConfig, LeaseTable, WriteRefused};
+use super::read_index::ReadIndex;
+use crate::constants::{REQUEST_TIMEOUT, SESSION_EVENTS_QUEUE_MAX};
+
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<SessionEvent, Status>> + Send>>;
+
+/// The table key of a wire key.
+pub fn lease_key(key: &Key) -> Vec<u8> {
+    key.encode_to_vec()
+}
+
+/// Every key a commit writes, as the lease table names them: puts and deletes, and for a
+/// commutative directory update the directory's inode and (when bumped) its listing.
+pub fn written_keys(request: &CommitRequest) -> BTreeSet<Vec<u8>> {
+    let mut keys = BTreeSet::new();
+    for op in request.writes.iter().filter_map(|w| w.op.as_ref()) {
+        match op {
+            write_op::Op::PutInode(inode) => {
+                keys.insert(lease_key(&Key::inode(inode.ino)));
+            }
+            write_op::Op::DeleteInode(ino) => {
+                keys.insert(lease_key(&Key::inode(*ino)));
+                keys.insert(lease_key(&Key::listing(*ino)));
+            }
+            write_op::Op::PutDentry(put) => {
+                if let Some(key) = &put.key {
+                    keys.insert(lease_key(&Key::dentry(key.parent, &key.name)));
+                }
+            }
+            write_op::Op::DeleteDentry(key) => {
+                keys.insert(lease_key(&Key::dentry(key.parent, &key.name)));
+            }
+            write_op::Op::AdjustDir(adjust) => {
+                keys.insert(lease_key(&Key::inode(adjust.ino)));
+                if adjust.bump_listing {
+                    keys.insert(lease_key(&Key::listing(adjust.ino)));
+                }
+            }
+        }
+    }
+    keys
+}
+
+struct State {
+    table: LeaseTable,
+    streams: BTreeMap<u64, mpsc::Sender<Result<SessionEvent, Status>>>,
+    commits_waited: u64,
+    commit_wait: Duration,
+}
+
+impl State {
+    /// Syncs the table with `term`; a table that started over closes every stream.
+    fn sync(&mut self, term: Option<u64>, now: Instant) {
+        if self.table.sync_term(term, now) {
+            self.streams.clear();
+        }
+    }
+}
+
+/// Shared by the metadata service's handlers.
+#[derive(Clone)]
+pub struct Sessions {
+    state: Arc<Mutex<State>>,
+    acked: Arc<Notify>,
+}
+
+/// Marks a write's keys pending until dropped.
+pub struct WriteGuard {
+    sessions: Sessions,
+    keys: BTreeSet<Vec<u8>>,
+}
+
+impl WriteGuard {
+    /// Keeps the keys pending until this replica has applied every entry logged so far (an
+    /// entry whose outcome is unknown may still apply), then releases them.
+    pub fn release_when_applied(self, raft: crate::raft::MetaRaft) {
+        let logged = raft.metrics().borrow().last_log_index;
+        tokio::spawn(async move {
+            let _ = raft.wait(None).applied_index_at_least(logged, "lease: unknown outcome").await;
+            drop(self);
+        });
+    }
+}
+
+impl Drop for WriteGuard {
+    fn drop(&mut self) {
+        self.sessions.lock().table.end_write(&self.keys);
+    }
+}
+
+impl Sessions {
+    pub fn new(config: LeaseConfig) -> Self {
+        Sessions {
+            state: Arc::new(Mutex::new(State {
+                table: LeaseTable::new(config, Instant::now()),
+                streams: BTreeMap::new(),
+                commits_waited: 0,
+                commit_wait: Duration::ZERO,
+            })),
+            acked: Arc::new(Notify::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("sessions lock")
+    }
+
+    /// Grants `session` leases on `keys` for a read whose read-index round started at
+    /// `round_start`. Call before reading the state.
+    pub fn grant(&self, term: Option<u64>, session: u64, keys: &[Key], round_start: Instant) -> Option<LeaseGrant> {
+        if session == 0 {
+            return None;
+        }
+        let keys: Vec<Vec<u8>> = keys.iter().map(lease_key).collect();
+        let now = Instant::now();
+        let mut state = self.lock();
+        state.sync(term, now);
+        #[cfg(madsim)]
+        if crate::planted::armed(crate::planted::Bug::SkipNewLeaderWait) {
+            state.table.skip_new_leader_wait();
+        }
+        state.table.grant(term, session, &keys, round_start, now).map(|seq| LeaseGrant { seq })
+    }
+
+    /// Before proposing a commit by `writer` that writes `keys`: waits out a new leader's
+    /// quiet span, sends the invalidations, and waits for their acknowledgements or the
+    /// leases' expiry. The guard keeps the keys pending (no new grants) until dropped.
+    pub async fn before_write(
+        &self,
+        term: impl Fn() -> Option<u64>,
+        writer: u64,
+        keys: BTreeSet<Vec<u8>>,
+    ) -> Result<WriteGuard, Status> {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let wait = loop {
+            let now = Instant::now();
+            let begun = {
+                let mut state = self.lock();
+                state.sync(term(), now);
+                #[cfg(madsim)]
+                if crate::planted::armed(crate::planted::Bug::SkipNewLeaderWait) {
+                    state.table.skip_new_leader_wait();
+                }
+                state.table.begin_write(term(), writer, &keys, now)
+            };
+            match begun {
+                Ok(wait) => break wait,
+                Err(WriteRefused::NotLeader) => return Err(status(ErrorCode::NotLeader, "not the leader")),
+                Err(WriteRefused::NewLeaderWait(until)) if until <= deadline => tokio::time::sleep_until(until).await,
+                Err(WriteRefused::NewLeaderWait(_)) => {
+                    return Err(status(ErrorCode::Unavailable, "a new leader is waiting out its predecessor's leases"))
+                }
+            }
+        };
+        let guard = WriteGuard { sessions: self.clone(), keys };
+        {
+            let state = self.lock();
+            for invalidation in &wait.send {
+                let Some(stream) = state.streams.get(&invalidation.session) else {
+                    tracing::debug!(
+                        session = invalidation.session,
+                        seq = invalidation.seq,
+                        "holder has no stream; waiting out its lease"
+                    );
+                    continue;
+                };
+                tracing::debug!(
+                    session = invalidation.session,
+                    seq = invalidation.seq,
+                    keys = invalidation.keys.len(),
+                    "invalidating"
+                );
+                let keys = invalidation.keys.iter().filter_map(|k| Key::decode(k.as_slice()).ok()).collect();
+                let event = SessionEvent {
+                    msg: Some(session_event::Msg::Invalidate(Invalidate { seq: invalidation.seq, keys })),
+                };
+                // A full or closed stream gets nothing: its lease then runs out instead.
+                let _ = stream.try_send(Ok(event));
+            }
+        }
+        let started = Instant::now();
+        let mut waited = false;
+        loop {
+            let notified = self.acked.notified();
+            let until = self.lock().table.write_blocked_until(&wait.waits, &guard.keys, Instant::now());
+            let Some(until) = until else { break };
+            waited = true;
+            tokio::select! {
+                biased; // deterministic under madsim: no random branch order
+                _ = notified => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+        tracing::debug!(
+            waited,
+            waits = wait.waits.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "write may proceed"
+        );
+        if waited {
+            let mut state = self.lock();
+            let blocked = state.table.write_blocked_until(&wait.waits, &guard.keys, Instant::now());
+            debug_assert!(blocked.is_none());
+            // Counted as waiting for an expiry only when some holder never answered.
+            if wait.waits.iter().any(|(session, seq)| !state.table.acknowledged(*session, *seq)) {
+                state.commits_waited += 1;
+                state.commit_wait += started.elapsed();
+            }
+        }
+        Ok(guard)
+    }
+
+    /// Serves one session stream: opens the session (after a read-index round, so only a
+    /// leader confirmed by a quorum opens one), then renews it on keepalives and records
+    /// acknowledgements, until the client goes away or the session ends.
+    pub fn serve(
+        &self,
+        term: impl Fn() -> Option<u64> + Send + Sync + 'static,
+        read_index: ReadIndex,
+        mut requests: impl Stream<Item = Result<SessionRequest, Status>> + Send + Unpin + 'static,
+    ) -> EventStream {
+        use futures::StreamExt;
+        let (events, receiver) = mpsc::channel(SESSION_EVENTS_QUEUE_MAX);
+        let sessions = self.clone();
+        tokio::spawn(async move {
+            let Some(Ok(SessionRequest { msg: Some(session_request::Msg::Open(_)) })) = requests.next().await else {
+                let _ = events.send(Err(status(ErrorCode::InvalidArgument, "a session stream starts with open"))).await;
+                return;
+            };
+            if let Err(error) = read_index.wait().await {
+                let _ = events.send(Err(error.into_status())).await;
+                return;
+            }
+            let opened = {
+                let now = Instant::now();
+                let mut state = sessions.lock();
+                state.sync(term(), now);
+                let config = state.table.config();
+                let id = state.table.open_session(term(), now);
+                if let Some(id) = id {
+                    state.streams.insert(id, events.clone());
+                }
+                id.map(|id| SessionOpened {
+                    session_id: id,
+                    lease_ms: config.duration.as_millis() as u64,
+                    lease_drift_ppm: config.drift_ppm,
+                    inline_data_max: INLINE_DATA_MAX as u64,
+                    txn_keys_max: TXN_KEYS_MAX as u64,
+                    txn_bytes_max: TXN_BYTES_MAX as u64,
+                    name_len_max: NAME_LEN_MAX as u64,
+                })
+            };
+            let Some(opened) = opened else {
+                let _ = events.send(Err(status(ErrorCode::NotLeader, "not the leader"))).await;
+                return;
+            };
+            let id = opened.session_id;
+            let _ = events.send(Ok(SessionEvent { msg: Some(session_event::Msg::Opened(opened)) })).await;
+            while let Some(Ok(request)) = requests.next().await {
+                match request.msg {
+                    Some(session_request::Msg::Keepalive(keepalive)) => {
+                        let round = match read_index.wait().await {
+                            Ok(round_start) => round_start,
+                            Err(_) => break, // no longer the leader: the session ends
+                        };
+                        let renewed = sessions.lock().table.renew(term(), id, round, Instant::now());
+                        if !renewed {
+                            break;
+                        }
+                        let ack = SessionEvent {
+                            msg: Some(session_event::Msg::KeepaliveAck(KeepaliveAck { seq: keepalive.seq })),
+                        };
+                        if events.send(Ok(ack)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(session_request::Msg::Ack(ack)) => {
+                        sessions.lock().table.acknowledge(id, ack.seq);
+                        sessions.acked.notify_waiters();
+                    }
+                    _ => break,
+                }
+            }
+            // The stream is gone: the session's leases now run out on their own (the client
+            // may not have seen the end yet), so it is not closed here.
+            sessions.lock().streams.remove(&id);
+        });
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))
+    }
+
+    pub fn metrics(&self) -> LeaseMetrics {
+        let state = self.lock();
+        LeaseMetrics {
+            sessions: state.table.sessions() as u64,
+            leased_keys: state.table.leased_keys() as u64,
+            granted: state.table.granted,
+            invalidations_sent: state.table.invalidations_sent,
+            invalidations_acked: state.table.invalidations_acked,
+            commits_waited: state.commits_waited,
+            commit_wait_ms: state.commit_wait.as_millis() as u64,
+        }
+    }
+}
