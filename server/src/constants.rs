@@ -22,7 +22,7 @@ pub const INO_FIRST_ALLOCATED: u64 = 16;
 /// (`PROMPT_ELECTION_STAGGER`, see `raft/prompt_election.rs`); openraft's own timer, at the
 /// lease plus a random `min..max` on a 1.5-heartbeat tick, is the fallback. `min` is 400 ms
 /// so that timer rarely fires before the watcher's (lease + stagger + check + probe, at most
-/// lease + 400 ms): with 200 ms, both followers' timers fired in one tick and split the vote.
+/// lease + 300 ms): with 200 ms, both followers' timers fired in one tick and split the vote.
 pub const RAFT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 pub const RAFT_ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(400);
 pub const RAFT_ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(600);
@@ -32,15 +32,18 @@ pub const PROMPT_ELECTION_CHECK: Duration = Duration::from_millis(20);
 /// The random part of a follower's wait past the lease: wide enough against simultaneous
 /// candidates, small enough that an election after a leader's death ends within two election
 /// timeouts (`2 × max`).
-pub const PROMPT_ELECTION_STAGGER: std::ops::Range<Duration> = Duration::from_millis(30)..Duration::from_millis(330);
+pub const PROMPT_ELECTION_STAGGER: std::ops::Range<Duration> = Duration::from_millis(30)..Duration::from_millis(230);
 /// How long a follower about to campaign waits for the other voters' status (log length).
 pub const PROMPT_ELECTION_PROBE_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// Leases (docs/design/leases.md): how long a grant or a session renewal is good for, and
 /// the most a clock's rate may err, in parts per million. A writer waits at most one span
 /// (`duration × (1 + drift)`) for a silent holder; a new leader waits one span before it
-/// grants or writes. Clients renew their session every quarter of the duration.
-pub const LEASE_DURATION_DEFAULT: Duration = Duration::from_millis(1_000);
+/// grants or writes. Clients renew their session every quarter of the duration, so a cached
+/// item stays good as long as its session lives: the duration bounds only those two waits,
+/// and short is better for both. 250 ms keeps a failover (election plus the new leader's
+/// wait) within two election timeouts.
+pub const LEASE_DURATION_DEFAULT: Duration = Duration::from_millis(250);
 pub const LEASE_DRIFT_PPM_DEFAULT: u32 = 10_000;
 /// Most events (invalidations, keepalive acks) queued for one session stream; a client that
 /// lets more pile up gets none, and its leases run out instead.

@@ -55,7 +55,9 @@ impl MetadataService {
         leases: LeaseConfig,
     ) -> Self {
         let read_index = ReadIndex::start(raft.clone(), floor);
-        MetadataService { node_id, raft, state, read_index, sessions: Sessions::new(leases) }
+        let sessions = Sessions::new(leases);
+        sessions.watch_leadership(raft.clone());
+        MetadataService { node_id, raft, state, read_index, sessions }
     }
 
     fn term(&self) -> Option<u64> {

@@ -123,6 +123,25 @@ impl Sessions {
         }
     }
 
+    /// Follows this replica's leadership, so that a new term's quiet span starts when the
+    /// term does (not at its first request) and a lost leadership closes every stream at once.
+    pub fn watch_leadership(&self, raft: crate::raft::MetaRaft) {
+        let sessions = self.clone();
+        tokio::spawn(async move {
+            let mut metrics = raft.metrics();
+            loop {
+                let term = {
+                    let m = metrics.borrow_and_update();
+                    (m.state == openraft::ServerState::Leader).then_some(m.current_term)
+                };
+                sessions.lock().sync(term, Instant::now());
+                if metrics.changed().await.is_err() {
+                    return; // the replica stopped
+                }
+            }
+        });
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().expect("sessions lock")
     }

@@ -422,7 +422,7 @@ mod tests {
     }
 
     fn txn(id: u8, reads: Vec<ReadEntry>, writes: Vec<WriteOp>) -> CommitRequest {
-        CommitRequest { txn_id: vec![id; 16], reads, writes }
+        CommitRequest { txn_id: vec![id; 16], reads, writes, session_id: 0 }
     }
 
     fn committed(response: &CommitResponse) -> bool {

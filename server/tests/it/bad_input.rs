@@ -35,37 +35,43 @@ async fn malformed_requests_are_refused_and_change_nothing() {
     let cases: Vec<(&str, CommitRequest, ErrorCode)> = vec![
         (
             "short txn id",
-            CommitRequest { txn_id: vec![1, 2, 3], reads: vec![], writes: vec![put_dentry(b"x")] },
+            CommitRequest { session_id: 0, txn_id: vec![1, 2, 3], reads: vec![], writes: vec![put_dentry(b"x")] },
             ErrorCode::InvalidArgument,
         ),
         (
             "name ..",
-            CommitRequest { txn_id: txn_id.clone(), reads: vec![], writes: vec![put_dentry(b"..")] },
+            CommitRequest { session_id: 0, txn_id: txn_id.clone(), reads: vec![], writes: vec![put_dentry(b"..")] },
             ErrorCode::InvalidArgument,
         ),
         (
             "name with /",
-            CommitRequest { txn_id: txn_id.clone(), reads: vec![], writes: vec![put_dentry(b"a/b")] },
+            CommitRequest { session_id: 0, txn_id: txn_id.clone(), reads: vec![], writes: vec![put_dentry(b"a/b")] },
             ErrorCode::InvalidArgument,
         ),
         (
             "name with NUL",
-            CommitRequest { txn_id: txn_id.clone(), reads: vec![], writes: vec![put_dentry(b"a\0b")] },
+            CommitRequest { session_id: 0, txn_id: txn_id.clone(), reads: vec![], writes: vec![put_dentry(b"a\0b")] },
             ErrorCode::InvalidArgument,
         ),
         (
             "name of 256 bytes",
-            CommitRequest { txn_id: txn_id.clone(), reads: vec![], writes: vec![put_dentry(&[b'n'; 256])] },
+            CommitRequest {
+                session_id: 0,
+                txn_id: txn_id.clone(),
+                reads: vec![],
+                writes: vec![put_dentry(&[b'n'; 256])],
+            },
             ErrorCode::InvalidArgument,
         ),
         (
             "empty write",
-            CommitRequest { txn_id: txn_id.clone(), reads: vec![], writes: vec![WriteOp { op: None }] },
+            CommitRequest { session_id: 0, txn_id: txn_id.clone(), reads: vec![], writes: vec![WriteOp { op: None }] },
             ErrorCode::InvalidArgument,
         ),
         (
             "read of an empty key",
             CommitRequest {
+                session_id: 0,
                 txn_id: txn_id.clone(),
                 reads: vec![ReadEntry { key: None, version: 0 }],
                 writes: vec![put_dentry(b"x")],
@@ -75,6 +81,7 @@ async fn malformed_requests_are_refused_and_change_nothing() {
         (
             "delete the root",
             CommitRequest {
+                session_id: 0,
                 txn_id: txn_id.clone(),
                 reads: vec![],
                 writes: vec![WriteOp { op: Some(write_op::Op::DeleteInode(1)) }],
@@ -84,6 +91,7 @@ async fn malformed_requests_are_refused_and_change_nothing() {
         (
             "inline data over the limit",
             CommitRequest {
+                session_id: 0,
                 txn_id: txn_id.clone(),
                 reads: vec![],
                 writes: vec![WriteOp {
@@ -101,6 +109,7 @@ async fn malformed_requests_are_refused_and_change_nothing() {
         (
             "too many keys",
             CommitRequest {
+                session_id: 0,
                 txn_id: txn_id.clone(),
                 reads: vec![],
                 writes: (0..5000).map(|i| put_dentry(format!("k{i}").as_bytes())).collect(),
@@ -114,15 +123,19 @@ async fn malformed_requests_are_refused_and_change_nothing() {
         assert!(!status.message().is_empty(), "{what}: the error says why");
     }
     let status = rpc
-        .lookup(LookupRequest { key: Some(DentryKey { parent: 1, name: b"".to_vec() }) })
+        .lookup(LookupRequest { session_id: 0, key: Some(DentryKey { parent: 1, name: b"".to_vec() }) })
         .await
         .expect_err("empty name");
     assert_eq!(code(&status), ErrorCode::InvalidArgument);
-    let status = rpc.read_dir(ReadDirRequest { ino: 0, start_after: vec![], limit: 0 }).await.expect_err("inode 0");
+    let status = rpc
+        .read_dir(ReadDirRequest { session_id: 0, ino: 0, start_after: vec![], limit: 0 })
+        .await
+        .expect_err("inode 0");
     assert_eq!(code(&status), ErrorCode::InvalidArgument);
 
     // A message over the transport limit is refused by the transport itself.
     let huge = CommitRequest {
+        session_id: 0,
         txn_id: txn_id.clone(),
         reads: vec![],
         writes: vec![put_dentry(&vec![b'x'; 17 * 1024 * 1024])],
@@ -131,7 +144,7 @@ async fn malformed_requests_are_refused_and_change_nothing() {
 
     // Nothing changed: the root is still empty, and the replica still serves.
     let listing = rpc
-        .read_dir(ReadDirRequest { ino: 1, start_after: vec![], limit: 0 })
+        .read_dir(ReadDirRequest { session_id: 0, ino: 1, start_after: vec![], limit: 0 })
         .await
         .expect("readdir root")
         .into_inner();
