@@ -16,7 +16,7 @@ pub fn rename_without_ancestor_check() -> bool {
 
 static IGNORE_INVALIDATIONS: AtomicBool = AtomicBool::new(false);
 
-/// Arms (or disarms) a client that neither applies nor acknowledges invalidations.
+/// Arms (or disarms) a client that acknowledges invalidations without applying them.
 pub fn arm_ignore_invalidations(armed: bool) {
     IGNORE_INVALIDATIONS.store(armed, Ordering::SeqCst);
 }

@@ -115,12 +115,10 @@ async fn one_session(client: &Weak<Inner>, cache: &Mutex<Cache>, rotation: &mut 
                         keepalives.retain(|seq, _| *seq > ack.seq);
                     }
                     Some(session_event::Msg::Invalidate(invalidate)) => {
-                        #[cfg(madsim)]
-                        if crate::planted::ignore_invalidations() {
-                            continue;
-                        }
                         let keys: Vec<CacheKey> = invalidate.keys.iter().filter_map(CacheKey::from_wire).collect();
                         tracing::debug!(session, seq = invalidate.seq, ?keys, "invalidation received");
+                        #[cfg(madsim)]
+                        let keys = if crate::planted::ignore_invalidations() { Vec::new() } else { keys };
                         cache.lock().expect("cache lock").invalidate(invalidate.seq, keys);
                         let ack = SessionRequest {
                             msg: Some(session_request::Msg::Ack(InvalidateAck { seq: invalidate.seq })),

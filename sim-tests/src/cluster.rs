@@ -181,6 +181,15 @@ impl Cluster {
         self.handle.kill(self.nodes[id as usize - 1].id());
     }
 
+    /// Pauses a node (a frozen process: nothing on it runs, its clock keeps going).
+    pub fn pause(&self, node: &NodeHandle) {
+        self.handle.pause(node.id());
+    }
+
+    pub fn resume(&self, node: &NodeHandle) {
+        self.handle.resume(node.id());
+    }
+
     /// Restarts replica `id` from its disk.
     pub fn restart(&self, id: u64) {
         self.handle.restart(self.nodes[id as usize - 1].id());

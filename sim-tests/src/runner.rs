@@ -55,6 +55,10 @@ pub enum Planted {
     BlindParentUpdate,
     /// A leader restarted in its stored term serves reads before applying its log.
     NoRestartFloor,
+    /// A client that acknowledges invalidations without applying them (its cache goes stale).
+    IgnoreInvalidations,
+    /// A new leader that grants and writes without waiting out its predecessor's leases.
+    SkipNewLeaderWait,
 }
 
 impl Planted {
@@ -69,6 +73,8 @@ impl Planted {
             Planted::FollowerRead => server(Bug::FollowerRead),
             Planted::BlindParentUpdate => server(Bug::BlindParentUpdate),
             Planted::NoRestartFloor => server(Bug::NoRestartFloor),
+            Planted::SkipNewLeaderWait => server(Bug::SkipNewLeaderWait),
+            Planted::IgnoreInvalidations => cffs_client::planted::arm_ignore_invalidations(on),
             Planted::RenameWithoutAncestorCheck => cffs_client::planted::arm_rename_without_ancestor_check(on),
         }
     }

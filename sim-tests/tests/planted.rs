@@ -61,3 +61,10 @@ fn blind_parent_updates_are_caught() {
     let checkers = caught_by("commutative parent update as blind overwrite", Planted::BlindParentUpdate);
     assert!(checkers.contains(&"fsck"), "a wrong link count is fsck's to find: {checkers:?}");
 }
+
+#[test]
+fn a_client_that_ignores_invalidations_is_caught() {
+    // (The other lease bug, a new leader that skips its wait, needs leases longer than an
+    // election to show: `tests/leases.rs` plants it in a scenario built for it.)
+    caught_by("client acknowledges invalidations without applying them", Planted::IgnoreInvalidations);
+}

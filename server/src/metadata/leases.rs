@@ -40,6 +40,8 @@ enum Hold {
 #[derive(Debug)]
 struct Session {
     expiry: Instant,
+    /// Since when an invalidation has been waiting for this session's acknowledgement.
+    unacked_since: Option<Instant>,
     /// The sequence number of the last invalidation sent, and of the last acknowledged.
     sent: u64,
     acked: u64,
@@ -129,7 +131,8 @@ impl LeaseTable {
         // Ids carry the term, so an id from an older term never names a newer session.
         let id = (term.unwrap_or(0) << 32) | self.next_session;
         self.next_session += 1;
-        self.sessions.insert(id, Session { expiry: now + self.config.server_span(), sent: 0, acked: 0 });
+        self.sessions
+            .insert(id, Session { expiry: now + self.config.server_span(), unacked_since: None, sent: 0, acked: 0 });
         Some(id)
     }
 
@@ -142,7 +145,9 @@ impl LeaseTable {
             // A session past its expiry is dead for good, even while a lease granted with a
             // read keeps it in the table: its other leases may already be forgotten, and a
             // renewal would make its client trust them again.
-            Some(s) if s.expiry > now => {
+            // Nor is a session that leaves an invalidation unanswered for a whole lease: its
+            // keepalives must not hold a writer back for ever.
+            Some(s) if s.expiry > now && s.unacked_since.is_none_or(|since| now < since + self.config.duration) => {
                 s.expiry = s.expiry.max(round_start + self.config.server_span());
                 true
             }
@@ -233,6 +238,7 @@ impl LeaseTable {
         for (session, keys) in to_send {
             let state = self.sessions.get_mut(&session).expect("leases belong to live sessions");
             state.sent += 1;
+            state.unacked_since.get_or_insert(now);
             let seq = state.sent;
             for key in &keys {
                 let hold = self.leases.get_mut(key).and_then(|h| h.get_mut(&session)).expect("collected above");
@@ -268,6 +274,9 @@ impl LeaseTable {
         }
         self.invalidations_acked += seq - state.acked;
         state.acked = seq;
+        if state.acked == state.sent {
+            state.unacked_since = None;
+        }
         for holders in self.leases.values_mut() {
             if let Some(Hold::Revoking { seq: revoked, .. }) = holders.get(&session) {
                 if *revoked <= seq {
@@ -441,6 +450,18 @@ mod tests {
         table.grant(TERM, reader, &[b"late".to_vec()], late, late);
         let expired = now + config().server_span() + Duration::from_millis(1);
         assert!(!table.renew(TERM, reader, expired, expired));
+    }
+
+    #[test]
+    fn a_session_that_leaves_an_invalidation_unanswered_for_a_lease_is_not_renewed() {
+        let (mut table, now, reader) = table();
+        table.grant(TERM, reader, &[b"k".to_vec()], now, now);
+        let written = keys(&["k"]);
+        table.begin_write(TERM, 0, &written, now).unwrap();
+        let soon = now + Duration::from_millis(100);
+        assert!(table.renew(TERM, reader, soon, soon), "an answer may still come");
+        let late = now + config().duration;
+        assert!(!table.renew(TERM, reader, late, late));
     }
 
     #[test]

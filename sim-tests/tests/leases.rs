@@ -1,0 +1,230 @@
+//! Leases and the client cache in simulation (docs/design/leases.md):
+//! - a client that caches a file never returns content older than an overwrite whose commit
+//!   was acknowledged before its read began, also across a leader kill;
+//! - a paused client does not block a writer beyond one lease span, and a transaction built on
+//!   its reads from before the pause cannot commit after it wakes;
+//! - with leases longer than an election, the new leader's wait is what keeps reads fresh:
+//!   planted away, the same scenario reads stale data.
+#![cfg(madsim)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cffs_client::{Client, FsError, Outcome};
+use cffs_server::constants::LEASE_DURATION_DEFAULT;
+use cffs_sim_tests::cluster::Cluster;
+use cffs_sim_tests::runner::Planted;
+use tokio::time::Instant;
+
+fn value(data: &[u8]) -> u64 {
+    String::from_utf8_lossy(data).parse().expect("a number")
+}
+
+/// Acknowledged overwrites: (acknowledged at, value), in order.
+type Acks = Arc<Mutex<Vec<(Instant, u64)>>>;
+
+/// What one run of the overwrite scenario saw.
+#[derive(Debug)]
+struct Run {
+    overwrites: usize,
+    hits: u64,
+    local_commits: u64,
+    /// Reads that returned content older than an overwrite acknowledged before they began.
+    stale: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// The leader is killed for two seconds: its clients' sessions end with it.
+    KillLeader,
+    /// The leader is cut off from everyone for two seconds: its clients hear nothing, and
+    /// keep trusting their caches until the leases it granted run out, while a new leader
+    /// takes writes.
+    IsolateLeader,
+}
+
+/// One writer overwrites /f with increasing numbers while two readers read it through their
+/// caches; in the middle, the leader fails (`fault`).
+async fn overwrite_scenario(cluster: Cluster, fault: Fault) -> Run {
+    cluster
+        .with_client(|client| async move { client.run(|txn| async move { txn.write_file("/f", b"0").await }).await })
+        .await
+        .expect("setup");
+    let acks: Acks = Arc::new(Mutex::new(Vec::new()));
+    let stop_at = Instant::now() + Duration::from_secs(6);
+
+    let endpoints = cluster.endpoints();
+    let writer_acks = acks.clone();
+    let writer = cluster.client_node().spawn(async move {
+        let client = Client::connect(&endpoints).expect("endpoints");
+        let mut n = 0u64;
+        while Instant::now() < stop_at {
+            n += 1;
+            let data = n.to_string();
+            let write = client.run(|txn| {
+                let data = data.clone();
+                async move { txn.write_file("/f", data.as_bytes()).await }
+            });
+            match write.await {
+                Ok(()) => writer_acks.lock().unwrap().push((Instant::now(), n)),
+                Err(FsError::OutcomeUnknown(_)) => {}
+                Err(error) => panic!("overwrite failed: {error}"),
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    });
+
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let endpoints = cluster.endpoints();
+        readers.push(cluster.client_node().spawn(async move {
+            let client = Client::connect(&endpoints).expect("endpoints");
+            let mut reads = Vec::new();
+            while Instant::now() < stop_at {
+                let invoked = Instant::now();
+                if let Ok(data) = client.run(|txn| async move { txn.read_file("/f").await }).await {
+                    reads.push((invoked, value(&data)));
+                }
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            (reads, client.cache_stats())
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let leader = cluster.leader().await.expect("a leader");
+    match fault {
+        Fault::KillLeader => {
+            cluster.kill(leader);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            cluster.restart(leader);
+        }
+        Fault::IsolateLeader => {
+            let net = madsim::net::NetSim::current();
+            let leader_node = cluster.nodes[leader as usize - 1].id();
+            net.clog_node(leader_node);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            net.unclog_node(leader_node);
+        }
+    }
+
+    writer.await.expect("writer");
+    let acks = acks.lock().unwrap().clone();
+    let mut run = Run { overwrites: acks.len(), hits: 0, local_commits: 0, stale: Vec::new() };
+    for reader in readers {
+        let (reads, stats) = reader.await.expect("reader");
+        run.hits += stats.hits;
+        run.local_commits += stats.local_commits;
+        for (invoked, seen) in reads {
+            // The latest overwrite acknowledged before this read began.
+            let floor = acks.iter().filter(|(acked, _)| *acked < invoked).map(|(_, v)| *v).max().unwrap_or(0);
+            if seen < floor {
+                run.stale.push(format!("a read begun at {invoked:?} returned {seen}, older than acknowledged {floor}"));
+            }
+        }
+    }
+    run
+}
+
+#[madsim::test]
+async fn cached_reads_never_miss_an_acknowledged_overwrite_even_with_the_leader_cut_off() {
+    let run = overwrite_scenario(Cluster::start(3).await, Fault::IsolateLeader).await;
+    eprintln!("leases (leader cut off): {run:?}");
+    assert!(run.stale.is_empty(), "stale reads: {:?}", run.stale);
+    assert!(run.local_commits > 0, "the readers committed from their cache at least once: {run:?}");
+}
+
+#[madsim::test]
+async fn cached_reads_never_miss_an_acknowledged_overwrite_even_across_a_leader_kill() {
+    let run = overwrite_scenario(Cluster::start(3).await, Fault::KillLeader).await;
+    eprintln!("leases (leader killed): {run:?}");
+    assert!(run.stale.is_empty(), "stale reads: {:?}", run.stale);
+    assert!(run.overwrites > 20, "the writer made progress: {run:?}");
+    assert!(run.local_commits > 0, "the readers committed from their cache at least once: {run:?}");
+}
+
+/// Leases longer than an election make the new leader's wait matter: without it the new
+/// leader overwrites /f while readers still trust what the old one leased them.
+const LONG_LEASE: Duration = Duration::from_secs(2);
+const LONG_LEASE_SEEDS: u64 = 8;
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn long_lease_runs(plant: Option<Planted>) -> Vec<Run> {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(bug) = plant {
+        bug.set(true);
+    }
+    let runs = (1..=LONG_LEASE_SEEDS)
+        .map(|seed| {
+            madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default()).block_on(async {
+                let cluster = Cluster::start_with(3, |config| config.leases.duration = LONG_LEASE).await;
+                overwrite_scenario(cluster, Fault::IsolateLeader).await
+            })
+        })
+        .collect();
+    if let Some(bug) = plant {
+        bug.set(false);
+    }
+    runs
+}
+
+#[test]
+fn with_leases_longer_than_an_election_the_new_leaders_wait_keeps_reads_fresh() {
+    for (seed, run) in (1..).zip(long_lease_runs(None)) {
+        assert!(run.stale.is_empty(), "seed {seed}: stale reads: {:?}", run.stale);
+        assert!(run.local_commits > 0, "seed {seed}: {run:?}");
+    }
+}
+
+#[test]
+fn a_new_leader_that_skips_its_wait_is_caught() {
+    let runs = long_lease_runs(Some(Planted::SkipNewLeaderWait));
+    let caught = runs.iter().position(|run| !run.stale.is_empty());
+    eprintln!("planted skip-new-leader-wait: first caught at seed {:?} of {LONG_LEASE_SEEDS}", caught.map(|i| i + 1));
+    assert!(caught.is_some(), "no stale read without the new leader's wait: {runs:?}");
+}
+
+#[madsim::test]
+async fn a_paused_client_blocks_writers_for_one_lease_at_most_and_cannot_commit_stale_reads() {
+    let cluster = Cluster::start(3).await;
+    cluster
+        .with_client(|client| async move { client.run(|txn| async move { txn.write_file("/g", b"1").await }).await })
+        .await
+        .expect("setup");
+
+    // The client to pause: it caches /g, begins a transaction that reads it, tells the test,
+    // and commits (writing /h from /g) only after it wakes.
+    let endpoints = cluster.endpoints();
+    let (read_done, read_seen) = tokio::sync::oneshot::channel();
+    let frozen_node = cluster.client_node();
+    let frozen = frozen_node.spawn(async move {
+        let client = Client::connect(&endpoints).expect("endpoints");
+        // Warm: a session, and /g cached under a lease.
+        client.run(|txn| async move { txn.read_file("/g").await }).await.expect("warm read");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let txn = client.begin();
+        let g = txn.read_file("/g").await.expect("read /g");
+        read_done.send(()).expect("test waits");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        txn.write_file("/h", &g).await.expect("write /h");
+        txn.commit().await
+    });
+    read_seen.await.expect("the frozen client read /g");
+    cluster.pause(&frozen_node);
+
+    // The writer's commit waits for the paused holder's lease, no longer.
+    let started = Instant::now();
+    cluster
+        .with_client(|client| async move { client.run(|txn| async move { txn.write_file("/g", b"2").await }).await })
+        .await
+        .expect("overwrite while the holder is paused");
+    let waited = started.elapsed();
+    eprintln!("leases: a writer waited {waited:?} for a paused holder");
+    let span = LEASE_DURATION_DEFAULT.mul_f64(1.01);
+    assert!(waited <= span + Duration::from_millis(200), "the writer waited {waited:?} for a paused client");
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.resume(&frozen_node);
+    let outcome = frozen.await.expect("frozen task").expect("commit answered");
+    assert!(matches!(outcome, Outcome::Conflict { .. }), "a commit on reads from before the pause: {outcome:?}");
+}
