@@ -17,12 +17,18 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5)]
     duration: u64,
     /// Workloads to run, in order.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Workload::CreateShared, Workload::CreatePrivate, Workload::Stat, Workload::Rmw])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Workload::CreateShared, Workload::CreatePrivate, Workload::Stat, Workload::Rmw, Workload::ReadWarm, Workload::ReadCold, Workload::ReadTmpfs])]
     workloads: Vec<Workload>,
     /// Directory the benchmark works under (a fresh subdirectory per run).
     #[arg(long, default_value = "/bench")]
     dir: String,
+    /// Local directory for the `read-tmpfs` baseline (a tmpfs, to compare with memory speed).
+    #[arg(long, default_value = "/dev/shm")]
+    tmpfs_dir: std::path::PathBuf,
 }
+
+/// Size of the file the read workloads stat and read.
+const READ_FILE_BYTES: usize = 4096;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
 pub enum Workload {
@@ -34,6 +40,13 @@ pub enum Workload {
     Stat,
     /// Read-modify-write of a small file per client: read, add one, write back.
     Rmw,
+    /// A read-only transaction, stat plus a 4 KiB read of a file per client, with the cache
+    /// warm: served under leases, committed locally.
+    ReadWarm,
+    /// The same transaction with the cache off: every read goes to the leader.
+    ReadCold,
+    /// The same stat plus read as local syscalls on a tmpfs file (--tmpfs-dir): the baseline.
+    ReadTmpfs,
 }
 
 impl Workload {
@@ -43,6 +56,9 @@ impl Workload {
             Workload::CreatePrivate => "create (private dirs)",
             Workload::Stat => "stat",
             Workload::Rmw => "read-modify-write",
+            Workload::ReadWarm => "read-only txn (warm)",
+            Workload::ReadCold => "read-only txn (cold)",
+            Workload::ReadTmpfs => "stat+read (tmpfs)",
         }
     }
 }
@@ -53,6 +69,15 @@ struct Report {
     errors: usize,
     seconds: f64,
     latencies_us: Vec<u64>,
+    /// The clients' cache counters over the workload (summed).
+    cache: crate::CacheStats,
+}
+
+impl Report {
+    fn hit_rate(&self) -> Option<f64> {
+        let lookups = self.cache.hits + self.cache.misses;
+        (lookups > 0).then(|| self.cache.hits as f64 / lookups as f64)
+    }
 }
 
 impl Report {
@@ -87,8 +112,16 @@ pub async fn run(client: &Client, args: BenchArgs, json: bool) -> Result<(), FsE
     for workload in args.workloads.clone() {
         eprintln!("bench: {} with {} clients for {} s ...", workload.name(), args.clients, args.duration);
         reports.push(
-            run_workload(client, &endpoints, &run_id, workload, args.clients, Duration::from_secs(args.duration))
-                .await?,
+            run_workload(
+                client,
+                &endpoints,
+                &run_id,
+                workload,
+                args.clients,
+                Duration::from_secs(args.duration),
+                &args.tmpfs_dir,
+            )
+            .await?,
         );
     }
     if json {
@@ -98,17 +131,18 @@ pub async fn run(client: &Client, args: BenchArgs, json: bool) -> Result<(), FsE
                 "workload": format!("{:?}", r.workload), "clients": args.clients, "ops": r.ops, "errors": r.errors,
                 "ops_per_second": r.ops as f64 / r.seconds,
                 "latency_ms_p50": r.percentile_ms(0.50), "latency_ms_p99": r.percentile_ms(0.99), "latency_ms_p999": r.percentile_ms(0.999),
+                "cache_hit_rate": r.hit_rate(), "local_commits": r.cache.local_commits,
             }))
             .collect();
         println!("{}", serde_json::Value::Array(rows));
     } else {
         println!(
-            "{:<22} {:>8} {:>9} {:>10} {:>9} {:>9} {:>9}",
-            "WORKLOAD", "CLIENTS", "OPS", "OPS/S", "P50 ms", "P99 ms", "P999 ms"
+            "{:<22} {:>8} {:>9} {:>10} {:>9} {:>9} {:>9} {:>7}",
+            "WORKLOAD", "CLIENTS", "OPS", "OPS/S", "P50 ms", "P99 ms", "P999 ms", "HITS"
         );
         for r in &reports {
             println!(
-                "{:<22} {:>8} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.2}{}",
+                "{:<22} {:>8} {:>9} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>7}{}",
                 r.workload.name(),
                 args.clients,
                 r.ops,
@@ -116,6 +150,7 @@ pub async fn run(client: &Client, args: BenchArgs, json: bool) -> Result<(), FsE
                 r.percentile_ms(0.50),
                 r.percentile_ms(0.99),
                 r.percentile_ms(0.999),
+                r.hit_rate().map_or("-".to_string(), |rate| format!("{:.1}%", rate * 100.0)),
                 if r.errors > 0 { format!("  ({} errors)", r.errors) } else { String::new() },
             );
         }
@@ -130,6 +165,7 @@ async fn run_workload(
     workload: Workload,
     clients: usize,
     duration: Duration,
+    tmpfs_dir: &std::path::Path,
 ) -> Result<Report, FsError> {
     let dir = format!("{run_id}/{workload:?}");
     let setup = dir.clone();
@@ -146,10 +182,33 @@ async fn run_workload(
     let started = Instant::now();
     for task in 0..clients {
         // One connection per client, as separate function instances would have.
-        let client = if endpoints.is_empty() { client.clone() } else { Client::connect(endpoints)? };
+        let options = crate::ClientOptions { cache: workload != Workload::ReadCold, ..Default::default() };
+        let client = if endpoints.is_empty() { client.clone() } else { Client::connect_with(endpoints, options)? };
         let dir = dir.clone();
+        let tmpfs = tmpfs_dir.join(format!("cffs-bench-{}-{task}", std::process::id()));
         tasks.push(tokio::spawn(async move {
             let private = format!("{dir}/t{task}");
+            if matches!(workload, Workload::ReadWarm | Workload::ReadCold) {
+                let path = format!("{dir}/read-{task}");
+                client
+                    .run(|txn| {
+                        let path = path.clone();
+                        async move { txn.write_file(&path, &[7u8; READ_FILE_BYTES]).await }
+                    })
+                    .await?;
+                if workload == Workload::ReadWarm {
+                    // Warm: one read before the clock starts (and the session opened).
+                    while client.cache_stats().hits == 0 {
+                        one_op(&client, workload, &dir, &private, task, 0).await?;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
+            if workload == Workload::ReadTmpfs {
+                std::fs::write(&tmpfs, [7u8; READ_FILE_BYTES])
+                    .map_err(|e| FsError::Invalid(format!("{}: {e}", tmpfs.display())))?;
+            }
+            let before = client.cache_stats();
             if workload == Workload::CreatePrivate {
                 let p = private.clone();
                 client
@@ -165,26 +224,55 @@ async fn run_workload(
             let mut i = 0u64;
             while Instant::now() < deadline {
                 let op_start = Instant::now();
-                let result = one_op(&client, workload, &dir, &private, task, i).await;
+                let result = if workload == Workload::ReadTmpfs {
+                    tmpfs_op(&tmpfs)
+                } else {
+                    one_op(&client, workload, &dir, &private, task, i).await
+                };
                 match result {
                     Ok(()) => latencies.push(op_start.elapsed().as_micros() as u64),
                     Err(_) => errors += 1,
                 }
                 i += 1;
             }
-            Ok::<_, FsError>((latencies, errors))
+            if workload == Workload::ReadTmpfs {
+                let _ = std::fs::remove_file(&tmpfs);
+            }
+            let after = client.cache_stats();
+            let cache = crate::CacheStats {
+                hits: after.hits - before.hits,
+                misses: after.misses - before.misses,
+                local_commits: after.local_commits - before.local_commits,
+                ..Default::default()
+            };
+            Ok::<_, FsError>((latencies, errors, cache))
         }));
     }
     let mut latencies_us = Vec::new();
     let mut errors = 0;
+    let mut cache = crate::CacheStats::default();
     for task in tasks {
-        let (l, e) = task.await.map_err(|e| FsError::Internal(format!("bench task: {e}")))??;
+        let (l, e, c) = task.await.map_err(|e| FsError::Internal(format!("bench task: {e}")))??;
         latencies_us.extend(l);
         errors += e;
+        cache.hits += c.hits;
+        cache.misses += c.misses;
+        cache.local_commits += c.local_commits;
     }
     let seconds = started.elapsed().as_secs_f64();
     latencies_us.sort_unstable();
-    Ok(Report { workload, ops: latencies_us.len(), errors, seconds, latencies_us })
+    Ok(Report { workload, ops: latencies_us.len(), errors, seconds, latencies_us, cache })
+}
+
+/// The baseline: stat plus a read of a local file, as two syscalls (std::fs).
+fn tmpfs_op(path: &std::path::Path) -> Result<(), FsError> {
+    let io = |e: std::io::Error| FsError::Invalid(format!("{}: {e}", path.display()));
+    let metadata = std::fs::metadata(path).map_err(io)?;
+    let data = std::fs::read(path).map_err(io)?;
+    if data.len() as u64 != metadata.len() {
+        return Err(FsError::Internal("tmpfs file changed size".into()));
+    }
+    Ok(())
 }
 
 async fn one_op(
@@ -223,6 +311,23 @@ async fn one_op(
                 })
                 .await
         }
+        Workload::ReadWarm | Workload::ReadCold => {
+            let path = format!("{dir}/read-{task}");
+            client
+                .run(|txn| {
+                    let path = path.clone();
+                    async move {
+                        let attr = txn.stat(&path).await?;
+                        let data = txn.read_file(&path).await?;
+                        if data.len() as u64 != attr.size {
+                            return Err(FsError::Internal("size and content disagree".into()));
+                        }
+                        Ok(())
+                    }
+                })
+                .await
+        }
+        Workload::ReadTmpfs => Err(FsError::Internal("the tmpfs baseline runs no transaction".into())),
         Workload::Rmw => {
             let path = format!("{dir}/counter-{task}");
             client

@@ -531,7 +531,8 @@ async fn cluster_status(client: &Client, json: bool) -> Result<(), Failure> {
         let rows: Vec<_> = all
             .iter()
             .map(|(addr, result)| match result {
-                Ok(s) => serde_json::json!({"endpoint": addr, "node_id": s.node_id, "state": s.state, "leader_id": s.leader_id, "term": s.term, "last_applied": s.last_applied, "last_log_index": s.last_log_index, "log_committed": s.log_committed, "members": s.members.iter().map(|m| serde_json::json!({"id": m.id, "addr": m.addr, "voter": m.voter})).collect::<Vec<_>>()}),
+                Ok(s) => serde_json::json!({"endpoint": addr, "node_id": s.node_id, "state": s.state, "leader_id": s.leader_id, "term": s.term, "last_applied": s.last_applied, "last_log_index": s.last_log_index, "log_committed": s.log_committed, "members": s.members.iter().map(|m| serde_json::json!({"id": m.id, "addr": m.addr, "voter": m.voter})).collect::<Vec<_>>(),
+                    "leases": s.leases.as_ref().map(|l| serde_json::json!({"sessions": l.sessions, "leased_keys": l.leased_keys, "granted": l.granted, "invalidations_sent": l.invalidations_sent, "invalidations_acked": l.invalidations_acked, "commits_waited": l.commits_waited, "commit_wait_ms": l.commit_wait_ms}))}),
                 Err(e) => serde_json::json!({"endpoint": addr, "error": e.to_string()}),
             })
             .collect();
@@ -539,6 +540,7 @@ async fn cluster_status(client: &Client, json: bool) -> Result<(), Failure> {
         return Ok(());
     }
     let mut members = None;
+    let mut leases = None;
     println!(
         "{:<22} {:>4} {:<10} {:>6} {:>6} {:>12} {:>12}",
         "ENDPOINT", "ID", "STATE", "LEADER", "TERM", "APPLIED", "LAST LOG"
@@ -553,6 +555,9 @@ async fn cluster_status(client: &Client, json: bool) -> Result<(), Failure> {
                     addr, s.node_id, s.state, s.leader_id, s.term, s.last_applied, s.last_log_index
                 );
                 members.get_or_insert_with(|| s.members.clone());
+                if s.leases.is_some() {
+                    leases = s.leases.clone();
+                }
             }
             Err(e) => println!("{addr:<22} unreachable: {e}"),
         }
@@ -563,6 +568,20 @@ async fn cluster_status(client: &Client, json: bool) -> Result<(), Failure> {
         for m in members {
             println!("  {} {} {}", m.id, m.addr, if m.voter { "voter" } else { "learner" });
         }
+    }
+    if let Some(l) = leases {
+        println!();
+        println!(
+            "leases (leader): {} sessions, {} keys leased; {} granted; invalidations {} sent, {} acknowledged; \
+             {} commits waited for an expiry ({} ms in all)",
+            l.sessions,
+            l.leased_keys,
+            l.granted,
+            l.invalidations_sent,
+            l.invalidations_acked,
+            l.commits_waited,
+            l.commit_wait_ms
+        );
     }
     if reachable == 0 {
         return Err(Failure("no endpoint answered".into()));
