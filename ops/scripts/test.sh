@@ -37,6 +37,6 @@ RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR="$CFFS_SIM_TARGET_DIR" MADSIM_TEST_NUM
 
 step "simulation: determinism check (same seed twice)"
 RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR="$CFFS_SIM_TARGET_DIR" MADSIM_TEST_CHECK_DETERMINISM=1 MADSIM_TEST_NUM=2 \
-  cargo test --locked -p cffs-sim-tests --test counters --test snapshot --test membership
+  cargo test --locked -p cffs-sim-tests --test counters --test snapshot --test membership --test leases
 
 step "all tests passed"

@@ -1,9 +1,11 @@
 #![cfg(not(madsim))]
 //! Integration tests of `cffs-server` as real processes on loopback, driven through the
 //! `cffs-client` library: POSIX namespace semantics, and a three-replica cluster that loses
-//! its leader to SIGKILL mid-run without losing an acknowledged commit.
+//! its leader to SIGKILL mid-run without losing an acknowledged commit, and leases with
+//! the client cache (a frozen client under SIGSTOP).
 
 mod bad_input;
 mod harness;
 mod kill_leader;
+mod leases;
 mod namespace;

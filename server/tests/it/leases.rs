@@ -1,0 +1,123 @@
+//! Leases and the client cache against real processes on loopback (docs/design/leases.md):
+//! - one client caches a file while another overwrites it: after an overwrite is
+//!   acknowledged, the first never returns older content;
+//! - a client process frozen with SIGSTOP while it holds a lease blocks a writer for about
+//!   one lease at most, and the transaction it built on its reads cannot commit after
+//!   SIGCONT.
+//!
+//! The frozen client is this test binary run again, as the `lease_holder_process` test with
+//! `CFFS_IT_LEASE_HOLDER` set (without it, that test does nothing).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cffs_client::{Client, Outcome};
+
+use crate::harness::ProcessCluster;
+
+fn number(data: &[u8]) -> u64 {
+    String::from_utf8_lossy(data).parse().expect("a number")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_read_never_returns_content_older_than_an_acknowledged_overwrite() {
+    let cluster = ProcessCluster::start(3);
+    cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let writer = cluster.client();
+    let reader = cluster.client();
+    writer.run(|txn| async move { txn.write_file("/f", b"0").await }).await.expect("setup");
+
+    let mut acknowledged = 0u64;
+    let mut reads = 0u64;
+    for n in 1..=60u64 {
+        // A few reads between overwrites: the first after an overwrite may miss, the rest hit.
+        for _ in 0..5 {
+            let data = reader.run(|txn| async move { txn.read_file("/f").await }).await.expect("read");
+            let seen = number(&data);
+            assert!(seen >= acknowledged, "read {seen} after overwrite {acknowledged} was acknowledged");
+            reads += 1;
+        }
+        let data = n.to_string();
+        writer
+            .run(|txn| {
+                let data = data.clone();
+                async move { txn.write_file("/f", data.as_bytes()).await }
+            })
+            .await
+            .expect("overwrite");
+        acknowledged = n;
+    }
+    let stats = reader.cache_stats();
+    eprintln!("leases: {reads} reads, {stats:?}");
+    assert!(stats.local_commits > 0, "the reader committed from its cache: {stats:?}");
+    assert!(stats.invalidations_received > 0, "the reader's leases were invalidated: {stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_client_blocks_writers_for_about_a_lease_and_cannot_commit_stale_reads() {
+    let cluster = ProcessCluster::start(3);
+    cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let writer = cluster.client();
+    writer.run(|txn| async move { txn.write_file("/g", b"1").await }).await.expect("setup");
+
+    let mut holder = Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "leases::lease_holder_process", "--nocapture", "--test-threads", "1"])
+        .env("CFFS_IT_LEASE_HOLDER", cluster.endpoints().join(","))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the lease holder");
+    let pid = holder.id().to_string();
+    let mut lines = BufReader::new(holder.stdout.take().expect("piped")).lines();
+    let mut next_line = move || loop {
+        // libtest may print its own words on the same line ("test … ... holder: read 1").
+        let line = lines.next().expect("holder output").expect("holder output");
+        if let Some(at) = line.find("holder: ") {
+            return line[at..].to_string();
+        }
+    };
+    assert_eq!(next_line(), "holder: read 1");
+    let signal = |name: &str| {
+        let status = Command::new("kill").args([name, &pid]).status().expect("run kill");
+        assert!(status.success(), "kill {name} {pid}");
+    };
+    signal("-STOP");
+
+    let started = Instant::now();
+    writer.run(|txn| async move { txn.write_file("/g", b"2").await }).await.expect("overwrite");
+    let waited = started.elapsed();
+    eprintln!("leases: a writer waited {waited:?} for a frozen holder (lease 250 ms)");
+    // About one lease (250 ms); generous, since a loaded CI machine is slow (the simulation
+    // checks the bound exactly).
+    assert!(waited < Duration::from_secs(3), "the writer waited {waited:?} for a frozen client");
+
+    std::thread::sleep(Duration::from_millis(1000));
+    signal("-CONT");
+    assert_eq!(next_line(), "holder: conflict");
+    assert!(holder.wait().expect("holder exit").success());
+    let h = writer.run(|txn| async move { txn.exists("/h").await }).await.expect("read /h");
+    assert!(!h, "the stale transaction wrote nothing");
+}
+
+/// The frozen client: caches /g, reads it in a transaction, says so, and commits a write of
+/// /h built on that read 300 ms later (after the test has frozen and thawed it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_holder_process() {
+    let Ok(endpoints) = std::env::var("CFFS_IT_LEASE_HOLDER") else { return };
+    let client = Client::connect(&endpoints.split(',').collect::<Vec<_>>()).expect("endpoints");
+    // Warm: a session, and /g cached under a lease.
+    while client.cache_stats().hits == 0 {
+        client.run(|txn| async move { txn.read_file("/g").await }).await.expect("warm read");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let txn = client.begin();
+    let g = txn.read_file("/g").await.expect("read /g");
+    println!("holder: read {}", String::from_utf8_lossy(&g));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    txn.write_file("/h", &g).await.expect("write /h");
+    match txn.commit().await.expect("commit answered") {
+        Outcome::Conflict { .. } => println!("holder: conflict"),
+        Outcome::Committed { .. } => println!("holder: committed"),
+    }
+}
