@@ -1,5 +1,9 @@
-//! Runs chaos seeds: each in its own madsim runtime with the disk simulator, in parallel
-//! across threads, collecting the checker that caught each failing seed.
+//! Runs chaos seeds: each in its own madsim runtime with the disk simulator, collecting the
+//! checker that caught each failing seed. A batch runs every seed in a process of its own
+//! (`cffs-sim --seed N --json`), several at once: two runs in one process do not replay the
+//! same, because openraft's unbiased `tokio::select!` draws from tokio's thread-local RNG,
+//! which tokio seeds from a process-wide counter. A fresh process starts that counter over,
+//! so a seed run in a batch is exactly the seed replayed alone.
 
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
@@ -10,6 +14,7 @@ use crate::scenario::{self, Report};
 /// Simulated time one seed may take before it counts as stuck (a liveness failure).
 pub const SEED_TIME_LIMIT: Duration = Duration::from_secs(600);
 
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SeedResult {
     pub seed: u64,
     pub report: Option<Report>,
@@ -25,11 +30,11 @@ impl SeedResult {
     }
 
     /// The checkers that caught this seed ("panic" for a panic).
-    pub fn caught_by(&self) -> Vec<&'static str> {
-        let mut names: Vec<&'static str> =
-            self.report.iter().flat_map(|r| r.violations.iter().map(|(c, _)| *c)).collect();
+    pub fn caught_by(&self) -> Vec<String> {
+        let mut names: Vec<String> =
+            self.report.iter().flat_map(|r| r.violations.iter().map(|(c, _)| c.clone())).collect();
         if self.panic.is_some() {
-            names.push("panic");
+            names.push("panic".into());
         }
         names.sort_unstable();
         names.dedup();
@@ -87,10 +92,30 @@ fn runtime(seed: u64) -> madsim::runtime::Runtime {
     runtime
 }
 
-/// Runs one seed.
-pub fn run_seed(seed: u64) -> SeedResult {
+/// Stack of the thread a seed runs on (the simulation's tasks run on it; debug builds nest
+/// deep futures).
+const SEED_THREAD_STACK_BYTES: usize = 64 * 1024 * 1024;
+
+/// Runs one seed in this process, on a thread of its own (std's `HashMap` keys are seeded by
+/// madsim only in a thread that has made none yet). Deterministic as the first seed a
+/// process runs; use `run_seeds` for more than one.
+pub fn run_seed_here(seed: u64) -> SeedResult {
+    std::thread::Builder::new()
+        .name(format!("seed-{seed}"))
+        .stack_size(SEED_THREAD_STACK_BYTES)
+        .spawn(move || run_on_this_thread(seed))
+        .expect("spawn a seed thread")
+        .join()
+        .unwrap_or_else(|_| SeedResult {
+            seed,
+            report: None,
+            panic: Some("the seed's thread panicked".into()),
+            wall: Duration::ZERO,
+        })
+}
+
+fn run_on_this_thread(seed: u64) -> SeedResult {
     let started = Instant::now();
-    // A run that panicked may have left the buggify sites on for this thread.
     cffs_server::buggify::enable(false);
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| runtime(seed).block_on(scenario::run())));
     let wall = started.elapsed();
@@ -107,39 +132,119 @@ pub fn run_seed(seed: u64) -> SeedResult {
     }
 }
 
-/// Runs `seed` twice; `Err` describes the first difference between the two runs' reports
-/// (plan, faults, commits, violations, and a digest of every replica's final state).
-pub fn check_determinism(seed: u64) -> Result<(), String> {
-    let describe =
-        |result: &SeedResult| format!("{:?} {:?}", result.report.as_ref().map(|r| format!("{r:?}")), result.panic);
-    let (first, second) = (describe(&run_seed(seed)), describe(&run_seed(seed)));
-    if first == second {
-        Ok(())
-    } else {
-        Err(format!("seed {seed} diverged:\n  first:  {first}\n  second: {second}"))
+/// How to start a seed in a process of its own: the `cffs-sim` binary, and the bug to plant.
+#[derive(Debug, Clone)]
+pub struct Launcher {
+    pub exe: std::path::PathBuf,
+    pub plant: Option<Planted>,
+}
+
+impl Launcher {
+    pub fn new(exe: impl Into<std::path::PathBuf>, plant: Option<Planted>) -> Launcher {
+        Launcher { exe: exe.into(), plant }
+    }
+
+    /// Runs `seed` in a child process (`cffs-sim --seed N --json`).
+    pub fn run_seed(&self, seed: u64) -> SeedResult {
+        use clap::ValueEnum;
+        let mut command = std::process::Command::new(&self.exe);
+        command.args(["--seed", &seed.to_string(), "--json"]);
+        if let Some(value) = self.plant.and_then(|bug| bug.to_possible_value()) {
+            command.args(["--plant", value.get_name()]);
+        }
+        let failed = |why: String| SeedResult { seed, report: None, panic: Some(why), wall: Duration::ZERO };
+        let output = match command.stderr(std::process::Stdio::null()).output() {
+            Ok(output) => output,
+            Err(error) => return failed(format!("start {}: {error}", self.exe.display())),
+        };
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        match stdout.lines().rev().find_map(|line| line.strip_prefix(JSON_PREFIX)) {
+            Some(json) => serde_json::from_str(json).unwrap_or_else(|e| failed(format!("seed result: {e}"))),
+            None => failed(format!("the seed's process ended ({}) without a result", output.status)),
+        }
+    }
+
+    /// Runs `seed` twice, each in a process of its own; `Err` describes the first difference
+    /// between the two runs' reports (plan, faults, commits, violations, and a digest of
+    /// every replica's final state).
+    pub fn check_determinism(&self, seed: u64) -> Result<(), String> {
+        let describe = |result: &SeedResult| format!("{:?} {:?}", result.report, result.panic);
+        let (first, second) = (describe(&self.run_seed(seed)), describe(&self.run_seed(seed)));
+        if first == second {
+            Ok(())
+        } else {
+            Err(format!("seed {seed} diverged:\n  first:  {first}\n  second: {second}"))
+        }
+    }
+
+    /// Runs seeds `first..first + count`, `jobs` processes at a time; calls `on_result` as
+    /// each finishes. Results come back in seed order.
+    pub fn run_seeds(
+        &self,
+        first: u64,
+        count: u64,
+        jobs: usize,
+        on_result: impl Fn(&SeedResult) + Sync,
+    ) -> Vec<SeedResult> {
+        let next = std::sync::atomic::AtomicU64::new(first);
+        let results = std::sync::Mutex::new(Vec::new());
+        // Runner threads only wait for child processes.
+        #[allow(clippy::disallowed_methods)]
+        std::thread::scope(|scope| {
+            for _ in 0..jobs.max(1) {
+                scope.spawn(|| loop {
+                    let seed = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if seed >= first + count {
+                        break;
+                    }
+                    let result = self.run_seed(seed);
+                    on_result(&result);
+                    results.lock().expect("results lock").push(result);
+                });
+            }
+        });
+        let mut results = results.into_inner().expect("results lock");
+        results.sort_by_key(|r| r.seed);
+        results
     }
 }
 
-/// Runs seeds `first..first + count` on `jobs` threads; calls `on_result` as each finishes.
-pub fn run_seeds(first: u64, count: u64, jobs: usize, on_result: impl Fn(&SeedResult) + Sync) -> Vec<SeedResult> {
-    let next = std::sync::atomic::AtomicU64::new(first);
-    let results = std::sync::Mutex::new(Vec::new());
-    // Runner threads sit outside every simulation; each builds its own runtime.
-    #[allow(clippy::disallowed_methods)]
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.max(1) {
-            scope.spawn(|| loop {
-                let seed = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if seed >= first + count {
-                    break;
-                }
-                let result = run_seed(seed);
-                on_result(&result);
-                results.lock().expect("results lock").push(result);
-            });
+/// The line of `cffs-sim --seed N --json` that carries the result.
+pub const JSON_PREFIX: &str = "seed-result: ";
+
+/// Runs a scenario test for the seeds `MADSIM_TEST_SEED` (default 1) and on
+/// (`MADSIM_TEST_NUM`, default 1), each on a fresh thread with nothing else running in the
+/// process meanwhile, so that the same seeds replay the same in another process. (madsim's
+/// own test harness runs a tokio runtime on the calling thread alongside the seed's thread,
+/// and both draw tokio's process-wide seed counter in whatever order they happen to run.)
+pub fn scenario_seeds<F, Fut>(scenario: F)
+where
+    F: Fn() -> Fut + Send + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let env_u64 = |name: &str, default: u64| -> u64 {
+        match std::env::var(name) {
+            Ok(text) => text.parse().unwrap_or_else(|_| panic!("{name} must be an integer, not {text:?}")),
+            Err(_) => default,
         }
-    });
-    let mut results = results.into_inner().expect("results lock");
-    results.sort_by_key(|r| r.seed);
-    results
+    };
+    let first = env_u64("MADSIM_TEST_SEED", 1);
+    let count = env_u64("MADSIM_TEST_NUM", 1);
+    for seed in first..first + count {
+        let scenario = scenario.clone();
+        let outcome = std::thread::Builder::new()
+            .name(format!("seed-{seed}"))
+            .stack_size(SEED_THREAD_STACK_BYTES)
+            .spawn(move || {
+                let mut runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+                runtime.set_time_limit(SEED_TIME_LIMIT);
+                runtime.block_on(scenario())
+            })
+            .expect("spawn a seed thread")
+            .join();
+        if let Err(panic) = outcome {
+            eprintln!("note: replay this seed alone with MADSIM_TEST_SEED={seed} MADSIM_TEST_NUM=1");
+            std::panic::resume_unwind(panic);
+        }
+    }
 }

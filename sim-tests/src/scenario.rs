@@ -23,20 +23,22 @@ pub const LIVENESS_BOUND: Duration = Duration::from_secs(20);
 pub const LIVENESS_CLIENTS: usize = 4;
 
 /// What a run found: the checker that caught each violation, and what it saw.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Report {
-    pub plan: Option<NemesisPlan>,
+    /// The nemesis plan drawn for the run (its `Debug` text).
+    pub plan: Option<String>,
     pub faults: u64,
     pub power_losses: u64,
     pub commits: u64,
-    pub violations: Vec<(&'static str, String)>,
+    /// (checker, what it found).
+    pub violations: Vec<(String, String)>,
     /// crc32 of every replica's final state, in order: equal runs have equal digests.
     pub state_digest: u32,
 }
 
 impl Report {
     fn check(&mut self, checker: &'static str, problems: Vec<String>) {
-        self.violations.extend(problems.into_iter().map(|p| (checker, p)));
+        self.violations.extend(problems.into_iter().map(|p| (checker.to_string(), p)));
     }
 }
 
@@ -101,7 +103,7 @@ pub async fn run() -> Report {
     cffs_server::buggify::enable(false);
     report.faults = nemesis.await.expect("nemesis");
     report.power_losses = DiskSim::current().power_losses();
-    report.plan = Some(plan);
+    report.plan = Some(format!("{plan:?}"));
 
     // Liveness phase: healed, every client (one per workload client, each on its own node)
     // must commit again within the bound.

@@ -14,8 +14,12 @@ const FILES: usize = 4;
 const CLIENTS: usize = 5;
 const OPS: usize = 60;
 
-#[madsim::test]
-async fn counters_survive_leader_kill_and_restart() {
+#[test]
+fn counters_survive_leader_kill_and_restart() {
+    cffs_sim_tests::runner::scenario_seeds(counters_survive_leader_kill_and_restart_scenario);
+}
+
+async fn counters_survive_leader_kill_and_restart_scenario() {
     let cluster = Cluster::start(3).await;
     cluster.with_client(|client| async move { counter_setup(&client, FILES).await }).await.expect("setup");
 

@@ -126,16 +126,28 @@ async fn overwrite_scenario(cluster: Cluster, fault: Fault) -> Run {
     run
 }
 
-#[madsim::test]
-async fn cached_reads_never_miss_an_acknowledged_overwrite_even_with_the_leader_cut_off() {
+#[test]
+fn cached_reads_never_miss_an_acknowledged_overwrite_even_with_the_leader_cut_off() {
+    cffs_sim_tests::runner::scenario_seeds(
+        cached_reads_never_miss_an_acknowledged_overwrite_even_with_the_leader_cut_off_scenario,
+    );
+}
+
+async fn cached_reads_never_miss_an_acknowledged_overwrite_even_with_the_leader_cut_off_scenario() {
     let run = overwrite_scenario(Cluster::start(3).await, Fault::IsolateLeader).await;
     eprintln!("leases (leader cut off): {run:?}");
     assert!(run.stale.is_empty(), "stale reads: {:?}", run.stale);
     assert!(run.local_commits > 0, "the readers committed from their cache at least once: {run:?}");
 }
 
-#[madsim::test]
-async fn cached_reads_never_miss_an_acknowledged_overwrite_even_across_a_leader_kill() {
+#[test]
+fn cached_reads_never_miss_an_acknowledged_overwrite_even_across_a_leader_kill() {
+    cffs_sim_tests::runner::scenario_seeds(
+        cached_reads_never_miss_an_acknowledged_overwrite_even_across_a_leader_kill_scenario,
+    );
+}
+
+async fn cached_reads_never_miss_an_acknowledged_overwrite_even_across_a_leader_kill_scenario() {
     let run = overwrite_scenario(Cluster::start(3).await, Fault::KillLeader).await;
     eprintln!("leases (leader killed): {run:?}");
     assert!(run.stale.is_empty(), "stale reads: {:?}", run.stale);
@@ -184,8 +196,14 @@ fn a_new_leader_that_skips_its_wait_is_caught() {
     assert!(caught.is_some(), "no stale read without the new leader's wait: {runs:?}");
 }
 
-#[madsim::test]
-async fn a_paused_client_blocks_writers_for_one_lease_at_most_and_cannot_commit_stale_reads() {
+#[test]
+fn a_paused_client_blocks_writers_for_one_lease_at_most_and_cannot_commit_stale_reads() {
+    cffs_sim_tests::runner::scenario_seeds(
+        a_paused_client_blocks_writers_for_one_lease_at_most_and_cannot_commit_stale_reads_scenario,
+    );
+}
+
+async fn a_paused_client_blocks_writers_for_one_lease_at_most_and_cannot_commit_stale_reads_scenario() {
     let cluster = Cluster::start(3).await;
     cluster
         .with_client(|client| async move { client.run(|txn| async move { txn.write_file("/g", b"1").await }).await })

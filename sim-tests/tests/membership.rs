@@ -6,8 +6,12 @@ use std::time::Duration;
 
 use cffs_sim_tests::cluster::Cluster;
 
-#[madsim::test]
-async fn a_replica_joins_as_learner_then_replaces_a_voter() {
+#[test]
+fn a_replica_joins_as_learner_then_replaces_a_voter() {
+    cffs_sim_tests::runner::scenario_seeds(a_replica_joins_as_learner_then_replaces_a_voter_scenario);
+}
+
+async fn a_replica_joins_as_learner_then_replaces_a_voter_scenario() {
     let mut cluster = Cluster::start(3).await;
     cluster
         .with_client(

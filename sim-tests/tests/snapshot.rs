@@ -16,8 +16,12 @@ async fn status_of(cluster: &Cluster, id: u64) -> cffs_proto::ClusterStatusRespo
     cluster_status(cluster).await.into_iter().find(|s| s.node_id == id).expect("replica answers")
 }
 
-#[madsim::test]
-async fn a_lagging_replica_catches_up_by_snapshot_and_replicas_agree() {
+#[test]
+fn a_lagging_replica_catches_up_by_snapshot_and_replicas_agree() {
+    cffs_sim_tests::runner::scenario_seeds(a_lagging_replica_catches_up_by_snapshot_and_replicas_agree_scenario);
+}
+
+async fn a_lagging_replica_catches_up_by_snapshot_and_replicas_agree_scenario() {
     let cluster = Cluster::start_with(3, |config| {
         config.snapshot_every_entries = 100;
         config.log_keep_after_snapshot = 10;

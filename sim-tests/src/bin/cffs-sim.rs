@@ -33,6 +33,10 @@ fn main() -> std::process::ExitCode {
         /// soon (the planted-bug tests do this for each).
         #[arg(long, value_enum)]
         plant: Option<cffs_sim_tests::runner::Planted>,
+        /// With --seed: run it in this process and print its result as one JSON line (what
+        /// the runner reads from each seed's process).
+        #[arg(long, requires = "seed")]
+        json: bool,
     }
 
     let args = Args::parse();
@@ -44,12 +48,11 @@ fn main() -> std::process::ExitCode {
             .with_ansi(false)
             .init();
     }
-    if let Some(bug) = args.plant {
-        bug.set(true);
-    }
+    let exe = std::env::current_exe().expect("the path of cffs-sim");
+    let launcher = cffs_sim_tests::runner::Launcher::new(exe, args.plant);
     if let Some(seed) = args.seed {
         if args.check_determinism {
-            return match cffs_sim_tests::runner::check_determinism(seed) {
+            return match launcher.check_determinism(seed) {
                 Ok(()) => {
                     println!("seed {seed}: two runs identical");
                     std::process::ExitCode::SUCCESS
@@ -60,14 +63,22 @@ fn main() -> std::process::ExitCode {
                 }
             };
         }
-        let result = cffs_sim_tests::runner::run_seed(seed);
-        print_result(&result, args.plant, true);
+        if let Some(bug) = args.plant {
+            bug.set(true);
+        }
+        let result = cffs_sim_tests::runner::run_seed_here(seed);
+        if args.json {
+            let json = serde_json::to_string(&result).expect("a seed result serializes");
+            println!("{}{json}", cffs_sim_tests::runner::JSON_PREFIX);
+        } else {
+            print_result(&result, args.plant, true);
+        }
         return if result.failed() { std::process::ExitCode::FAILURE } else { std::process::ExitCode::SUCCESS };
     }
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let started = std::time::Instant::now();
     let done = std::sync::atomic::AtomicU64::new(0);
-    let results = cffs_sim_tests::runner::run_seeds(args.start, args.seeds, jobs, |result| {
+    let results = launcher.run_seeds(args.start, args.seeds, jobs, |result| {
         let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         if result.failed() {
             print_result(result, args.plant, false);
@@ -120,7 +131,7 @@ fn print_result(
             println!("  panic: {panic}");
         }
         if let Some(report) = &result.report {
-            println!("  plan: {:?}", report.plan);
+            println!("  plan: {}", report.plan.as_deref().unwrap_or("none"));
             println!("  faults {}, power losses {}, commits {}", report.faults, report.power_losses, report.commits);
             for (checker, violation) in &report.violations {
                 println!("  [{checker}] {violation}");
