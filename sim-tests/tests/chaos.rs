@@ -19,7 +19,12 @@ fn launcher() -> Launcher {
 /// crash. Fixed by the read index's restart floor (`server/src/metadata/read_index.rs`);
 /// `tests/restart_read.rs` is the targeted scenario, and `cffs-sim --seed 182 --plant
 /// no-restart-floor` shows the failure again.
-const REGRESSION_SEEDS: &[u64] = &[182];
+///
+/// 10: G-single-realtime with leases (a read served from a client's cache missed an
+/// acknowledged append). A session whose expiry had passed, and whose leases the leader had
+/// already forgotten, was renewed by a late keepalive, and its client trusted those leases
+/// again. Fixed: a session past its expiry is never renewed (`LeaseTable::renew`).
+const REGRESSION_SEEDS: &[u64] = &[10, 182];
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
