@@ -2,9 +2,13 @@
 //! directory listings, each kept only under a lease of the current session, bounded in bytes
 //! with least-recently-used eviction.
 //!
-//! An entry is valid while its session is the current one and `now < max(read_sent +
-//! D (1 − ρ), session.valid_until)`, where `valid_until` advances with every acknowledged
-//! keepalive (sent at `s`: `s + D (1 − ρ)`). Every entry has a generation, new each time it is
+//! An entry is valid while its session is the current one and less than `D (1 − ρ)` has
+//! passed, on this client's clock, since the entry's read was sent or since the send of the
+//! session's latest acknowledged keepalive (whichever is later).
+//!
+//! The clock: the client's monotonic clock, read through `elapsed`, which in simulation runs
+//! at a rate drawn per client within the drift bound (`1 ± ρ`), so that the simulated fleet
+//! has the clock errors the protocol must tolerate. Every entry has a generation, new each time it is
 //! stored; a transaction that read an entry checks at commit that the same generation is
 //! still there and valid (then it was neither invalidated nor replaced) to commit locally.
 
@@ -96,9 +100,12 @@ struct Session {
     id: u64,
     /// New for every session; entries of older ones are dead.
     epoch: u64,
-    valid_until: Option<Instant>,
+    /// Send time of the latest keepalive (or of the open) the leader acknowledged.
+    renewed: Option<Instant>,
     /// `D (1 − ρ)`: how long the client trusts a grant or renewal, from its send time.
     trust: Duration,
+    /// The rate of this client's clock against real time (1 outside simulation).
+    rate: f64,
 }
 
 #[derive(Debug)]
@@ -119,7 +126,7 @@ pub struct Cache {
 impl Cache {
     pub fn new(max_bytes: usize) -> Cache {
         Cache {
-            session: Session { id: 0, epoch: 0, valid_until: None, trust: Duration::ZERO },
+            session: Session { id: 0, epoch: 0, renewed: None, trust: Duration::ZERO, rate: 1.0 },
             entries: BTreeMap::new(),
             lru: BTreeMap::new(),
             invalidations: VecDeque::new(),
@@ -143,8 +150,10 @@ impl Cache {
         self.clear();
         self.session.epoch += 1;
         self.session.id = id;
-        self.session.trust = lease.mul_f64((1.0 - f64::from(drift_ppm) / 1e6).max(0.0));
-        self.session.valid_until = Some(sent + self.session.trust);
+        let drift = f64::from(drift_ppm) / 1e6;
+        self.session.trust = lease.mul_f64((1.0 - drift).max(0.0));
+        self.session.renewed = Some(sent);
+        self.session.rate = clock_rate(drift);
         self.invalidations.clear();
         self.forgotten = 0;
     }
@@ -154,14 +163,13 @@ impl Cache {
         self.clear();
         self.session.epoch += 1;
         self.session.id = 0;
-        self.session.valid_until = None;
+        self.session.renewed = None;
     }
 
     /// A keepalive sent at `sent` was acknowledged.
     pub fn renewed(&mut self, session: u64, sent: Instant) {
         if session == self.session.id && session != 0 {
-            let until = sent + self.session.trust;
-            self.session.valid_until = Some(self.session.valid_until.map_or(until, |u| u.max(until)));
+            self.session.renewed = Some(self.session.renewed.map_or(sent, |renewed| renewed.max(sent)));
         }
     }
 
@@ -174,7 +182,13 @@ impl Cache {
     fn valid(&self, entry: &Entry, now: Instant) -> bool {
         entry.epoch == self.session.epoch
             && self.session.id != 0
-            && (now < entry.read_sent + self.session.trust || self.session.valid_until.is_some_and(|u| now < u))
+            && (self.elapsed(entry.read_sent, now) < self.session.trust
+                || self.session.renewed.is_some_and(|renewed| self.elapsed(renewed, now) < self.session.trust))
+    }
+
+    /// The time from `since` to `now` as this client's clock measures it.
+    fn elapsed(&self, since: Instant, now: Instant) -> Duration {
+        now.saturating_duration_since(since).mul_f64(self.session.rate)
     }
 
     /// The cached value of `key` if it is valid now, with its generation.
@@ -290,6 +304,21 @@ impl Cache {
 
     pub fn stats(&self) -> CacheStats {
         CacheStats { entries: self.entries.len() as u64, bytes: self.bytes as u64, ..self.stats }
+    }
+}
+
+/// This client's clock rate: exactly 1 on real machines (their clocks drift on their own); in
+/// simulation, drawn per client from the seed within `1 ± drift`, the bound leases allow for.
+fn clock_rate(drift: f64) -> f64 {
+    #[cfg(madsim)]
+    {
+        use rand::Rng;
+        1.0 + drift * madsim::rand::thread_rng().gen_range(-1.0..=1.0)
+    }
+    #[cfg(not(madsim))]
+    {
+        let _ = drift;
+        1.0
     }
 }
 
