@@ -188,7 +188,11 @@ impl Cache {
 
     /// The time from `since` to `now` as this client's clock measures it.
     fn elapsed(&self, since: Instant, now: Instant) -> Duration {
-        now.saturating_duration_since(since).mul_f64(self.session.rate)
+        let elapsed = now.saturating_duration_since(since);
+        if self.session.rate == 1.0 {
+            return elapsed; // a real clock: no float round trip on the hot path
+        }
+        elapsed.mul_f64(self.session.rate)
     }
 
     /// The cached value of `key` if it is valid now, with its generation.

@@ -1120,11 +1120,12 @@ impl Transaction {
             }
             state.finished = true;
         }
-        let request = self.request();
-        if request.reads.is_empty() && request.writes.is_empty() {
+        // A read-only transaction under valid leases commits here, before any request is built.
+        if self.is_read_only() && self.commits_locally() {
             return Ok(Outcome::Committed { version: 0 });
         }
-        if request.writes.is_empty() && self.commits_locally() {
+        let request = self.request();
+        if request.reads.is_empty() && request.writes.is_empty() {
             return Ok(Outcome::Committed { version: 0 });
         }
         if let Some(cache) = self.client.cache() {
@@ -1143,6 +1144,9 @@ impl Transaction {
     fn commits_locally(&self) -> bool {
         let Some(cache) = self.client.cache() else { return false };
         let state = self.state();
+        if state.reads.is_empty() {
+            return false; // nothing read: nothing to commit, locally or not
+        }
         let now = tokio::time::Instant::now();
         let mut cache = cache.lock().expect("cache lock");
         let all_leased = state.reads.keys().all(|key| {
