@@ -1132,7 +1132,7 @@ impl Transaction {
             // This client's own entries for what it writes go now: the leader drops, rather
             // than invalidates, the writer's leases on them.
             let mut cache = cache.lock().expect("cache lock");
-            for key in written_cache_keys(&request) {
+            for key in request.written_keys().iter().filter_map(CacheKey::from_wire) {
                 cache.remove(&key);
             }
         }
@@ -1178,30 +1178,6 @@ impl Transaction {
             None => Err(FsError::Internal("commit answered without an outcome".into())),
         }
     }
-}
-
-/// The cache keys a commit writes (as the leader counts them for leases).
-fn written_cache_keys(request: &CommitRequest) -> Vec<CacheKey> {
-    let mut keys = Vec::new();
-    for op in request.writes.iter().filter_map(|w| w.op.as_ref()) {
-        match op {
-            write_op::Op::PutInode(inode) => keys.push(CacheKey::Inode(inode.ino)),
-            write_op::Op::DeleteInode(ino) => keys.extend([CacheKey::Inode(*ino), CacheKey::Listing(*ino)]),
-            write_op::Op::PutDentry(put) => {
-                if let Some(key) = &put.key {
-                    keys.push(CacheKey::Dentry(key.parent, key.name.clone()));
-                }
-            }
-            write_op::Op::DeleteDentry(key) => keys.push(CacheKey::Dentry(key.parent, key.name.clone())),
-            write_op::Op::AdjustDir(adjust) => {
-                keys.push(CacheKey::Inode(adjust.ino));
-                if adjust.bump_listing {
-                    keys.push(CacheKey::Listing(adjust.ino));
-                }
-            }
-        }
-    }
-    keys
 }
 
 #[cfg(test)]

@@ -26,6 +26,35 @@ impl Key {
     }
 }
 
+impl CommitRequest {
+    /// Every key this commit writes: puts and deletes, a deleted inode's listing, and for a
+    /// commutative directory update the directory's inode and (when bumped) its listing.
+    /// Leases are revoked on exactly these keys (the leader) and dropped from the cache on
+    /// exactly these keys (the writer's client): one rule for both.
+    pub fn written_keys(&self) -> Vec<Key> {
+        let mut keys = Vec::new();
+        for op in self.writes.iter().filter_map(|w| w.op.as_ref()) {
+            match op {
+                write_op::Op::PutInode(inode) => keys.push(Key::inode(inode.ino)),
+                write_op::Op::DeleteInode(ino) => keys.extend([Key::inode(*ino), Key::listing(*ino)]),
+                write_op::Op::PutDentry(put) => {
+                    if let Some(key) = &put.key {
+                        keys.push(Key::dentry(key.parent, &key.name));
+                    }
+                }
+                write_op::Op::DeleteDentry(key) => keys.push(Key::dentry(key.parent, &key.name)),
+                write_op::Op::AdjustDir(adjust) => {
+                    keys.push(Key::inode(adjust.ino));
+                    if adjust.bump_listing {
+                        keys.push(Key::listing(adjust.ino));
+                    }
+                }
+            }
+        }
+        keys
+    }
+}
+
 impl std::fmt::Display for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.kind {

@@ -231,20 +231,51 @@ where
     let first = env_u64("MADSIM_TEST_SEED", 1);
     let count = env_u64("MADSIM_TEST_NUM", 1);
     for seed in first..first + count {
-        let scenario = scenario.clone();
-        let outcome = std::thread::Builder::new()
-            .name(format!("seed-{seed}"))
-            .stack_size(SEED_THREAD_STACK_BYTES)
-            .spawn(move || {
-                let mut runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
-                runtime.set_time_limit(SEED_TIME_LIMIT);
-                runtime.block_on(scenario())
-            })
-            .expect("spawn a seed thread")
-            .join();
-        if let Err(panic) = outcome {
+        if let Err(panic) = on_seed_thread(seed, scenario.clone()) {
             eprintln!("note: replay this seed alone with MADSIM_TEST_SEED={seed} MADSIM_TEST_NUM=1");
             std::panic::resume_unwind(panic);
         }
     }
+}
+
+/// Runs `scenario` in a simulation seeded with `seed`, on a fresh thread.
+fn on_seed_thread<T, F, Fut>(seed: u64, scenario: F) -> std::thread::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+{
+    std::thread::Builder::new()
+        .name(format!("seed-{seed}"))
+        .stack_size(SEED_THREAD_STACK_BYTES)
+        .spawn(move || {
+            let mut runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+            runtime.set_time_limit(SEED_TIME_LIMIT);
+            runtime.block_on(scenario())
+        })
+        .expect("spawn a seed thread")
+        .join()
+}
+
+/// Planted switches are process-wide: tests that plant take turns.
+static PLANTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `scenario` for seeds `1..=seeds` with `plant` (if any) switched on, and returns what
+/// each seed's run returned. For targeted scenarios that show a planted bug next to the same
+/// scenario without it.
+pub fn planted_seeds<T, F, Fut>(plant: Option<Planted>, seeds: u64, scenario: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn() -> Fut + Send + Clone + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+{
+    let _turn = PLANTING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(bug) = plant {
+        bug.set(true);
+    }
+    let runs: Vec<std::thread::Result<T>> = (1..=seeds).map(|seed| on_seed_thread(seed, scenario.clone())).collect();
+    if let Some(bug) = plant {
+        bug.set(false);
+    }
+    runs.into_iter().map(|run| run.unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use cffs_client::{Client, FsError, Outcome};
 use cffs_server::constants::LEASE_DURATION_DEFAULT;
 use cffs_sim_tests::cluster::Cluster;
-use cffs_sim_tests::runner::Planted;
+use cffs_sim_tests::runner::{self, Planted};
 use tokio::time::Instant;
 
 fn value(data: &[u8]) -> u64 {
@@ -159,25 +159,12 @@ async fn cached_reads_never_miss_an_acknowledged_overwrite_even_across_a_leader_
 /// leader overwrites /f while readers still trust what the old one leased them.
 const LONG_LEASE: Duration = Duration::from_secs(2);
 const LONG_LEASE_SEEDS: u64 = 8;
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn long_lease_runs(plant: Option<Planted>) -> Vec<Run> {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(bug) = plant {
-        bug.set(true);
-    }
-    let runs = (1..=LONG_LEASE_SEEDS)
-        .map(|seed| {
-            madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default()).block_on(async {
-                let cluster = Cluster::start_with(3, |config| config.leases.duration = LONG_LEASE).await;
-                overwrite_scenario(cluster, Fault::IsolateLeader).await
-            })
-        })
-        .collect();
-    if let Some(bug) = plant {
-        bug.set(false);
-    }
-    runs
+    runner::planted_seeds(plant, LONG_LEASE_SEEDS, || async {
+        let cluster = Cluster::start_with(3, |config| config.leases.duration = LONG_LEASE).await;
+        overwrite_scenario(cluster, Fault::IsolateLeader).await
+    })
 }
 
 #[test]

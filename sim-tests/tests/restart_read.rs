@@ -9,17 +9,14 @@
 //! shows the scenario exercises what it claims to.
 #![cfg(madsim)]
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use cffs_server::storage::sim_disk::UnsyncedFate;
 use cffs_sim_tests::cluster::Cluster;
-use cffs_sim_tests::runner::Planted;
+use cffs_sim_tests::runner::{self, Planted};
 
 const SEEDS: u64 = 12;
 const LAG_COMMITS: usize = 40;
-
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// What one run saw.
 #[derive(Debug)]
@@ -96,19 +93,7 @@ async fn write(cluster: &Cluster, value: &str) {
 }
 
 fn run_seeds(plant: Option<Planted>) -> Vec<Run> {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(bug) = plant {
-        bug.set(true);
-    }
-    let runs = (1..=SEEDS)
-        .map(|seed| {
-            madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default()).block_on(scenario())
-        })
-        .collect();
-    if let Some(bug) = plant {
-        bug.set(false);
-    }
-    runs
+    runner::planted_seeds(plant, SEEDS, scenario)
 }
 
 #[test]

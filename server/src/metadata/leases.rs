@@ -37,6 +37,14 @@ enum Hold {
     Revoking { grant_expiry: Instant, seq: u64 },
 }
 
+impl Hold {
+    fn grant_expiry(&self) -> Instant {
+        match self {
+            Hold::Held { grant_expiry } | Hold::Revoking { grant_expiry, .. } => *grant_expiry,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Session {
     expiry: Instant,
@@ -81,6 +89,8 @@ pub struct LeaseTable {
     next_session: u64,
     leases: BTreeMap<Vec<u8>, BTreeMap<u64, Hold>>,
     pending: BTreeMap<Vec<u8>, u32>,
+    /// When `expire` last swept the whole table.
+    swept: Instant,
     /// Counters for metrics.
     pub granted: u64,
     pub invalidations_sent: u64,
@@ -97,6 +107,7 @@ impl LeaseTable {
             next_session: 1,
             leases: BTreeMap::new(),
             pending: BTreeMap::new(),
+            swept: now,
             granted: 0,
             invalidations_sent: 0,
             invalidations_acked: 0,
@@ -120,6 +131,10 @@ impl LeaseTable {
         // not block the new term's grants forever.
         self.pending.clear();
         self.quiet_until = now + self.config.server_span();
+        #[cfg(madsim)]
+        if crate::planted::armed(crate::planted::Bug::SkipNewLeaderWait) {
+            self.quiet_until = now;
+        }
         true
     }
 
@@ -140,7 +155,7 @@ impl LeaseTable {
     /// the session is gone (expired, or from another term).
     pub fn renew(&mut self, term: Option<u64>, session: u64, round_start: Instant, now: Instant) -> bool {
         self.sync_term(term, now);
-        self.expire(now);
+        self.sweep(now);
         match self.sessions.get_mut(&session) {
             // A session past its expiry is dead for good, even while a lease granted with a
             // read keeps it in the table: its other leases may already be forgotten, and a
@@ -153,14 +168,6 @@ impl LeaseTable {
             }
             _ => false,
         }
-    }
-
-    pub fn close_session(&mut self, session: u64) {
-        self.sessions.remove(&session);
-        for holders in self.leases.values_mut() {
-            holders.remove(&session);
-        }
-        self.leases.retain(|_, holders| !holders.is_empty());
     }
 
     pub fn session_live(&self, session: u64, now: Instant) -> bool {
@@ -218,7 +225,7 @@ impl LeaseTable {
         if now < self.quiet_until {
             return Err(WriteRefused::NewLeaderWait(self.quiet_until));
         }
-        self.expire(now);
+        self.sweep(now);
         let mut to_send: BTreeMap<u64, Vec<Vec<u8>>> = BTreeMap::new();
         let mut waits: BTreeSet<(u64, u64)> = BTreeSet::new();
         for key in keys {
@@ -300,9 +307,7 @@ impl LeaseTable {
             let expiry = keys
                 .iter()
                 .filter_map(|key| self.leases.get(key).and_then(|holders| holders.get(&session)))
-                .map(|hold| match hold {
-                    Hold::Held { grant_expiry } | Hold::Revoking { grant_expiry, .. } => *grant_expiry,
-                })
+                .map(Hold::grant_expiry)
                 .max()
                 .map_or(state.expiry, |grant| grant.max(state.expiry));
             if expiry > now {
@@ -312,17 +317,23 @@ impl LeaseTable {
         until
     }
 
+    /// `expire`, at most every quarter lease: a sweep walks the whole table, which a commit
+    /// or keepalive should not pay each time. Nothing depends on it for safety: a lease that
+    /// ran out costs a needless invalidation at most (`write_blocked_until` checks expiry),
+    /// and `renew` checks the session's own expiry.
+    fn sweep(&mut self, now: Instant) {
+        if now >= self.swept + self.config.duration / 4 {
+            self.expire(now);
+        }
+    }
+
     /// Drops expired sessions and the leases nobody can hold any more.
     pub fn expire(&mut self, now: Instant) {
+        self.swept = now;
         let sessions = &self.sessions;
         for holders in self.leases.values_mut() {
-            holders.retain(|session, hold| {
-                let session_expiry = sessions.get(session).map(|s| s.expiry);
-                let grant_expiry = match hold {
-                    Hold::Held { grant_expiry } | Hold::Revoking { grant_expiry, .. } => *grant_expiry,
-                };
-                session_expiry.is_some_and(|session_expiry| session_expiry.max(grant_expiry) > now)
-            });
+            holders
+                .retain(|session, hold| sessions.get(session).is_some_and(|s| s.expiry.max(hold.grant_expiry()) > now));
         }
         self.leases.retain(|_, holders| !holders.is_empty());
         let leased: BTreeSet<u64> = self.leases.values().flat_map(|h| h.keys().copied()).collect();
@@ -332,12 +343,6 @@ impl LeaseTable {
     /// True when `session` acknowledged invalidation `seq` (false for a session gone).
     pub fn acknowledged(&self, session: u64, seq: u64) -> bool {
         self.sessions.get(&session).is_some_and(|s| s.acked >= seq)
-    }
-
-    /// Planted bug: a new leader that grants and writes at once.
-    #[cfg(madsim)]
-    pub fn skip_new_leader_wait(&mut self) {
-        self.quiet_until = self.quiet_until.min(Instant::now());
     }
 
     pub fn sessions(&self) -> usize {

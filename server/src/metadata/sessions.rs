@@ -11,8 +11,8 @@ use std::time::Duration;
 use cffs_proto::error_code::status;
 use cffs_proto::limits::{INLINE_DATA_MAX, NAME_LEN_MAX, TXN_BYTES_MAX, TXN_KEYS_MAX};
 use cffs_proto::{
-    session_event, session_request, write_op, CommitRequest, ErrorCode, Invalidate, KeepaliveAck, Key, LeaseGrant,
-    LeaseMetrics, SessionEvent, SessionOpened, SessionRequest,
+    session_event, session_request, CommitRequest, ErrorCode, Invalidate, KeepaliveAck, Key, LeaseGrant, LeaseMetrics,
+    SessionEvent, SessionOpened, SessionRequest,
 };
 use futures::Stream;
 use prost::Message;
@@ -31,36 +31,9 @@ pub fn lease_key(key: &Key) -> Vec<u8> {
     key.encode_to_vec()
 }
 
-/// Every key a commit writes, as the lease table names them: puts and deletes, and for a
-/// commutative directory update the directory's inode and (when bumped) its listing.
+/// Every key a commit writes (`CommitRequest::written_keys`), as the lease table names them.
 pub fn written_keys(request: &CommitRequest) -> BTreeSet<Vec<u8>> {
-    let mut keys = BTreeSet::new();
-    for op in request.writes.iter().filter_map(|w| w.op.as_ref()) {
-        match op {
-            write_op::Op::PutInode(inode) => {
-                keys.insert(lease_key(&Key::inode(inode.ino)));
-            }
-            write_op::Op::DeleteInode(ino) => {
-                keys.insert(lease_key(&Key::inode(*ino)));
-                keys.insert(lease_key(&Key::listing(*ino)));
-            }
-            write_op::Op::PutDentry(put) => {
-                if let Some(key) = &put.key {
-                    keys.insert(lease_key(&Key::dentry(key.parent, &key.name)));
-                }
-            }
-            write_op::Op::DeleteDentry(key) => {
-                keys.insert(lease_key(&Key::dentry(key.parent, &key.name)));
-            }
-            write_op::Op::AdjustDir(adjust) => {
-                keys.insert(lease_key(&Key::inode(adjust.ino)));
-                if adjust.bump_listing {
-                    keys.insert(lease_key(&Key::listing(adjust.ino)));
-                }
-            }
-        }
-    }
-    keys
+    request.written_keys().iter().map(lease_key).collect()
 }
 
 struct State {
@@ -156,10 +129,6 @@ impl Sessions {
         let now = Instant::now();
         let mut state = self.lock();
         state.sync(term, now);
-        #[cfg(madsim)]
-        if crate::planted::armed(crate::planted::Bug::SkipNewLeaderWait) {
-            state.table.skip_new_leader_wait();
-        }
         state.table.grant(term, session, &keys, round_start, now).map(|seq| LeaseGrant { seq })
     }
 
@@ -176,13 +145,10 @@ impl Sessions {
         let wait = loop {
             let now = Instant::now();
             let begun = {
+                let term = term();
                 let mut state = self.lock();
-                state.sync(term(), now);
-                #[cfg(madsim)]
-                if crate::planted::armed(crate::planted::Bug::SkipNewLeaderWait) {
-                    state.table.skip_new_leader_wait();
-                }
-                state.table.begin_write(term(), writer, &keys, now)
+                state.sync(term, now);
+                state.table.begin_write(term, writer, &keys, now)
             };
             match begun {
                 Ok(wait) => break wait,

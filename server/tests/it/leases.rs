@@ -68,7 +68,7 @@ async fn a_frozen_client_blocks_writers_for_about_a_lease_and_cannot_commit_stal
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start the lease holder");
-    let pid = holder.id().to_string();
+    let pid = rustix::process::Pid::from_child(&holder);
     let mut lines = BufReader::new(holder.stdout.take().expect("piped")).lines();
     let mut next_line = move || loop {
         // libtest may print its own words on the same line ("test … ... holder: read 1").
@@ -78,11 +78,9 @@ async fn a_frozen_client_blocks_writers_for_about_a_lease_and_cannot_commit_stal
         }
     };
     assert_eq!(next_line(), "holder: read 1");
-    let signal = |name: &str| {
-        let status = Command::new("kill").args([name, &pid]).status().expect("run kill");
-        assert!(status.success(), "kill {name} {pid}");
-    };
-    signal("-STOP");
+    // Signals sent directly (kill(2)), not through a `kill` binary a minimal machine may lack.
+    let signal = |signal| rustix::process::kill_process(pid, signal).expect("signal the holder");
+    signal(rustix::process::Signal::STOP);
 
     let started = Instant::now();
     writer.run(|txn| async move { txn.write_file("/g", b"2").await }).await.expect("overwrite");
@@ -93,7 +91,7 @@ async fn a_frozen_client_blocks_writers_for_about_a_lease_and_cannot_commit_stal
     assert!(waited < Duration::from_secs(3), "the writer waited {waited:?} for a frozen client");
 
     std::thread::sleep(Duration::from_millis(1000));
-    signal("-CONT");
+    signal(rustix::process::Signal::CONT);
     assert_eq!(next_line(), "holder: conflict");
     assert!(holder.wait().expect("holder exit").success());
     let h = writer.run(|txn| async move { txn.exists("/h").await }).await.expect("read /h");
