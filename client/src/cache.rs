@@ -11,8 +11,15 @@
 //! has the clock errors the protocol must tolerate. Every entry has a generation, new each time it is
 //! stored; a transaction that read an entry checks at commit that the same generation is
 //! still there and valid (then it was neither invalidated nor replaced) to commit locally.
+//!
+//! The warm read path is the reason for the layout: a hit allocates nothing and copies no
+//! data. Entries live in a slab linked into an LRU list by index (a hit relinks two
+//! neighbours); they are found through one map per kind, dentries by parent then name, so a
+//! lookup borrows the name it is given ([`KeyRef`]); values share their inode and listing
+//! (`Arc`), so a hit hands out a reference count, not a copy of a file's inline data.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cffs_proto::{Dentry, Inode};
@@ -24,7 +31,10 @@ pub const CACHE_BYTES_DEFAULT: usize = 64 * 1024 * 1024;
 pub const INVALIDATIONS_REMEMBERED: usize = 4096;
 /// Fixed overhead counted per entry, on top of its keys and values.
 const ENTRY_OVERHEAD_BYTES: usize = 96;
+/// No slot: the end of the LRU list.
+const NIL: usize = usize::MAX;
 
+/// A cached (and leased, and read-set) key.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum CacheKey {
     Inode(u64),
@@ -32,7 +42,23 @@ pub enum CacheKey {
     Listing(u64),
 }
 
+/// A key borrowed: what lookups take, so that finding a dentry allocates nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRef<'a> {
+    Inode(u64),
+    Dentry(u64, &'a [u8]),
+    Listing(u64),
+}
+
 impl CacheKey {
+    pub fn as_ref(&self) -> KeyRef<'_> {
+        match self {
+            CacheKey::Inode(ino) => KeyRef::Inode(*ino),
+            CacheKey::Dentry(parent, name) => KeyRef::Dentry(*parent, name),
+            CacheKey::Listing(ino) => KeyRef::Listing(*ino),
+        }
+    }
+
     /// The wire key (what the leader leases and invalidates).
     pub fn wire(&self) -> cffs_proto::Key {
         match self {
@@ -52,12 +78,13 @@ impl CacheKey {
     }
 }
 
-/// A cached value with the version it was read at.
+/// A cached value with the version it was read at. Cloning it is cheap: inodes and
+/// listings are shared.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CacheValue {
-    Inode(u64, Option<Inode>),
+    Inode(u64, Option<Arc<Inode>>),
     Dentry(u64, Option<Dentry>),
-    Listing(u64, BTreeMap<Vec<u8>, Dentry>),
+    Listing(u64, Arc<BTreeMap<Vec<u8>, Dentry>>),
 }
 
 impl CacheValue {
@@ -78,7 +105,16 @@ struct Entry {
     epoch: u64,
     read_sent: Instant,
     bytes: usize,
-    tick: u64,
+}
+
+/// A slab slot: an entry, its key, and its neighbours in the LRU list (`prev` is the more
+/// recently used one).
+#[derive(Debug)]
+struct Slot {
+    key: CacheKey,
+    entry: Entry,
+    prev: usize,
+    next: usize,
 }
 
 /// Counters, for `cffs bench` and the closing figures.
@@ -111,15 +147,23 @@ struct Session {
 #[derive(Debug)]
 pub struct Cache {
     session: Session,
-    entries: BTreeMap<CacheKey, Entry>,
-    lru: BTreeMap<u64, CacheKey>,
-    /// Recent invalidations: (seq, key), oldest first; `forgotten` is the highest seq dropped.
+    /// The entries; `None` marks a free slot (listed in `free`).
+    slots: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    inodes: BTreeMap<u64, usize>,
+    dentries: BTreeMap<u64, BTreeMap<Vec<u8>, usize>>,
+    listings: BTreeMap<u64, usize>,
+    /// The LRU list's ends: the most and the least recently used slot.
+    head: usize,
+    tail: usize,
+    /// Recent invalidations: (seq, key), oldest first; `invalidated` holds the highest
+    /// remembered seq of each key, `forgotten` the highest seq dropped.
     invalidations: VecDeque<(u64, CacheKey)>,
+    invalidated: BTreeMap<CacheKey, u64>,
     forgotten: u64,
     bytes: usize,
     max_bytes: usize,
     next_generation: u64,
-    tick: u64,
     stats: CacheStats,
 }
 
@@ -127,14 +171,19 @@ impl Cache {
     pub fn new(max_bytes: usize) -> Cache {
         Cache {
             session: Session { id: 0, epoch: 0, renewed: None, trust: Duration::ZERO, rate: 1.0 },
-            entries: BTreeMap::new(),
-            lru: BTreeMap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            inodes: BTreeMap::new(),
+            dentries: BTreeMap::new(),
+            listings: BTreeMap::new(),
+            head: NIL,
+            tail: NIL,
             invalidations: VecDeque::new(),
+            invalidated: BTreeMap::new(),
             forgotten: 0,
             bytes: 0,
             max_bytes,
             next_generation: 1,
-            tick: 0,
             stats: CacheStats::default(),
         }
     }
@@ -155,6 +204,7 @@ impl Cache {
         self.session.renewed = Some(sent);
         self.session.rate = clock_rate(drift);
         self.invalidations.clear();
+        self.invalidated.clear();
         self.forgotten = 0;
     }
 
@@ -174,8 +224,13 @@ impl Cache {
     }
 
     fn clear(&mut self) {
-        self.entries.clear();
-        self.lru.clear();
+        self.slots.clear();
+        self.free.clear();
+        self.inodes.clear();
+        self.dentries.clear();
+        self.listings.clear();
+        self.head = NIL;
+        self.tail = NIL;
         self.bytes = 0;
     }
 
@@ -195,40 +250,38 @@ impl Cache {
         elapsed.mul_f64(self.session.rate)
     }
 
-    /// The cached value of `key` if it is valid now, with its generation.
-    pub fn get(&mut self, key: &CacheKey, now: Instant) -> Option<(CacheValue, u64)> {
-        let valid = self.entries.get(key).map(|entry| self.valid(entry, now));
-        match valid {
-            Some(true) => {
-                self.tick += 1;
-                let tick = self.tick;
-                let entry = self.entries.get_mut(key).expect("checked above");
-                self.lru.remove(&entry.tick);
-                entry.tick = tick;
-                self.lru.insert(tick, key.clone());
-                self.stats.hits += 1;
-                Some((entry.value.clone(), entry.generation))
-            }
-            Some(false) => {
-                self.remove(key);
-                self.stats.misses += 1;
-                None
-            }
-            None => {
-                self.stats.misses += 1;
-                None
-            }
+    /// The cached value of `key` if it is valid now, with its generation (a hit moves it to
+    /// the front of the LRU list; an expired entry is dropped).
+    pub fn get(&mut self, key: KeyRef<'_>, now: Instant) -> Option<(CacheValue, u64)> {
+        let Some(index) = self.index(key) else {
+            self.stats.misses += 1;
+            return None;
+        };
+        if !self.valid(&self.slot(index).entry, now) {
+            self.remove_slot(index);
+            self.stats.misses += 1;
+            return None;
         }
+        self.stats.hits += 1;
+        if self.head != index {
+            self.unlink(index);
+            self.push_front(index);
+        }
+        let entry = &self.slot(index).entry;
+        Some((entry.value.clone(), entry.generation))
     }
 
     /// True when `key` has a valid entry now (not counted as a hit or miss).
-    pub fn peek(&self, key: &CacheKey, now: Instant) -> bool {
-        self.entries.get(key).is_some_and(|entry| self.valid(entry, now))
+    pub fn peek(&self, key: KeyRef<'_>, now: Instant) -> bool {
+        self.index(key).is_some_and(|index| self.valid(&self.slot(index).entry, now))
     }
 
     /// True when `key` still holds generation `generation`, valid now.
-    pub fn still_valid(&self, key: &CacheKey, generation: u64, now: Instant) -> bool {
-        self.entries.get(key).is_some_and(|entry| entry.generation == generation && self.valid(entry, now))
+    pub fn still_valid(&self, key: KeyRef<'_>, generation: u64, now: Instant) -> bool {
+        self.index(key).is_some_and(|index| {
+            let entry = &self.slot(index).entry;
+            entry.generation == generation && self.valid(entry, now)
+        })
     }
 
     /// Stores `value` read under a lease granted at invalidation sequence number `grant_seq`
@@ -249,38 +302,46 @@ impl Cache {
         if grant_seq < self.forgotten {
             return None; // cannot tell whether an invalidation overtook it
         }
-        if self.invalidations.iter().any(|(seq, invalidated)| *seq > grant_seq && *invalidated == key) {
+        if self.invalidated.get(&key).is_some_and(|seq| *seq > grant_seq) {
             return None;
         }
-        self.remove(&key);
+        self.remove(key.as_ref());
         let bytes = value.bytes() + ENTRY_OVERHEAD_BYTES + key_bytes(&key);
         if bytes > self.max_bytes {
             return None;
         }
-        self.tick += 1;
         let generation = self.next_generation;
         self.next_generation += 1;
-        self.lru.insert(self.tick, key.clone());
-        self.entries.insert(
-            key,
-            Entry { value, generation, epoch: self.session.epoch, read_sent: sent, bytes, tick: self.tick },
-        );
-        self.bytes += bytes;
-        while self.bytes > self.max_bytes {
-            let Some((_, oldest)) = self.lru.pop_first() else { break };
-            if let Some(entry) = self.entries.remove(&oldest) {
-                self.bytes -= entry.bytes;
-                self.stats.evictions += 1;
+        let entry = Entry { value, generation, epoch: self.session.epoch, read_sent: sent, bytes };
+        let slot = Slot { key: key.clone(), entry, prev: NIL, next: NIL };
+        let index = match self.free.pop() {
+            Some(index) => {
+                self.slots[index] = Some(slot);
+                index
             }
+            None => {
+                self.slots.push(Some(slot));
+                self.slots.len() - 1
+            }
+        };
+        match key {
+            CacheKey::Inode(ino) => self.inodes.insert(ino, index),
+            CacheKey::Dentry(parent, name) => self.dentries.entry(parent).or_default().insert(name, index),
+            CacheKey::Listing(ino) => self.listings.insert(ino, index),
+        };
+        self.push_front(index);
+        self.bytes += bytes;
+        while self.bytes > self.max_bytes && self.tail != NIL {
+            self.remove_slot(self.tail);
+            self.stats.evictions += 1;
         }
         Some(generation)
     }
 
     /// Drops `key` (written by this client, or invalidated).
-    pub fn remove(&mut self, key: &CacheKey) {
-        if let Some(entry) = self.entries.remove(key) {
-            self.lru.remove(&entry.tick);
-            self.bytes -= entry.bytes;
+    pub fn remove(&mut self, key: KeyRef<'_>) {
+        if let Some(index) = self.index(key) {
+            self.remove_slot(index);
         }
     }
 
@@ -288,12 +349,18 @@ impl Cache {
     pub fn invalidate(&mut self, seq: u64, keys: Vec<CacheKey>) {
         self.stats.invalidations_received += 1;
         for key in keys {
-            self.remove(&key);
+            self.remove(key.as_ref());
+            let latest = self.invalidated.entry(key.clone()).or_insert(seq);
+            *latest = (*latest).max(seq);
             self.invalidations.push_back((seq, key));
         }
         while self.invalidations.len() > INVALIDATIONS_REMEMBERED {
-            if let Some((seq, _)) = self.invalidations.pop_front() {
-                self.forgotten = self.forgotten.max(seq);
+            let Some((seq, key)) = self.invalidations.pop_front() else { break };
+            self.forgotten = self.forgotten.max(seq);
+            // Entries of this key with a lower seq may remain in the queue; they no longer
+            // matter: every grant they could refuse is older than `forgotten` and refused.
+            if self.invalidated.get(&key) == Some(&seq) {
+                self.invalidated.remove(&key);
             }
         }
     }
@@ -307,7 +374,79 @@ impl Cache {
     }
 
     pub fn stats(&self) -> CacheStats {
-        CacheStats { entries: self.entries.len() as u64, bytes: self.bytes as u64, ..self.stats }
+        let entries = (self.slots.len() - self.free.len()) as u64;
+        CacheStats { entries, bytes: self.bytes as u64, ..self.stats }
+    }
+
+    // ----------------------------------------------------------------------------------
+    // The slab and its LRU list
+
+    fn index(&self, key: KeyRef<'_>) -> Option<usize> {
+        match key {
+            KeyRef::Inode(ino) => self.inodes.get(&ino).copied(),
+            KeyRef::Dentry(parent, name) => self.dentries.get(&parent)?.get(name).copied(),
+            KeyRef::Listing(ino) => self.listings.get(&ino).copied(),
+        }
+    }
+
+    fn slot(&self, index: usize) -> &Slot {
+        self.slots[index].as_ref().expect("an indexed slot is occupied")
+    }
+
+    fn slot_mut(&mut self, index: usize) -> &mut Slot {
+        self.slots[index].as_mut().expect("an indexed slot is occupied")
+    }
+
+    fn unlink(&mut self, index: usize) {
+        let (prev, next) = {
+            let slot = self.slot(index);
+            (slot.prev, slot.next)
+        };
+        match prev {
+            NIL => self.head = next,
+            prev => self.slot_mut(prev).next = next,
+        }
+        match next {
+            NIL => self.tail = prev,
+            next => self.slot_mut(next).prev = prev,
+        }
+    }
+
+    fn push_front(&mut self, index: usize) {
+        let head = self.head;
+        {
+            let slot = self.slot_mut(index);
+            slot.prev = NIL;
+            slot.next = head;
+        }
+        match head {
+            NIL => self.tail = index,
+            head => self.slot_mut(head).prev = index,
+        }
+        self.head = index;
+    }
+
+    fn remove_slot(&mut self, index: usize) {
+        self.unlink(index);
+        let slot = self.slots[index].take().expect("an indexed slot is occupied");
+        self.free.push(index);
+        self.bytes -= slot.entry.bytes;
+        match slot.key {
+            CacheKey::Inode(ino) => {
+                self.inodes.remove(&ino);
+            }
+            CacheKey::Dentry(parent, name) => {
+                if let Some(names) = self.dentries.get_mut(&parent) {
+                    names.remove(&name);
+                    if names.is_empty() {
+                        self.dentries.remove(&parent);
+                    }
+                }
+            }
+            CacheKey::Listing(ino) => {
+                self.listings.remove(&ino);
+            }
+        }
     }
 }
 
@@ -342,7 +481,7 @@ mod tests {
     }
 
     fn inode(ino: u64) -> CacheValue {
-        CacheValue::Inode(3, Some(Inode { ino, ..Default::default() }))
+        CacheValue::Inode(3, Some(Arc::new(Inode { ino, ..Default::default() })))
     }
 
     #[test]
@@ -351,12 +490,13 @@ mod tests {
         let mut cache = Cache::new(CACHE_BYTES_DEFAULT);
         opened(&mut cache, now);
         let generation = cache.insert(CacheKey::Inode(5), inode(5), 7, 0, now).unwrap();
-        assert!(cache.get(&CacheKey::Inode(5), now + Duration::from_millis(980)).is_some());
-        assert!(cache.still_valid(&CacheKey::Inode(5), generation, now + Duration::from_millis(980)));
-        assert!(!cache.still_valid(&CacheKey::Inode(5), generation, now + Duration::from_millis(991)));
+        assert!(cache.get(KeyRef::Inode(5), now + Duration::from_millis(980)).is_some());
+        assert!(cache.still_valid(KeyRef::Inode(5), generation, now + Duration::from_millis(980)));
+        assert!(!cache.still_valid(KeyRef::Inode(5), generation, now + Duration::from_millis(991)));
         cache.renewed(7, now + Duration::from_millis(500));
-        assert!(cache.get(&CacheKey::Inode(5), now + Duration::from_millis(1400)).is_some());
-        assert!(cache.get(&CacheKey::Inode(5), now + Duration::from_millis(1500)).is_none());
+        assert!(cache.get(KeyRef::Inode(5), now + Duration::from_millis(1400)).is_some());
+        assert!(cache.get(KeyRef::Inode(5), now + Duration::from_millis(1500)).is_none());
+        assert_eq!(cache.stats().entries, 0, "the expired entry was dropped");
     }
 
     #[test]
@@ -366,11 +506,28 @@ mod tests {
         opened(&mut cache, now);
         let generation = cache.insert(CacheKey::Inode(5), inode(5), 7, 0, now).unwrap();
         cache.invalidate(1, vec![CacheKey::Inode(5)]);
-        assert!(!cache.still_valid(&CacheKey::Inode(5), generation, now));
+        assert!(!cache.still_valid(KeyRef::Inode(5), generation, now));
         // A reply granted before invalidation 1 arrives after it: not cached.
         assert_eq!(cache.insert(CacheKey::Inode(5), inode(5), 7, 0, now), None);
         // Granted after it: cached.
         assert!(cache.insert(CacheKey::Inode(5), inode(5), 7, 1, now).is_some());
+    }
+
+    #[test]
+    fn forgotten_invalidations_refuse_every_grant_older_than_them() {
+        let now = Instant::now();
+        let mut cache = Cache::new(CACHE_BYTES_DEFAULT);
+        opened(&mut cache, now);
+        for seq in 1..=INVALIDATIONS_REMEMBERED as u64 + 10 {
+            cache.invalidate(seq, vec![CacheKey::Inode(seq % 3)]);
+        }
+        // Seq 10 is forgotten: a grant older than it is refused whatever its key.
+        assert_eq!(cache.insert(CacheKey::Inode(99), inode(99), 7, 9, now), None);
+        // Key 1 was invalidated recently (at the last seq that is 1 mod 3): refused below it.
+        let last = INVALIDATIONS_REMEMBERED as u64 + 10;
+        let last_of_1 = (1..=last).rev().find(|seq| seq % 3 == 1).unwrap();
+        assert_eq!(cache.insert(CacheKey::Inode(1), inode(1), 7, last_of_1 - 1, now), None);
+        assert!(cache.insert(CacheKey::Inode(1), inode(1), 7, last_of_1, now).is_some());
     }
 
     #[test]
@@ -380,7 +537,7 @@ mod tests {
         opened(&mut cache, now);
         cache.insert(CacheKey::Inode(5), inode(5), 7, 0, now).unwrap();
         cache.session_lost();
-        assert!(cache.get(&CacheKey::Inode(5), now).is_none());
+        assert!(cache.get(KeyRef::Inode(5), now).is_none());
         assert_eq!(cache.insert(CacheKey::Inode(5), inode(5), 7, 0, now), None);
     }
 
@@ -395,7 +552,80 @@ mod tests {
         let stats = cache.stats();
         assert!(stats.bytes <= 4 * 1024, "{stats:?}");
         assert!(stats.evictions > 0);
-        assert!(cache.get(&CacheKey::Inode(999), now).is_some(), "the newest entry stays");
-        assert!(cache.get(&CacheKey::Inode(0), now).is_none(), "the oldest went first");
+        assert!(cache.get(KeyRef::Inode(999), now).is_some(), "the newest entry stays");
+        assert!(cache.get(KeyRef::Inode(0), now).is_none(), "the oldest went first");
+    }
+
+    /// The slab and LRU list against a plain model (a list in recency order), over random
+    /// inserts, hits, removals and invalidations with a bound that forces evictions.
+    #[test]
+    fn eviction_follows_least_recent_use_exactly() {
+        use rand::{Rng, SeedableRng};
+        let now = Instant::now();
+        let entry_bytes = |key: &CacheKey| {
+            let value = match key {
+                CacheKey::Dentry(..) => CacheValue::Dentry(1, Some(Dentry { ino: 9, kind: 1 })),
+                _ => inode(1),
+            };
+            value.bytes() + ENTRY_OVERHEAD_BYTES + key_bytes(key)
+        };
+        for seed in 0..20u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let max_bytes = 1200;
+            let mut cache = Cache::new(max_bytes);
+            opened(&mut cache, now);
+            let mut model: VecDeque<CacheKey> = VecDeque::new(); // most recent first
+            let mut seq = 0;
+            for _ in 0..2000 {
+                let key = match rng.gen_range(0..3) {
+                    0 => CacheKey::Inode(rng.gen_range(0..12)),
+                    1 => CacheKey::Dentry(rng.gen_range(0..3), vec![b'a' + rng.gen_range(0..4)]),
+                    _ => CacheKey::Listing(rng.gen_range(0..4)),
+                };
+                let value = match &key {
+                    CacheKey::Dentry(..) => CacheValue::Dentry(1, Some(Dentry { ino: 9, kind: 1 })),
+                    _ => inode(1),
+                };
+                match rng.gen_range(0..10) {
+                    0..=4 => {
+                        cache.insert(key.clone(), value, 7, seq, now).expect("cacheable");
+                        model.retain(|k| *k != key);
+                        model.push_front(key);
+                        let mut bytes: usize = model.iter().map(entry_bytes).sum();
+                        while bytes > max_bytes {
+                            bytes -= entry_bytes(&model.pop_back().unwrap());
+                        }
+                    }
+                    5..=7 => {
+                        let hit = cache.get(key.as_ref(), now).is_some();
+                        let position = model.iter().position(|k| *k == key);
+                        assert_eq!(hit, position.is_some(), "seed {seed}: {key:?}");
+                        if let Some(position) = position {
+                            let key = model.remove(position).unwrap();
+                            model.push_front(key);
+                        }
+                    }
+                    8 => {
+                        cache.remove(key.as_ref());
+                        model.retain(|k| *k != key);
+                    }
+                    _ => {
+                        seq += 1;
+                        cache.invalidate(seq, vec![key.clone()]);
+                        model.retain(|k| *k != key);
+                    }
+                }
+                // Same keys, same recency order, same byte count.
+                let mut order = Vec::new();
+                let mut index = cache.head;
+                while index != NIL {
+                    order.push(cache.slot(index).key.clone());
+                    index = cache.slot(index).next;
+                }
+                assert_eq!(order, Vec::from(model.clone()), "seed {seed}");
+                assert_eq!(cache.stats().bytes as usize, model.iter().map(entry_bytes).sum::<usize>());
+                assert_eq!(cache.stats().entries as usize, model.len());
+            }
+        }
     }
 }

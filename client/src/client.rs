@@ -150,7 +150,10 @@ impl Client {
         if !self.inner.options.cache {
             return None;
         }
-        if !self.inner.session_started.swap(true, Ordering::SeqCst) {
+        // A load first: the read path calls this on every cache access.
+        if !self.inner.session_started.load(Ordering::Acquire)
+            && !self.inner.session_started.swap(true, Ordering::SeqCst)
+        {
             let link =
                 crate::session::SessionLink { inner: Arc::downgrade(&self.inner), cache: self.inner.cache.clone() };
             tokio::spawn(crate::session::run(link));

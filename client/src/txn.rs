@@ -14,16 +14,17 @@
 //!   its destination's ancestor chain and two renames that would form a loop cannot both
 //!   commit.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use cffs_proto::limits::{check_name, INLINE_DATA_MAX, LOOKUP_PATH_COMPONENTS_MAX, ROOT_INO, SYMLINK_TARGET_MAX};
 use cffs_proto::{
-    commit_response, write_op, AdjustDir, CommitRequest, Dentry, DentryKey, FileKind, GetInodeRequest, Inode, Key,
+    commit_response, write_op, AdjustDir, CommitRequest, Dentry, DentryKey, FileKind, GetInodeRequest, Inode,
     LookupPathRequest, LookupRequest, PutDentry, ReadDirRequest, ReadEntry, WriteOp,
 };
 
-use crate::cache::{CacheKey, CacheValue};
+use crate::cache::{CacheKey, CacheValue, KeyRef};
 use crate::client::Client;
 use crate::error::FsError;
 
@@ -123,30 +124,13 @@ fn now_ns() -> i64 {
     }
 }
 
-/// A read-set key, ordered so the request is deterministic.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum ReadKey {
-    Inode(u64),
-    Dentry(u64, Vec<u8>),
-    Listing(u64),
-}
-
-impl ReadKey {
-    fn cache_key(&self) -> CacheKey {
-        match self {
-            ReadKey::Inode(ino) => CacheKey::Inode(*ino),
-            ReadKey::Dentry(parent, name) => CacheKey::Dentry(*parent, name.clone()),
-            ReadKey::Listing(ino) => CacheKey::Listing(*ino),
-        }
-    }
-
-    fn wire(&self) -> Key {
-        match self {
-            ReadKey::Inode(ino) => Key::inode(*ino),
-            ReadKey::Dentry(parent, name) => Key::dentry(*parent, name),
-            ReadKey::Listing(ino) => Key::listing(*ino),
-        }
-    }
+/// A read: the version read and, when it was served under a lease, the cache entry's
+/// generation (a read-only transaction whose every read is leased and still valid commits
+/// locally).
+#[derive(Debug, Clone, Copy)]
+struct Read {
+    version: u64,
+    generation: Option<u64>,
 }
 
 /// Pending commutative update of a directory this transaction did not read.
@@ -159,10 +143,13 @@ struct DirUpdate {
 
 #[derive(Default)]
 struct TxnState {
-    reads: BTreeMap<ReadKey, u64>,
-    /// The transaction's view of inodes it read or wrote (None = absent / deleted).
-    inodes: BTreeMap<u64, Option<Inode>>,
-    dentries: BTreeMap<(u64, Vec<u8>), Option<Dentry>>,
+    /// The read set, in key order so the request is deterministic.
+    reads: BTreeMap<CacheKey, Read>,
+    /// The transaction's view of inodes it read or wrote (None = absent / deleted), shared
+    /// with the cache where they came from it.
+    inodes: BTreeMap<u64, Option<Arc<Inode>>>,
+    /// The view of dentries, by parent then name (a lookup borrows the name).
+    dentries: BTreeMap<u64, BTreeMap<Vec<u8>, Option<Dentry>>>,
     dirty_inodes: BTreeSet<u64>,
     dirty_dentries: BTreeSet<(u64, Vec<u8>)>,
     dir_updates: BTreeMap<u64, DirUpdate>,
@@ -170,15 +157,68 @@ struct TxnState {
     /// generation if leased). A use moves one into the read set and the view, so only what
     /// resolution needed is validated.
     prefetched: BTreeMap<(u64, Vec<u8>), (u64, Option<Dentry>, Option<u64>)>,
-    /// For reads served under a lease: the cache entry's generation. A read-only transaction
-    /// whose every read is here and still valid commits locally.
-    leased: BTreeMap<ReadKey, u64>,
     /// Inodes created by this transaction: the server has nothing to say about them.
     created: BTreeSet<u64>,
     /// Files opened through `open`, and unlinked ones kept readable through their handle.
     open: BTreeSet<u64>,
     orphans: BTreeMap<u64, Inode>,
     finished: bool,
+}
+
+impl TxnState {
+    fn dentry(&self, parent: u64, name: &[u8]) -> Option<&Option<Dentry>> {
+        self.dentries.get(&parent)?.get(name)
+    }
+
+    /// True when the transaction wrote nothing.
+    fn is_read_only(&self) -> bool {
+        self.dirty_inodes.is_empty() && self.dirty_dentries.is_empty() && self.dir_updates.is_empty()
+    }
+
+    /// Adds an inode read (at `version`; `generation` when under a lease) to the read set and
+    /// the view, unless the view already has it (read concurrently through a clone of this
+    /// transaction); returns the view's inode.
+    fn record_inode(
+        &mut self,
+        ino: u64,
+        version: u64,
+        mut inode: Option<Arc<Inode>>,
+        generation: Option<u64>,
+    ) -> Option<Arc<Inode>> {
+        if let Some(inode) = self.inodes.get(&ino) {
+            return inode.clone();
+        }
+        self.reads.insert(CacheKey::Inode(ino), Read { version, generation });
+        // Commutative updates made before this read now apply to the inode read: they are
+        // carried by the inode's put, validated by this read.
+        if let (Some(inode), Some(update)) = (inode.as_mut(), self.dir_updates.get_mut(&ino)) {
+            let inode = Arc::make_mut(inode);
+            inode.nlink = inode.nlink.saturating_add_signed(update.nlink_delta);
+            inode.mtime_ns = inode.mtime_ns.max(update.mtime_ns);
+            inode.ctime_ns = inode.ctime_ns.max(update.mtime_ns);
+            update.nlink_delta = 0;
+            self.dirty_inodes.insert(ino);
+        }
+        self.inodes.insert(ino, inode.clone());
+        inode
+    }
+
+    /// Adds a dentry read to the read set and the view, unless the view already has it.
+    fn record_dentry(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        version: u64,
+        dentry: Option<Dentry>,
+        generation: Option<u64>,
+    ) -> Option<Dentry> {
+        if let Some(dentry) = self.dentry(parent, name) {
+            return dentry.clone();
+        }
+        self.reads.insert(CacheKey::Dentry(parent, name.to_vec()), Read { version, generation });
+        self.dentries.entry(parent).or_default().insert(name.to_vec(), dentry.clone());
+        dentry
+    }
 }
 
 /// One transaction. Cheap to clone: clones are the same transaction (as `run` hands one to
@@ -222,7 +262,7 @@ impl Resolved {
 }
 
 /// Splits an absolute path into its components, checking each name.
-fn components(path: &str) -> Result<Vec<Vec<u8>>, FsError> {
+fn components(path: &str) -> Result<Vec<&[u8]>, FsError> {
     if path.len() > PATH_LEN_MAX {
         return Err(FsError::NameTooLong);
     }
@@ -237,7 +277,7 @@ fn components(path: &str) -> Result<Vec<Vec<u8>>, FsError> {
         if part != ".." {
             check_name(part.as_bytes())?;
         }
-        parts.push(part.as_bytes().to_vec());
+        parts.push(part.as_bytes());
     }
     Ok(parts)
 }
@@ -256,7 +296,7 @@ impl Transaction {
     }
 
     /// A valid cached value of `key`, with its generation.
-    fn cached(&self, key: &CacheKey) -> Option<(CacheValue, u64)> {
+    fn cached(&self, key: KeyRef<'_>) -> Option<(CacheValue, u64)> {
         let cache = self.client.cache()?;
         let now = tokio::time::Instant::now();
         cache.lock().expect("cache lock").get(key, now)
@@ -283,13 +323,14 @@ impl Transaction {
 
     // ----------------------------------------------------------------------------------
     // Reads through the view
+    //
+    // Each read tries, under one lock of the transaction (and one of the cache), the view
+    // and then the cache (the `_local` functions), and only then the leader. Lock order:
+    // the transaction's state, then the cache.
 
-    async fn inode(&self, ino: u64) -> Result<Option<Inode>, FsError> {
-        if let Some(inode) = self.state().inodes.get(&ino) {
-            return Ok(inode.clone());
-        }
-        if let Some((CacheValue::Inode(version, inode), generation)) = self.cached(&CacheKey::Inode(ino)) {
-            return Ok(self.record_inode(ino, version, inode, Some(generation)));
+    async fn inode(&self, ino: u64) -> Result<Option<Arc<Inode>>, FsError> {
+        if let Some(inode) = self.inode_local(ino) {
+            return Ok(inode);
         }
         let lease = self.lease_request();
         let session_id = lease.0;
@@ -299,61 +340,67 @@ impl Transaction {
                 client.get_inode(GetInodeRequest { ino, session_id }).await
             })
             .await?;
+        let inode = response.inode.map(Arc::new);
         let generation = self.cache_insert(
             CacheKey::Inode(ino),
-            CacheValue::Inode(response.version, response.inode.clone()),
+            CacheValue::Inode(response.version, inode.clone()),
             lease,
             response.lease,
         );
-        Ok(self.record_inode(ino, response.version, response.inode, generation))
+        Ok(self.state().record_inode(ino, response.version, inode, generation))
     }
 
-    /// Adds an inode read (at `version`; `generation` when under a lease) to the read set and
-    /// the view, unless the view already has it.
-    fn record_inode(&self, ino: u64, version: u64, mut inode: Option<Inode>, generation: Option<u64>) -> Option<Inode> {
+    /// The inode from the view, or from the cache (then recorded as a leased read).
+    fn inode_local(&self, ino: u64) -> Option<Option<Arc<Inode>>> {
         let mut state = self.state();
         if let Some(inode) = state.inodes.get(&ino) {
-            return inode.clone(); // read concurrently through a clone of this transaction
+            return Some(inode.clone());
         }
-        state.reads.insert(ReadKey::Inode(ino), version);
-        if let Some(generation) = generation {
-            state.leased.insert(ReadKey::Inode(ino), generation);
+        match self.cached(KeyRef::Inode(ino))? {
+            (CacheValue::Inode(version, inode), generation) => {
+                Some(state.record_inode(ino, version, inode, Some(generation)))
+            }
+            _ => None,
         }
-        // Commutative updates made before this read now apply to the inode read: they are
-        // carried by the inode's put, validated by this read.
-        if let (Some(inode), Some(update)) = (inode.as_mut(), state.dir_updates.get_mut(&ino)) {
-            inode.nlink = inode.nlink.saturating_add_signed(update.nlink_delta);
-            inode.mtime_ns = inode.mtime_ns.max(update.mtime_ns);
-            inode.ctime_ns = inode.ctime_ns.max(update.mtime_ns);
-            update.nlink_delta = 0;
-            state.dirty_inodes.insert(ino);
-        }
-        state.inodes.insert(ino, inode.clone());
-        inode
     }
 
-    async fn existing_inode(&self, ino: u64) -> Result<Inode, FsError> {
+    async fn existing_inode(&self, ino: u64) -> Result<Arc<Inode>, FsError> {
         // A dentry whose inode is gone means a concurrent change we raced with: the commit
         // will conflict, and `run` re-runs the function.
         self.inode(ino).await?.ok_or(FsError::NotFound)
     }
 
-    async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Option<Dentry>, FsError> {
-        let key = (parent, name.to_vec());
-        if let Some(dentry) = self.state().dentries.get(&key) {
-            return Ok(dentry.clone());
+    /// An inode to change: the view's copy, unshared.
+    async fn inode_to_write(&self, ino: u64) -> Result<Inode, FsError> {
+        Ok(Arc::unwrap_or_clone(self.existing_inode(ino).await?))
+    }
+
+    /// The dentry from the view (absent under a directory this transaction created), or
+    /// from the cache (then recorded as a leased read).
+    fn lookup_local(&self, parent: u64, name: &[u8]) -> Option<Option<Dentry>> {
+        let mut state = self.state();
+        if let Some(dentry) = state.dentry(parent, name) {
+            return Some(dentry.clone());
         }
-        if self.state().created.contains(&parent) {
-            return Ok(None);
+        if state.created.contains(&parent) {
+            return Some(None);
         }
-        let prefetched = self.state().prefetched.remove(&key);
-        if let Some((version, dentry, generation)) = prefetched {
-            return Ok(self.record_dentry(parent, name, version, dentry, generation));
+        match self.cached(KeyRef::Dentry(parent, name))? {
+            (CacheValue::Dentry(version, dentry), generation) => {
+                Some(state.record_dentry(parent, name, version, dentry, Some(generation)))
+            }
+            _ => None,
         }
-        if let Some((CacheValue::Dentry(version, dentry), generation)) =
-            self.cached(&CacheKey::Dentry(parent, name.to_vec()))
+    }
+
+    /// The dentry, from what a path lookup fetched ahead or from the leader; for names
+    /// `lookup_local` did not have.
+    async fn lookup_remote(&self, parent: u64, name: &[u8]) -> Result<Option<Dentry>, FsError> {
         {
-            return Ok(self.record_dentry(parent, name, version, dentry, Some(generation)));
+            let mut state = self.state();
+            if let Some((version, dentry, generation)) = state.prefetched.remove(&(parent, name.to_vec())) {
+                return Ok(state.record_dentry(parent, name, version, dentry, generation));
+            }
         }
         let lease = self.lease_request();
         let request = LookupRequest { key: Some(DentryKey { parent, name: name.to_vec() }), session_id: lease.0 };
@@ -370,49 +417,14 @@ impl Transaction {
             lease,
             response.lease,
         );
-        Ok(self.record_dentry(parent, name, response.version, response.dentry, generation))
-    }
-
-    fn record_dentry(
-        &self,
-        parent: u64,
-        name: &[u8],
-        version: u64,
-        dentry: Option<Dentry>,
-        generation: Option<u64>,
-    ) -> Option<Dentry> {
-        let key = (parent, name.to_vec());
-        let mut state = self.state();
-        if let Some(dentry) = state.dentries.get(&key) {
-            return dentry.clone();
-        }
-        state.reads.insert(ReadKey::Dentry(parent, name.to_vec()), version);
-        if let Some(generation) = generation {
-            state.leased.insert(ReadKey::Dentry(parent, name.to_vec()), generation);
-        }
-        state.dentries.insert(key, dentry.clone());
-        dentry
+        Ok(self.state().record_dentry(parent, name, response.version, response.dentry, generation))
     }
 
     /// Fetches `name` in `parent` and then `ahead` (the following components) with one
-    /// `LookupPath` call, unless `name` is already known to this transaction.
+    /// `LookupPath` call; for a name `lookup_local` did not have.
     async fn prefetch(&self, parent: u64, name: &[u8], ahead: Vec<Vec<u8>>) -> Result<(), FsError> {
-        {
-            let state = self.state();
-            let key = (parent, name.to_vec());
-            if ahead.is_empty()
-                || state.dentries.contains_key(&key)
-                || state.prefetched.contains_key(&key)
-                || state.created.contains(&parent)
-            {
-                return Ok(());
-            }
-        }
-        if let Some(cache) = self.client.cache() {
-            let now = tokio::time::Instant::now();
-            if cache.lock().expect("cache lock").peek(&CacheKey::Dentry(parent, name.to_vec()), now) {
-                return Ok(()); // the lookup is served from the cache
-            }
+        if ahead.is_empty() {
+            return Ok(()); // one name: a plain lookup
         }
         let mut names = vec![name.to_vec()];
         names.extend(ahead.into_iter().take(LOOKUP_PATH_COMPONENTS_MAX - 1));
@@ -440,8 +452,9 @@ impl Transaction {
     /// Resolves `path`. Symlinks met on the way are followed; the last component is followed
     /// only when `follow_last` is set.
     async fn resolve(&self, path: &str, follow_last: bool) -> Result<Resolved, FsError> {
-        let mut pending: Vec<Vec<u8>> = components(path)?;
-        pending.reverse(); // a stack: the next component is at the end
+        // A stack: the next component is at the end. Borrowed from `path`, owned when a
+        // symlink's target was pushed.
+        let mut pending: Vec<Cow<'_, [u8]>> = components(path)?.into_iter().rev().map(Cow::Borrowed).collect();
         let mut ancestors: Vec<u64> = vec![ROOT_INO];
         let mut followed = 0u32;
         loop {
@@ -461,20 +474,28 @@ impl Transaction {
                     ancestors,
                 });
             };
-            if name == b".." {
+            if *name == *b".." {
                 if ancestors.len() > 1 {
                     ancestors.pop();
                 }
                 continue;
             }
             let parent = *ancestors.last().expect("the root is never popped");
-            // Fetch this component and the plain names after it in one round trip.
-            let ahead: Vec<Vec<u8>> = pending.iter().rev().take_while(|n| n.as_slice() != b"..").cloned().collect();
-            self.prefetch(parent, &name, ahead).await?;
-            let dentry = self.lookup(parent, &name).await?;
+            let dentry = match self.lookup_local(parent, &name) {
+                Some(dentry) => dentry,
+                None => {
+                    // Fetch this component and the plain names after it in one round trip.
+                    let ahead: Vec<Vec<u8>> =
+                        pending.iter().rev().take_while(|n| n.as_ref() != b"..").map(|n| n.to_vec()).collect();
+                    self.prefetch(parent, &name, ahead).await?;
+                    self.lookup_remote(parent, &name).await?
+                }
+            };
             let is_last = pending.is_empty();
             match dentry {
-                None if is_last => return Ok(Resolved { parent, name: Some(name), target: None, ancestors }),
+                None if is_last => {
+                    return Ok(Resolved { parent, name: Some(name.into_owned()), target: None, ancestors })
+                }
                 None => return Err(FsError::NotFound),
                 Some(dentry) if dentry.kind == FileKind::Symlink as i32 && (!is_last || follow_last) => {
                     followed += 1;
@@ -486,11 +507,12 @@ impl Transaction {
                     if target.starts_with('/') {
                         ancestors.truncate(1);
                     }
-                    let rest = components(&format!("/{target}"))?;
-                    pending.extend(rest.into_iter().rev());
+                    let target = format!("/{target}");
+                    let rest = components(&target)?;
+                    pending.extend(rest.into_iter().rev().map(|part| Cow::Owned(part.to_vec())));
                 }
                 Some(dentry) if is_last => {
-                    return Ok(Resolved { parent, name: Some(name), target: Some(dentry), ancestors })
+                    return Ok(Resolved { parent, name: Some(name.into_owned()), target: Some(dentry), ancestors })
                 }
                 Some(dentry) if dentry.kind == FileKind::Directory as i32 => ancestors.push(dentry.ino),
                 Some(_) => return Err(FsError::NotDir),
@@ -514,7 +536,7 @@ impl Transaction {
     fn put_inode(&self, inode: Inode) {
         let mut state = self.state();
         state.dirty_inodes.insert(inode.ino);
-        state.inodes.insert(inode.ino, Some(inode));
+        state.inodes.insert(inode.ino, Some(Arc::new(inode)));
     }
 
     fn delete_inode(&self, ino: u64) {
@@ -527,9 +549,8 @@ impl Transaction {
 
     fn put_dentry(&self, parent: u64, name: &[u8], dentry: Option<Dentry>) {
         let mut state = self.state();
-        let key = (parent, name.to_vec());
-        state.dirty_dentries.insert(key.clone());
-        state.dentries.insert(key, dentry);
+        state.dirty_dentries.insert((parent, name.to_vec()));
+        state.dentries.entry(parent).or_default().insert(name.to_vec(), dentry);
     }
 
     /// Updates directory `ino` commutatively: nlink by `nlink_delta`, mtime/ctime to now,
@@ -543,6 +564,7 @@ impl Transaction {
         match state.inodes.get_mut(&ino) {
             Some(Some(inode)) => {
                 // Read (or created) by this transaction: change it in place; the put carries it.
+                let inode = Arc::make_mut(inode);
                 inode.nlink = inode.nlink.saturating_add_signed(nlink_delta);
                 inode.mtime_ns = inode.mtime_ns.max(now);
                 inode.ctime_ns = inode.ctime_ns.max(now);
@@ -586,14 +608,14 @@ impl Transaction {
     pub async fn stat(&self, path: &str) -> Result<Attr, FsError> {
         let resolved = self.resolve(path, true).await?;
         let ino = resolved.ino().ok_or(FsError::NotFound)?;
-        attr_of(&self.existing_inode(ino).await?)
+        attr_of(&*self.existing_inode(ino).await?)
     }
 
     /// Attributes of `path`, not following a final symlink.
     pub async fn lstat(&self, path: &str) -> Result<Attr, FsError> {
         let resolved = self.resolve(path, false).await?;
         let ino = resolved.ino().ok_or(FsError::NotFound)?;
-        attr_of(&self.existing_inode(ino).await?)
+        attr_of(&*self.existing_inode(ino).await?)
     }
 
     /// True when `path` names something (following symlinks).
@@ -646,7 +668,7 @@ impl Transaction {
             if dentry.kind == FileKind::Directory as i32 {
                 return Err(FsError::IsDir);
             }
-            return attr_of(&self.existing_inode(dentry.ino).await?);
+            return attr_of(&*self.existing_inode(dentry.ino).await?);
         }
         let name = match resolved.name.clone() {
             Some(name) if !name.is_empty() => name,
@@ -659,7 +681,7 @@ impl Transaction {
     }
 
     /// The regular file `path` names (following symlinks), created when missing if `create`.
-    async fn file_inode(&self, path: &str, create: bool) -> Result<Inode, FsError> {
+    async fn file_inode(&self, path: &str, create: bool) -> Result<Arc<Inode>, FsError> {
         let resolved = self.resolve(path, true).await?;
         let ino = match resolved.ino() {
             Some(ino) => ino,
@@ -674,15 +696,20 @@ impl Transaction {
         }
     }
 
-    fn set_data(&self, mut inode: Inode, data: Vec<u8>) -> Result<(), FsError> {
+    /// Writes `inode` back with `data` as its content (its old content is not copied).
+    fn set_data(&self, inode: &Inode, data: Vec<u8>) -> Result<(), FsError> {
         if data.len() > INLINE_DATA_MAX {
             return Err(FsError::FileTooLarge);
         }
         let now = now_ns();
-        inode.size = data.len() as u64;
-        inode.data = data;
-        inode.mtime_ns = now;
-        inode.ctime_ns = now;
+        let inode = Inode {
+            size: data.len() as u64,
+            data,
+            mtime_ns: now,
+            ctime_ns: now,
+            symlink_target: inode.symlink_target.clone(),
+            ..*inode
+        };
         let mut state = self.state();
         if let Some(orphan) = state.orphans.get_mut(&inode.ino) {
             *orphan = inode;
@@ -695,12 +722,13 @@ impl Transaction {
 
     /// The whole content of the file at `path`.
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, FsError> {
-        Ok(self.file_inode(path, false).await?.data)
+        Ok(self.file_inode(path, false).await?.data.clone())
     }
 
     /// Up to `len` bytes of the file at `path` from `offset`.
     pub async fn read_at(&self, path: &str, offset: u64, len: usize) -> Result<Vec<u8>, FsError> {
-        let data = self.file_inode(path, false).await?.data;
+        let inode = self.file_inode(path, false).await?;
+        let data = &inode.data;
         let start = (offset as usize).min(data.len());
         let end = start.saturating_add(len).min(data.len());
         Ok(data[start..end].to_vec())
@@ -712,7 +740,7 @@ impl Transaction {
             return Err(FsError::FileTooLarge);
         }
         let inode = self.file_inode(path, true).await?;
-        self.set_data(inode, data.to_vec())
+        self.set_data(&inode, data.to_vec())
     }
 
     /// Writes `data` at `offset` (pwrite), extending the file with zeros if needed.
@@ -727,7 +755,7 @@ impl Transaction {
             content.resize(end as usize, 0);
         }
         content[offset as usize..end as usize].copy_from_slice(data);
-        self.set_data(inode, content)
+        self.set_data(&inode, content)
     }
 
     /// Appends `data` to the file at `path`, creating it if missing.
@@ -735,7 +763,7 @@ impl Transaction {
         let inode = self.file_inode(path, true).await?;
         let mut content = inode.data.clone();
         content.extend_from_slice(data);
-        self.set_data(inode, content)
+        self.set_data(&inode, content)
     }
 
     pub async fn truncate(&self, path: &str, size: u64) -> Result<(), FsError> {
@@ -745,12 +773,12 @@ impl Transaction {
         let inode = self.file_inode(path, false).await?;
         let mut content = inode.data.clone();
         content.resize(size as usize, 0);
-        self.set_data(inode, content)
+        self.set_data(&inode, content)
     }
 
     pub async fn chmod(&self, path: &str, mode: u32) -> Result<(), FsError> {
         let ino = self.resolve(path, true).await?.ino().ok_or(FsError::NotFound)?;
-        let mut inode = self.existing_inode(ino).await?;
+        let mut inode = self.inode_to_write(ino).await?;
         inode.mode = mode & 0o7777;
         inode.ctime_ns = now_ns();
         self.put_inode(inode);
@@ -760,7 +788,7 @@ impl Transaction {
     /// Sets access and modification times (nanoseconds since the epoch).
     pub async fn utimens(&self, path: &str, atime_ns: i64, mtime_ns: i64) -> Result<(), FsError> {
         let ino = self.resolve(path, true).await?.ino().ok_or(FsError::NotFound)?;
-        let mut inode = self.existing_inode(ino).await?;
+        let mut inode = self.inode_to_write(ino).await?;
         inode.atime_ns = atime_ns;
         inode.mtime_ns = mtime_ns;
         inode.ctime_ns = now_ns();
@@ -778,11 +806,8 @@ impl Transaction {
         let mut entries: BTreeMap<Vec<u8>, Dentry> = self.list_dir(ino).await?;
         // Overlay this transaction's own changes in that directory.
         let state = self.state();
-        for ((parent, name), dentry) in state.dentries.range((ino, Vec::new())..) {
-            if *parent != ino {
-                break;
-            }
-            if !state.dirty_dentries.contains(&(*parent, name.clone())) {
+        for (name, dentry) in state.dentries.get(&ino).into_iter().flatten() {
+            if !state.dirty_dentries.contains(&(ino, name.clone())) {
                 continue;
             }
             match dentry {
@@ -808,9 +833,9 @@ impl Transaction {
         if self.state().created.contains(&ino) {
             return Ok(BTreeMap::new());
         }
-        if let Some((CacheValue::Listing(version, entries), generation)) = self.cached(&CacheKey::Listing(ino)) {
+        if let Some((CacheValue::Listing(version, entries), generation)) = self.cached(KeyRef::Listing(ino)) {
             self.record_listing(ino, version, Some(generation))?;
-            return Ok(entries);
+            return Ok(Arc::unwrap_or_clone(entries));
         }
         for _ in 0..READDIR_RESTARTS_MAX {
             let mut entries = BTreeMap::new();
@@ -852,7 +877,7 @@ impl Transaction {
                 let grant = first_grant.filter(|_| every_page_leased);
                 let generation = self.cache_insert(
                     CacheKey::Listing(ino),
-                    CacheValue::Listing(version, entries.clone()),
+                    CacheValue::Listing(version, Arc::new(entries.clone())),
                     lease,
                     grant,
                 );
@@ -865,14 +890,12 @@ impl Transaction {
 
     fn record_listing(&self, ino: u64, version: u64, generation: Option<u64>) -> Result<(), FsError> {
         let mut state = self.state();
-        let recorded = *state.reads.entry(ReadKey::Listing(ino)).or_insert(version);
-        if recorded != version {
+        let recorded = state.reads.entry(CacheKey::Listing(ino)).or_insert(Read { version, generation });
+        if recorded.version != version {
             // Listed twice in one transaction and it changed: the commit must fail.
             return Err(FsError::Busy("directory changed during the transaction".into()));
         }
-        if let Some(generation) = generation {
-            state.leased.entry(ReadKey::Listing(ino)).or_insert(generation);
-        }
+        recorded.generation = recorded.generation.or(generation);
         Ok(())
     }
 
@@ -891,7 +914,7 @@ impl Transaction {
     /// One fewer name for a non-directory inode: deleted with its last name (kept readable
     /// through an open handle until the transaction ends).
     async fn drop_link(&self, ino: u64) -> Result<(), FsError> {
-        let mut inode = self.existing_inode(ino).await?;
+        let mut inode = self.inode_to_write(ino).await?;
         inode.nlink = inode.nlink.saturating_sub(1);
         inode.ctime_ns = now_ns();
         if inode.nlink == 0 {
@@ -928,11 +951,8 @@ impl Transaction {
     async fn readdir_ino(&self, ino: u64) -> Result<Vec<Vec<u8>>, FsError> {
         let mut names: BTreeSet<Vec<u8>> = self.list_dir(ino).await?.into_keys().collect();
         let state = self.state();
-        for ((parent, name), dentry) in state.dentries.range((ino, Vec::new())..) {
-            if *parent != ino {
-                break;
-            }
-            if state.dirty_dentries.contains(&(*parent, name.clone())) {
+        for (name, dentry) in state.dentries.get(&ino).into_iter().flatten() {
+            if state.dirty_dentries.contains(&(ino, name.clone())) {
                 match dentry {
                     Some(_) => names.insert(name.clone()),
                     None => names.remove(name),
@@ -977,7 +997,7 @@ impl Transaction {
         self.put_dentry(from.parent, &from_name, None);
         self.put_dentry(to.parent, &to_name, Some(moved.clone()));
         if moved_is_dir {
-            let mut inode = self.existing_inode(moved.ino).await?;
+            let mut inode = self.inode_to_write(moved.ino).await?;
             inode.parent = to.parent;
             inode.ctime_ns = now_ns();
             self.put_inode(inode);
@@ -1005,7 +1025,7 @@ impl Transaction {
         if to.target.is_some() {
             return Err(FsError::Exists);
         }
-        let mut inode = self.existing_inode(dentry.ino).await?;
+        let mut inode = self.inode_to_write(dentry.ino).await?;
         inode.nlink += 1;
         inode.ctime_ns = now_ns();
         self.put_inode(inode);
@@ -1055,7 +1075,7 @@ impl Transaction {
         if let Some(orphan) = self.state().orphans.get(&handle.ino) {
             return Ok(orphan.data.clone());
         }
-        Ok(self.existing_inode(handle.ino).await?.data)
+        Ok(self.existing_inode(handle.ino).await?.data.clone())
     }
 
     // ----------------------------------------------------------------------------------
@@ -1066,18 +1086,18 @@ impl Transaction {
     fn request(&self) -> CommitRequest {
         let state = self.state();
         let reads =
-            state.reads.iter().map(|(key, version)| ReadEntry { key: Some(key.wire()), version: *version }).collect();
+            state.reads.iter().map(|(key, read)| ReadEntry { key: Some(key.wire()), version: read.version }).collect();
         let mut writes = Vec::new();
         for ino in &state.dirty_inodes {
             let op = match state.inodes.get(ino).cloned().flatten() {
-                Some(inode) => write_op::Op::PutInode(inode),
+                Some(inode) => write_op::Op::PutInode(Arc::unwrap_or_clone(inode)),
                 None if state.created.contains(ino) => continue, // created and deleted here
                 None => write_op::Op::DeleteInode(*ino),
             };
             writes.push(WriteOp { op: Some(op) });
         }
         for key in &state.dirty_dentries {
-            let op = match state.dentries.get(key).cloned().flatten() {
+            let op = match state.dentry(key.0, &key.1).cloned().flatten() {
                 Some(dentry) => write_op::Op::PutDentry(PutDentry {
                     key: Some(DentryKey { parent: key.0, name: key.1.clone() }),
                     dentry: Some(dentry),
@@ -1105,8 +1125,7 @@ impl Transaction {
 
     /// True when the transaction wrote nothing.
     pub fn is_read_only(&self) -> bool {
-        let state = self.state();
-        state.dirty_inodes.is_empty() && state.dirty_dentries.is_empty() && state.dir_updates.is_empty()
+        self.state().is_read_only()
     }
 
     /// Commits: applies every write atomically if no read changed, else nothing. A commit
@@ -1119,10 +1138,11 @@ impl Transaction {
                 return Err(FsError::Invalid("transaction already committed".into()));
             }
             state.finished = true;
-        }
-        // A read-only transaction under valid leases commits here, before any request is built.
-        if self.is_read_only() && self.commits_locally() {
-            return Ok(Outcome::Committed { version: 0 });
+            // A read-only transaction under valid leases commits here, before any request is
+            // built.
+            if state.is_read_only() && self.commits_locally(&state) {
+                return Ok(Outcome::Committed { version: 0 });
+            }
         }
         let request = self.request();
         if request.reads.is_empty() && request.writes.is_empty() {
@@ -1133,7 +1153,7 @@ impl Transaction {
             // than invalidates, the writer's leases on them.
             let mut cache = cache.lock().expect("cache lock");
             for key in request.written_keys().iter().filter_map(CacheKey::from_wire) {
-                cache.remove(&key);
+                cache.remove(key.as_ref());
             }
         }
         self.send(request).await
@@ -1141,16 +1161,15 @@ impl Transaction {
 
     /// True when every read holds a valid lease that was not invalidated since the read
     /// (docs/design/leases.md): the transaction serializes now, with no round trip.
-    fn commits_locally(&self) -> bool {
+    fn commits_locally(&self, state: &TxnState) -> bool {
         let Some(cache) = self.client.cache() else { return false };
-        let state = self.state();
         if state.reads.is_empty() {
             return false; // nothing read: nothing to commit, locally or not
         }
         let now = tokio::time::Instant::now();
         let mut cache = cache.lock().expect("cache lock");
-        let all_leased = state.reads.keys().all(|key| {
-            state.leased.get(key).is_some_and(|generation| cache.still_valid(&key.cache_key(), *generation, now))
+        let all_leased = state.reads.iter().all(|(key, read)| {
+            read.generation.is_some_and(|generation| cache.still_valid(key.as_ref(), generation, now))
         });
         if all_leased {
             cache.local_commit();
@@ -1186,8 +1205,8 @@ mod tests {
 
     #[test]
     fn paths_are_absolute_and_checked() {
-        assert_eq!(components("/").unwrap(), Vec::<Vec<u8>>::new());
-        assert_eq!(components("//a/./b/").unwrap(), vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(components("/").unwrap(), Vec::<&[u8]>::new());
+        assert_eq!(components("//a/./b/").unwrap(), vec![b"a".as_slice(), b"b".as_slice()]);
         assert_eq!(components("/a/../b").unwrap().len(), 3);
         assert!(matches!(components("a/b"), Err(FsError::Invalid(_))));
         assert!(matches!(components(&format!("/{}", "x".repeat(256))), Err(FsError::NameTooLong)));

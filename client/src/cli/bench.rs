@@ -68,7 +68,8 @@ struct Report {
     ops: usize,
     errors: usize,
     seconds: f64,
-    latencies_us: Vec<u64>,
+    /// Each operation's latency, in nanoseconds, sorted.
+    latencies_ns: Vec<u64>,
     /// The clients' cache counters over the workload (summed).
     cache: crate::CacheStats,
 }
@@ -81,12 +82,12 @@ impl Report {
 }
 
 impl Report {
-    fn percentile_ms(&self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
+    fn percentile_us(&self, p: f64) -> f64 {
+        if self.latencies_ns.is_empty() {
             return 0.0;
         }
-        let rank = ((self.latencies_us.len() as f64 * p).ceil() as usize).clamp(1, self.latencies_us.len());
-        self.latencies_us[rank - 1] as f64 / 1000.0
+        let rank = ((self.latencies_ns.len() as f64 * p).ceil() as usize).clamp(1, self.latencies_ns.len());
+        self.latencies_ns[rank - 1] as f64 / 1000.0
     }
 }
 
@@ -130,7 +131,7 @@ pub async fn run(client: &Client, args: BenchArgs, json: bool) -> Result<(), FsE
             .map(|r| serde_json::json!({
                 "workload": format!("{:?}", r.workload), "clients": args.clients, "ops": r.ops, "errors": r.errors,
                 "ops_per_second": r.ops as f64 / r.seconds,
-                "latency_ms_p50": r.percentile_ms(0.50), "latency_ms_p99": r.percentile_ms(0.99), "latency_ms_p999": r.percentile_ms(0.999),
+                "latency_us_p50": r.percentile_us(0.50), "latency_us_p99": r.percentile_us(0.99), "latency_us_p999": r.percentile_us(0.999),
                 "cache_hit_rate": r.hit_rate(), "local_commits": r.cache.local_commits,
             }))
             .collect();
@@ -138,18 +139,18 @@ pub async fn run(client: &Client, args: BenchArgs, json: bool) -> Result<(), FsE
     } else {
         println!(
             "{:<22} {:>8} {:>9} {:>10} {:>9} {:>9} {:>9} {:>7}",
-            "WORKLOAD", "CLIENTS", "OPS", "OPS/S", "P50 ms", "P99 ms", "P999 ms", "HITS"
+            "WORKLOAD", "CLIENTS", "OPS", "OPS/S", "P50 us", "P99 us", "P999 us", "HITS"
         );
         for r in &reports {
             println!(
-                "{:<22} {:>8} {:>9} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>7}{}",
+                "{:<22} {:>8} {:>9} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>7}{}",
                 r.workload.name(),
                 args.clients,
                 r.ops,
                 r.ops as f64 / r.seconds,
-                r.percentile_ms(0.50),
-                r.percentile_ms(0.99),
-                r.percentile_ms(0.999),
+                r.percentile_us(0.50),
+                r.percentile_us(0.99),
+                r.percentile_us(0.999),
                 r.hit_rate().map_or("-".to_string(), |rate| format!("{:.1}%", rate * 100.0)),
                 if r.errors > 0 { format!("  ({} errors)", r.errors) } else { String::new() },
             );
@@ -187,9 +188,15 @@ async fn run_workload(
         let dir = dir.clone();
         let tmpfs = tmpfs_dir.join(format!("cffs-bench-{}-{task}", std::process::id()));
         tasks.push(tokio::spawn(async move {
-            let private = format!("{dir}/t{task}");
+            let paths = Paths {
+                private: format!("{dir}/t{task}"),
+                stat: format!("{dir}/stat-target"),
+                read: format!("{dir}/read-{task}"),
+                counter: format!("{dir}/counter-{task}"),
+                dir,
+            };
             if matches!(workload, Workload::ReadWarm | Workload::ReadCold) {
-                let path = format!("{dir}/read-{task}");
+                let path = paths.read.clone();
                 client
                     .run(|txn| {
                         let path = path.clone();
@@ -199,7 +206,7 @@ async fn run_workload(
                 if workload == Workload::ReadWarm {
                     // Warm: one read before the clock starts (and the session opened).
                     while client.cache_stats().hits == 0 {
-                        one_op(&client, workload, &dir, &private, task, 0).await?;
+                        one_op(&client, workload, &paths, task, 0).await?;
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                 }
@@ -210,7 +217,7 @@ async fn run_workload(
             }
             let before = client.cache_stats();
             if workload == Workload::CreatePrivate {
-                let p = private.clone();
+                let p = paths.private.clone();
                 client
                     .run(|txn| {
                         let p = p.clone();
@@ -227,10 +234,10 @@ async fn run_workload(
                 let result = if workload == Workload::ReadTmpfs {
                     tmpfs_op(&tmpfs)
                 } else {
-                    one_op(&client, workload, &dir, &private, task, i).await
+                    one_op(&client, workload, &paths, task, i).await
                 };
                 match result {
-                    Ok(()) => latencies.push(op_start.elapsed().as_micros() as u64),
+                    Ok(()) => latencies.push(op_start.elapsed().as_nanos() as u64),
                     Err(_) => errors += 1,
                 }
                 i += 1;
@@ -248,20 +255,20 @@ async fn run_workload(
             Ok::<_, FsError>((latencies, errors, cache))
         }));
     }
-    let mut latencies_us = Vec::new();
+    let mut latencies_ns = Vec::new();
     let mut errors = 0;
     let mut cache = crate::CacheStats::default();
     for task in tasks {
         let (l, e, c) = task.await.map_err(|e| FsError::Internal(format!("bench task: {e}")))??;
-        latencies_us.extend(l);
+        latencies_ns.extend(l);
         errors += e;
         cache.hits += c.hits;
         cache.misses += c.misses;
         cache.local_commits += c.local_commits;
     }
     let seconds = started.elapsed().as_secs_f64();
-    latencies_us.sort_unstable();
-    Ok(Report { workload, ops: latencies_us.len(), errors, seconds, latencies_us, cache })
+    latencies_ns.sort_unstable();
+    Ok(Report { workload, ops: latencies_ns.len(), errors, seconds, latencies_ns, cache })
 }
 
 /// The baseline: stat plus a read of a local file, as two syscalls (std::fs).
@@ -275,73 +282,57 @@ fn tmpfs_op(path: &std::path::Path) -> Result<(), FsError> {
     Ok(())
 }
 
-async fn one_op(
-    client: &Client,
-    workload: Workload,
-    dir: &str,
-    private: &str,
-    task: usize,
-    i: u64,
-) -> Result<(), FsError> {
+/// The paths one client's operations use, formatted before the clock starts (as the tmpfs
+/// baseline's path is).
+struct Paths {
+    dir: String,
+    private: String,
+    stat: String,
+    read: String,
+    counter: String,
+}
+
+async fn one_op(client: &Client, workload: Workload, paths: &Paths, task: usize, i: u64) -> Result<(), FsError> {
     match workload {
         Workload::CreateShared => {
-            let path = format!("{dir}/shared/t{task}-{i}");
-            client
-                .run(|txn| {
-                    let path = path.clone();
-                    async move { txn.create(&path, 0o644, true).await.map(|_| ()) }
-                })
-                .await
+            let path = format!("{}/shared/t{task}-{i}", paths.dir);
+            let path = path.as_str();
+            client.run(|txn| async move { txn.create(path, 0o644, true).await.map(|_| ()) }).await
         }
         Workload::CreatePrivate => {
-            let path = format!("{private}/f{i}");
-            client
-                .run(|txn| {
-                    let path = path.clone();
-                    async move { txn.create(&path, 0o644, true).await.map(|_| ()) }
-                })
-                .await
+            let path = format!("{}/f{i}", paths.private);
+            let path = path.as_str();
+            client.run(|txn| async move { txn.create(path, 0o644, true).await.map(|_| ()) }).await
         }
         Workload::Stat => {
-            let path = format!("{dir}/stat-target");
-            client
-                .run(|txn| {
-                    let path = path.clone();
-                    async move { txn.stat(&path).await.map(|_| ()) }
-                })
-                .await
+            let path = paths.stat.as_str();
+            client.run(|txn| async move { txn.stat(path).await.map(|_| ()) }).await
         }
         Workload::ReadWarm | Workload::ReadCold => {
-            let path = format!("{dir}/read-{task}");
+            let path = paths.read.as_str();
             client
-                .run(|txn| {
-                    let path = path.clone();
-                    async move {
-                        let attr = txn.stat(&path).await?;
-                        let data = txn.read_file(&path).await?;
-                        if data.len() as u64 != attr.size {
-                            return Err(FsError::Internal("size and content disagree".into()));
-                        }
-                        Ok(())
+                .run(|txn| async move {
+                    let attr = txn.stat(path).await?;
+                    let data = txn.read_file(path).await?;
+                    if data.len() as u64 != attr.size {
+                        return Err(FsError::Internal("size and content disagree".into()));
                     }
+                    Ok(())
                 })
                 .await
         }
         Workload::ReadTmpfs => Err(FsError::Internal("the tmpfs baseline runs no transaction".into())),
         Workload::Rmw => {
-            let path = format!("{dir}/counter-{task}");
+            let path = paths.counter.as_str();
             client
-                .run(|txn| {
-                    let path = path.clone();
-                    async move {
-                        let old = match txn.read_file(&path).await {
-                            Ok(data) => data,
-                            Err(FsError::NotFound) => Vec::new(),
-                            Err(e) => return Err(e),
-                        };
-                        let n: u64 = String::from_utf8_lossy(&old).parse().unwrap_or(0);
-                        txn.write_file(&path, (n + 1).to_string().as_bytes()).await
-                    }
+                .run(|txn| async move {
+                    let old = match txn.read_file(path).await {
+                        Ok(data) => data,
+                        Err(FsError::NotFound) => Vec::new(),
+                        Err(e) => return Err(e),
+                    };
+                    let n: u64 = String::from_utf8_lossy(&old).parse().unwrap_or(0);
+                    txn.write_file(path, (n + 1).to_string().as_bytes()).await
                 })
                 .await
         }
