@@ -50,21 +50,23 @@ pub enum KeyRef<'a> {
     Listing(u64),
 }
 
+impl KeyRef<'_> {
+    /// The wire key (what the leader leases and invalidates).
+    pub fn wire(self) -> cffs_proto::Key {
+        match self {
+            KeyRef::Inode(ino) => cffs_proto::Key::inode(ino),
+            KeyRef::Dentry(parent, name) => cffs_proto::Key::dentry(parent, name),
+            KeyRef::Listing(ino) => cffs_proto::Key::listing(ino),
+        }
+    }
+}
+
 impl CacheKey {
     pub fn as_ref(&self) -> KeyRef<'_> {
         match self {
             CacheKey::Inode(ino) => KeyRef::Inode(*ino),
             CacheKey::Dentry(parent, name) => KeyRef::Dentry(*parent, name),
             CacheKey::Listing(ino) => KeyRef::Listing(*ino),
-        }
-    }
-
-    /// The wire key (what the leader leases and invalidates).
-    pub fn wire(&self) -> cffs_proto::Key {
-        match self {
-            CacheKey::Inode(ino) => cffs_proto::Key::inode(*ino),
-            CacheKey::Dentry(parent, name) => cffs_proto::Key::dentry(*parent, name),
-            CacheKey::Listing(ino) => cffs_proto::Key::listing(*ino),
         }
     }
 

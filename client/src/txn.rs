@@ -141,17 +141,25 @@ struct DirUpdate {
     bump_listing: bool,
 }
 
+/// What the transaction sees of one inode or dentry: the value (None = absent or deleted),
+/// the read it came from (None when only written), and whether the transaction wrote it.
+/// The read set and the write set are the views' `read` and `dirty` marks (with the listings
+/// read), so a read costs one map entry.
+#[derive(Debug, Clone)]
+struct View<T> {
+    value: Option<T>,
+    read: Option<Read>,
+    dirty: bool,
+}
+
 #[derive(Default)]
 struct TxnState {
-    /// The read set, in key order so the request is deterministic.
-    reads: BTreeMap<CacheKey, Read>,
-    /// The transaction's view of inodes it read or wrote (None = absent / deleted), shared
-    /// with the cache where they came from it.
-    inodes: BTreeMap<u64, Option<Arc<Inode>>>,
-    /// The view of dentries, by parent then name (a lookup borrows the name).
-    dentries: BTreeMap<u64, BTreeMap<Vec<u8>, Option<Dentry>>>,
-    dirty_inodes: BTreeSet<u64>,
-    dirty_dentries: BTreeSet<(u64, Vec<u8>)>,
+    /// Inodes read or written, shared with the cache where they came from it.
+    inodes: BTreeMap<u64, View<Arc<Inode>>>,
+    /// Dentries read or written, by parent then name (a lookup borrows the name).
+    dentries: BTreeMap<u64, BTreeMap<Vec<u8>, View<Dentry>>>,
+    /// Directory listings read (their version; no view: `readdir` overlays the dentries).
+    listings: BTreeMap<u64, Read>,
     dir_updates: BTreeMap<u64, DirUpdate>,
     /// Dentries fetched ahead by a path lookup, not yet used: (version, dentry, cache
     /// generation if leased). A use moves one into the read set and the view, so only what
@@ -163,16 +171,42 @@ struct TxnState {
     open: BTreeSet<u64>,
     orphans: BTreeMap<u64, Inode>,
     finished: bool,
+    /// Bumped by every write to the view (puts and deletes): a resolution remembered at
+    /// another value is stale, and a transaction at 0 with no directory update is read-only.
+    view_changes: u64,
+    /// The last path resolved (path, follow_last, view_changes then, result): a function
+    /// that stats a file and then reads it resolves the path once.
+    last_resolved: Option<(String, bool, u64, Arc<Resolved>)>,
+    /// The instant cache hits are checked at, taken when a path walk starts (one clock read
+    /// per walk, not per component). Checking a hit a little early is safe: a read-only
+    /// transaction re-checks every lease with a fresh clock before it commits locally, and a
+    /// read-write one has its reads validated by the leader.
+    clock: Option<tokio::time::Instant>,
 }
 
 impl TxnState {
-    fn dentry(&self, parent: u64, name: &[u8]) -> Option<&Option<Dentry>> {
+    fn cache_clock(&mut self) -> tokio::time::Instant {
+        *self.clock.get_or_insert_with(tokio::time::Instant::now)
+    }
+
+    fn dentry(&self, parent: u64, name: &[u8]) -> Option<&View<Dentry>> {
         self.dentries.get(&parent)?.get(name)
     }
 
     /// True when the transaction wrote nothing.
     fn is_read_only(&self) -> bool {
-        self.dirty_inodes.is_empty() && self.dirty_dentries.is_empty() && self.dir_updates.is_empty()
+        self.view_changes == 0 && self.dir_updates.is_empty()
+    }
+
+    /// The read set: every key read, with its read, inodes first, then dentries, then
+    /// listings (a fixed order, so the request is deterministic).
+    fn reads(&self) -> impl Iterator<Item = (KeyRef<'_>, Read)> {
+        let inodes = self.inodes.iter().filter_map(|(ino, view)| Some((KeyRef::Inode(*ino), view.read?)));
+        let dentries = self.dentries.iter().flat_map(|(parent, names)| {
+            names.iter().filter_map(|(name, view)| Some((KeyRef::Dentry(*parent, name), view.read?)))
+        });
+        let listings = self.listings.iter().map(|(ino, read)| (KeyRef::Listing(*ino), *read));
+        inodes.chain(dentries).chain(listings)
     }
 
     /// Adds an inode read (at `version`; `generation` when under a lease) to the read set and
@@ -185,21 +219,22 @@ impl TxnState {
         mut inode: Option<Arc<Inode>>,
         generation: Option<u64>,
     ) -> Option<Arc<Inode>> {
-        if let Some(inode) = self.inodes.get(&ino) {
-            return inode.clone();
+        if let Some(view) = self.inodes.get(&ino) {
+            return view.value.clone();
         }
-        self.reads.insert(CacheKey::Inode(ino), Read { version, generation });
         // Commutative updates made before this read now apply to the inode read: they are
         // carried by the inode's put, validated by this read.
+        let mut dirty = false;
         if let (Some(inode), Some(update)) = (inode.as_mut(), self.dir_updates.get_mut(&ino)) {
             let inode = Arc::make_mut(inode);
             inode.nlink = inode.nlink.saturating_add_signed(update.nlink_delta);
             inode.mtime_ns = inode.mtime_ns.max(update.mtime_ns);
             inode.ctime_ns = inode.ctime_ns.max(update.mtime_ns);
             update.nlink_delta = 0;
-            self.dirty_inodes.insert(ino);
+            dirty = true;
         }
-        self.inodes.insert(ino, inode.clone());
+        let read = Some(Read { version, generation });
+        self.inodes.insert(ino, View { value: inode.clone(), read, dirty });
         inode
     }
 
@@ -212,11 +247,14 @@ impl TxnState {
         dentry: Option<Dentry>,
         generation: Option<u64>,
     ) -> Option<Dentry> {
-        if let Some(dentry) = self.dentry(parent, name) {
-            return dentry.clone();
+        if let Some(view) = self.dentry(parent, name) {
+            return view.value.clone();
         }
-        self.reads.insert(CacheKey::Dentry(parent, name.to_vec()), Read { version, generation });
-        self.dentries.entry(parent).or_default().insert(name.to_vec(), dentry.clone());
+        let read = Some(Read { version, generation });
+        self.dentries
+            .entry(parent)
+            .or_default()
+            .insert(name.to_vec(), View { value: dentry.clone(), read, dirty: false });
         dentry
     }
 }
@@ -295,10 +333,9 @@ impl Transaction {
         self.state.lock().expect("transaction lock")
     }
 
-    /// A valid cached value of `key`, with its generation.
-    fn cached(&self, key: KeyRef<'_>) -> Option<(CacheValue, u64)> {
+    /// A valid cached value of `key` at `now`, with its generation.
+    fn cached(&self, key: KeyRef<'_>, now: tokio::time::Instant) -> Option<(CacheValue, u64)> {
         let cache = self.client.cache()?;
-        let now = tokio::time::Instant::now();
         cache.lock().expect("cache lock").get(key, now)
     }
 
@@ -353,10 +390,11 @@ impl Transaction {
     /// The inode from the view, or from the cache (then recorded as a leased read).
     fn inode_local(&self, ino: u64) -> Option<Option<Arc<Inode>>> {
         let mut state = self.state();
-        if let Some(inode) = state.inodes.get(&ino) {
-            return Some(inode.clone());
+        if let Some(view) = state.inodes.get(&ino) {
+            return Some(view.value.clone());
         }
-        match self.cached(KeyRef::Inode(ino))? {
+        let now = state.cache_clock();
+        match self.cached(KeyRef::Inode(ino), now)? {
             (CacheValue::Inode(version, inode), generation) => {
                 Some(state.record_inode(ino, version, inode, Some(generation)))
             }
@@ -379,13 +417,14 @@ impl Transaction {
     /// from the cache (then recorded as a leased read).
     fn lookup_local(&self, parent: u64, name: &[u8]) -> Option<Option<Dentry>> {
         let mut state = self.state();
-        if let Some(dentry) = state.dentry(parent, name) {
-            return Some(dentry.clone());
+        if let Some(view) = state.dentry(parent, name) {
+            return Some(view.value.clone());
         }
         if state.created.contains(&parent) {
             return Some(None);
         }
-        match self.cached(KeyRef::Dentry(parent, name))? {
+        let now = state.cache_clock();
+        match self.cached(KeyRef::Dentry(parent, name), now)? {
             (CacheValue::Dentry(version, dentry), generation) => {
                 Some(state.record_dentry(parent, name, version, dentry, Some(generation)))
             }
@@ -451,7 +490,27 @@ impl Transaction {
 
     /// Resolves `path`. Symlinks met on the way are followed; the last component is followed
     /// only when `follow_last` is set.
-    async fn resolve(&self, path: &str, follow_last: bool) -> Result<Resolved, FsError> {
+    async fn resolve(&self, path: &str, follow_last: bool) -> Result<Arc<Resolved>, FsError> {
+        let changes = {
+            let state = self.state();
+            if let Some((last, follow, changes, resolved)) = &state.last_resolved {
+                if last == path && *follow == follow_last && *changes == state.view_changes {
+                    return Ok(resolved.clone());
+                }
+            }
+            state.view_changes
+        };
+        let resolved = Arc::new(self.walk(path, follow_last).await?);
+        let mut state = self.state();
+        if state.view_changes == changes {
+            state.last_resolved = Some((path.to_owned(), follow_last, changes, resolved.clone()));
+        }
+        Ok(resolved)
+    }
+
+    /// `resolve`, component by component through the view, the cache and the leader.
+    async fn walk(&self, path: &str, follow_last: bool) -> Result<Resolved, FsError> {
+        self.state().clock = Some(tokio::time::Instant::now());
         // A stack: the next component is at the end. Borrowed from `path`, owned when a
         // symlink's target was pushed.
         let mut pending: Vec<Cow<'_, [u8]>> = components(path)?.into_iter().rev().map(Cow::Borrowed).collect();
@@ -522,7 +581,7 @@ impl Transaction {
 
     /// Resolves the parent of a name to create or remove: the name itself must be a plain
     /// name (not `/`, not ending in `..`).
-    async fn resolve_entry(&self, path: &str) -> Result<(Resolved, Vec<u8>), FsError> {
+    async fn resolve_entry(&self, path: &str) -> Result<(Arc<Resolved>, Vec<u8>), FsError> {
         let resolved = self.resolve(path, false).await?;
         match resolved.name.clone() {
             Some(name) if !name.is_empty() => Ok((resolved, name)),
@@ -535,22 +594,26 @@ impl Transaction {
 
     fn put_inode(&self, inode: Inode) {
         let mut state = self.state();
-        state.dirty_inodes.insert(inode.ino);
-        state.inodes.insert(inode.ino, Some(Arc::new(inode)));
+        state.view_changes += 1;
+        let read = state.inodes.get(&inode.ino).and_then(|view| view.read);
+        state.inodes.insert(inode.ino, View { value: Some(Arc::new(inode)), read, dirty: true });
     }
 
     fn delete_inode(&self, ino: u64) {
         let mut state = self.state();
-        state.dirty_inodes.insert(ino);
-        state.inodes.insert(ino, None);
+        state.view_changes += 1;
+        let read = state.inodes.get(&ino).and_then(|view| view.read);
+        state.inodes.insert(ino, View { value: None, read, dirty: true });
         // A deleted directory takes its pending updates with it.
         state.dir_updates.remove(&ino);
     }
 
     fn put_dentry(&self, parent: u64, name: &[u8], dentry: Option<Dentry>) {
         let mut state = self.state();
-        state.dirty_dentries.insert((parent, name.to_vec()));
-        state.dentries.entry(parent).or_default().insert(name.to_vec(), dentry);
+        state.view_changes += 1;
+        let names = state.dentries.entry(parent).or_default();
+        let read = names.get(name).and_then(|view| view.read);
+        names.insert(name.to_vec(), View { value: dentry, read, dirty: true });
     }
 
     /// Updates directory `ino` commutatively: nlink by `nlink_delta`, mtime/ctime to now,
@@ -562,13 +625,13 @@ impl Transaction {
         update.mtime_ns = update.mtime_ns.max(now);
         update.bump_listing = true;
         match state.inodes.get_mut(&ino) {
-            Some(Some(inode)) => {
+            Some(View { value: Some(inode), dirty, .. }) => {
                 // Read (or created) by this transaction: change it in place; the put carries it.
                 let inode = Arc::make_mut(inode);
                 inode.nlink = inode.nlink.saturating_add_signed(nlink_delta);
                 inode.mtime_ns = inode.mtime_ns.max(now);
                 inode.ctime_ns = inode.ctime_ns.max(now);
-                state.dirty_inodes.insert(ino);
+                *dirty = true;
             }
             _ => state.dir_updates.get_mut(&ino).expect("inserted above").nlink_delta += nlink_delta,
         }
@@ -806,11 +869,11 @@ impl Transaction {
         let mut entries: BTreeMap<Vec<u8>, Dentry> = self.list_dir(ino).await?;
         // Overlay this transaction's own changes in that directory.
         let state = self.state();
-        for (name, dentry) in state.dentries.get(&ino).into_iter().flatten() {
-            if !state.dirty_dentries.contains(&(ino, name.clone())) {
+        for (name, view) in state.dentries.get(&ino).into_iter().flatten() {
+            if !view.dirty {
                 continue;
             }
-            match dentry {
+            match &view.value {
                 Some(dentry) => entries.insert(name.clone(), dentry.clone()),
                 None => entries.remove(name),
             };
@@ -833,7 +896,9 @@ impl Transaction {
         if self.state().created.contains(&ino) {
             return Ok(BTreeMap::new());
         }
-        if let Some((CacheValue::Listing(version, entries), generation)) = self.cached(KeyRef::Listing(ino)) {
+        if let Some((CacheValue::Listing(version, entries), generation)) =
+            self.cached(KeyRef::Listing(ino), tokio::time::Instant::now())
+        {
             self.record_listing(ino, version, Some(generation))?;
             return Ok(Arc::unwrap_or_clone(entries));
         }
@@ -890,7 +955,7 @@ impl Transaction {
 
     fn record_listing(&self, ino: u64, version: u64, generation: Option<u64>) -> Result<(), FsError> {
         let mut state = self.state();
-        let recorded = state.reads.entry(CacheKey::Listing(ino)).or_insert(Read { version, generation });
+        let recorded = state.listings.entry(ino).or_insert(Read { version, generation });
         if recorded.version != version {
             // Listed twice in one transaction and it changed: the commit must fail.
             return Err(FsError::Busy("directory changed during the transaction".into()));
@@ -951,9 +1016,9 @@ impl Transaction {
     async fn readdir_ino(&self, ino: u64) -> Result<Vec<Vec<u8>>, FsError> {
         let mut names: BTreeSet<Vec<u8>> = self.list_dir(ino).await?.into_keys().collect();
         let state = self.state();
-        for (name, dentry) in state.dentries.get(&ino).into_iter().flatten() {
-            if state.dirty_dentries.contains(&(ino, name.clone())) {
-                match dentry {
+        for (name, view) in state.dentries.get(&ino).into_iter().flatten() {
+            if view.dirty {
+                match view.value {
                     Some(_) => names.insert(name.clone()),
                     None => names.remove(name),
                 };
@@ -1086,28 +1151,28 @@ impl Transaction {
     fn request(&self) -> CommitRequest {
         let state = self.state();
         let reads =
-            state.reads.iter().map(|(key, read)| ReadEntry { key: Some(key.wire()), version: read.version }).collect();
+            state.reads().map(|(key, read)| ReadEntry { key: Some(key.wire()), version: read.version }).collect();
         let mut writes = Vec::new();
-        for ino in &state.dirty_inodes {
-            let op = match state.inodes.get(ino).cloned().flatten() {
-                Some(inode) => write_op::Op::PutInode(Arc::unwrap_or_clone(inode)),
+        for (ino, view) in state.inodes.iter().filter(|(_, view)| view.dirty) {
+            let op = match &view.value {
+                Some(inode) => write_op::Op::PutInode(Inode::clone(inode)),
                 None if state.created.contains(ino) => continue, // created and deleted here
                 None => write_op::Op::DeleteInode(*ino),
             };
             writes.push(WriteOp { op: Some(op) });
         }
-        for key in &state.dirty_dentries {
-            let op = match state.dentry(key.0, &key.1).cloned().flatten() {
-                Some(dentry) => write_op::Op::PutDentry(PutDentry {
-                    key: Some(DentryKey { parent: key.0, name: key.1.clone() }),
-                    dentry: Some(dentry),
-                }),
-                None => write_op::Op::DeleteDentry(DentryKey { parent: key.0, name: key.1.clone() }),
-            };
-            writes.push(WriteOp { op: Some(op) });
+        for (parent, names) in &state.dentries {
+            for (name, view) in names.iter().filter(|(_, view)| view.dirty) {
+                let key = DentryKey { parent: *parent, name: name.clone() };
+                let op = match view.value.clone() {
+                    Some(dentry) => write_op::Op::PutDentry(PutDentry { key: Some(key), dentry: Some(dentry) }),
+                    None => write_op::Op::DeleteDentry(key),
+                };
+                writes.push(WriteOp { op: Some(op) });
+            }
         }
         for (ino, update) in &state.dir_updates {
-            if matches!(state.inodes.get(ino), Some(None)) {
+            if state.inodes.get(ino).is_some_and(|view| view.value.is_none()) {
                 continue; // deleted by this transaction
             }
             writes.push(WriteOp {
@@ -1163,14 +1228,14 @@ impl Transaction {
     /// (docs/design/leases.md): the transaction serializes now, with no round trip.
     fn commits_locally(&self, state: &TxnState) -> bool {
         let Some(cache) = self.client.cache() else { return false };
-        if state.reads.is_empty() {
+        if state.reads().next().is_none() {
             return false; // nothing read: nothing to commit, locally or not
         }
         let now = tokio::time::Instant::now();
         let mut cache = cache.lock().expect("cache lock");
-        let all_leased = state.reads.iter().all(|(key, read)| {
-            read.generation.is_some_and(|generation| cache.still_valid(key.as_ref(), generation, now))
-        });
+        let all_leased = state
+            .reads()
+            .all(|(key, read)| read.generation.is_some_and(|generation| cache.still_valid(key, generation, now)));
         if all_leased {
             cache.local_commit();
         }

@@ -53,6 +53,9 @@ struct Session {
     /// The sequence number of the last invalidation sent, and of the last acknowledged.
     sent: u64,
     acked: u64,
+    /// The keys of each unacknowledged invalidation, by seq: an acknowledgement visits
+    /// those keys only, not the whole table.
+    revoking: BTreeMap<u64, Vec<Vec<u8>>>,
 }
 
 /// An invalidation to send: `keys` to `session`, numbered `seq`.
@@ -146,8 +149,16 @@ impl LeaseTable {
         // Ids carry the term, so an id from an older term never names a newer session.
         let id = (term.unwrap_or(0) << 32) | self.next_session;
         self.next_session += 1;
-        self.sessions
-            .insert(id, Session { expiry: now + self.config.server_span(), unacked_since: None, sent: 0, acked: 0 });
+        self.sessions.insert(
+            id,
+            Session {
+                expiry: now + self.config.server_span(),
+                unacked_since: None,
+                sent: 0,
+                acked: 0,
+                revoking: BTreeMap::new(),
+            },
+        );
         Some(id)
     }
 
@@ -255,9 +266,15 @@ impl LeaseTable {
             }
             waits.insert((session, seq));
             self.invalidations_sent += 1;
+            state.revoking.insert(seq, keys.clone());
             send.push(Invalidation { session, seq, keys });
         }
-        self.leases.retain(|_, holders| !holders.is_empty());
+        // Only the written keys can have lost their last holder (the writer's own lease).
+        for key in keys {
+            if self.leases.get(key).is_some_and(BTreeMap::is_empty) {
+                self.leases.remove(key);
+            }
+        }
         Ok(WriteWait { send, waits: waits.into_iter().collect() })
     }
 
@@ -284,14 +301,19 @@ impl LeaseTable {
         if state.acked == state.sent {
             state.unacked_since = None;
         }
-        for holders in self.leases.values_mut() {
+        let still_revoking = state.revoking.split_off(&(seq + 1));
+        let acknowledged = std::mem::replace(&mut state.revoking, still_revoking);
+        for key in acknowledged.into_values().flatten() {
+            let Some(holders) = self.leases.get_mut(&key) else { continue };
             if let Some(Hold::Revoking { seq: revoked, .. }) = holders.get(&session) {
                 if *revoked <= seq {
                     holders.remove(&session);
                 }
             }
+            if holders.is_empty() {
+                self.leases.remove(&key);
+            }
         }
-        self.leases.retain(|_, holders| !holders.is_empty());
     }
 
     /// When a write may be proposed: None when every awaited invalidation is acknowledged or
@@ -407,6 +429,33 @@ mod tests {
         assert_eq!(table.write_blocked_until(&wait.waits, &written, now), None);
         table.end_write(&written);
         assert_eq!(table.grant(TERM, reader, &[b"k".to_vec()], now, now), Some(1));
+    }
+
+    #[test]
+    fn an_acknowledgement_releases_exactly_the_keys_it_acknowledges() {
+        let (mut table, now, reader) = table();
+        let other = table.open_session(TERM, now).unwrap();
+        let all: Vec<Vec<u8>> = ["a", "b", "c"].iter().map(|k| k.as_bytes().to_vec()).collect();
+        table.grant(TERM, reader, &all, now, now);
+        table.grant(TERM, other, &all, now, now);
+        let first = table.begin_write(TERM, 0, &keys(&["a"]), now).unwrap();
+        table.end_write(&keys(&["a"]));
+        let second = table.begin_write(TERM, 0, &keys(&["b"]), now).unwrap();
+        table.end_write(&keys(&["b"]));
+        assert_eq!(first.send.len() + second.send.len(), 4, "both holders, two writes");
+        // The reader acknowledges the first only: it still holds b (revoking) and c.
+        table.acknowledge(reader, 1);
+        assert!(table.write_blocked_until(&first.waits, &keys(&["a"]), now).is_some(), "other has not acked");
+        table.acknowledge(other, 2);
+        assert_eq!(table.write_blocked_until(&first.waits, &keys(&["a"]), now), None);
+        assert!(table.write_blocked_until(&second.waits, &keys(&["b"]), now).is_some(), "reader has not acked b");
+        assert_eq!(table.leased_keys(), 2, "b (reader revoking) and c (both); a has no holder left");
+        table.acknowledge(reader, 2);
+        assert_eq!(table.write_blocked_until(&second.waits, &keys(&["b"]), now), None);
+        assert_eq!(table.leased_keys(), 1, "c only");
+        // c is still held by both: a write of it invalidates both again.
+        let third = table.begin_write(TERM, 0, &keys(&["c"]), now).unwrap();
+        assert_eq!(third.send.len(), 2);
     }
 
     #[test]

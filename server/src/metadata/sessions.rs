@@ -263,29 +263,38 @@ impl Sessions {
             };
             let id = opened.session_id;
             let _ = events.send(Ok(SessionEvent { msg: Some(session_event::Msg::Opened(opened)) })).await;
-            while let Some(Ok(request)) = requests.next().await {
-                match request.msg {
-                    Some(session_request::Msg::Keepalive(keepalive)) => {
-                        let round = match read_index.wait().await {
-                            Ok(round_start) => round_start,
-                            Err(_) => break, // no longer the leader: the session ends
-                        };
-                        let renewed = sessions.lock().table.renew(term(), id, round, Instant::now());
+            // Keepalives wait for their read-index rounds concurrently with the stream, so an
+            // acknowledgement behind a keepalive is recorded at once (a writer may be waiting
+            // for it), not after the round.
+            let mut rounds = futures::stream::FuturesOrdered::new();
+            loop {
+                tokio::select! {
+                    biased; // deterministic under madsim: no random branch order
+                    request = requests.next() => {
+                        let Some(Ok(request)) = request else { break };
+                        match request.msg {
+                            Some(session_request::Msg::Keepalive(keepalive)) => {
+                                let read_index = read_index.clone();
+                                rounds.push_back(async move { (keepalive.seq, read_index.wait().await) });
+                            }
+                            Some(session_request::Msg::Ack(ack)) => {
+                                sessions.lock().table.acknowledge(id, ack.seq);
+                                sessions.acked.notify_waiters();
+                            }
+                            _ => break,
+                        }
+                    }
+                    Some((seq, round)) = rounds.next(), if !rounds.is_empty() => {
+                        let Ok(round_start) = round else { break }; // no longer the leader
+                        let renewed = sessions.lock().table.renew(term(), id, round_start, Instant::now());
                         if !renewed {
                             break;
                         }
-                        let ack = SessionEvent {
-                            msg: Some(session_event::Msg::KeepaliveAck(KeepaliveAck { seq: keepalive.seq })),
-                        };
+                        let ack = SessionEvent { msg: Some(session_event::Msg::KeepaliveAck(KeepaliveAck { seq })) };
                         if events.send(Ok(ack)).await.is_err() {
                             break;
                         }
                     }
-                    Some(session_request::Msg::Ack(ack)) => {
-                        sessions.lock().table.acknowledge(id, ack.seq);
-                        sessions.acked.notify_waiters();
-                    }
-                    _ => break,
                 }
             }
             // The stream is gone: the session's leases now run out on their own (the client
