@@ -74,6 +74,9 @@ pub(crate) struct Inner {
     options: ClientOptions,
     pub(crate) cache: Arc<Mutex<Cache>>,
     session_started: AtomicBool,
+    /// Requests sent by transactions and administrative calls (every attempt; the session
+    /// stream's messages are not counted).
+    requests: AtomicU64,
 }
 
 impl Inner {
@@ -141,6 +144,7 @@ impl Client {
                 options,
                 cache: Arc::new(Mutex::new(Cache::new(options.cache_bytes))),
                 session_started: AtomicBool::new(false),
+                requests: AtomicU64::new(0),
             }),
         })
     }
@@ -159,6 +163,13 @@ impl Client {
             tokio::spawn(crate::session::run(link));
         }
         Some(&self.inner.cache)
+    }
+
+    /// Requests this client has sent (every attempt of every call; the session stream's
+    /// keepalives and acknowledgements are not counted). A transaction served from the cache
+    /// sends none.
+    pub fn requests_sent(&self) -> u64 {
+        self.inner.requests.load(Ordering::Relaxed)
     }
 
     /// The cache's counters (all zero when the cache is off).
@@ -260,6 +271,7 @@ impl Client {
                 }
             };
             let client = self.channel(&addr)?;
+            self.inner.requests.fetch_add(1, Ordering::Relaxed);
             let status = match tokio::time::timeout(RPC_TIMEOUT, call(client)).await {
                 Ok(Ok(response)) => {
                     // Whoever answered is the leader (only the leader serves): go there next.

@@ -413,8 +413,8 @@ impl Transaction {
         Ok(Arc::unwrap_or_clone(self.existing_inode(ino).await?))
     }
 
-    /// The dentry from the view (absent under a directory this transaction created), or
-    /// from the cache (then recorded as a leased read).
+    /// The dentry from the view (absent under a directory this transaction created), from
+    /// what a path lookup fetched ahead, or from the cache (then recorded as a leased read).
     fn lookup_local(&self, parent: u64, name: &[u8]) -> Option<Option<Dentry>> {
         let mut state = self.state();
         if let Some(view) = state.dentry(parent, name) {
@@ -422,6 +422,11 @@ impl Transaction {
         }
         if state.created.contains(&parent) {
             return Some(None);
+        }
+        if !state.prefetched.is_empty() {
+            if let Some((version, dentry, generation)) = state.prefetched.remove(&(parent, name.to_vec())) {
+                return Some(state.record_dentry(parent, name, version, dentry, generation));
+            }
         }
         let now = state.cache_clock();
         match self.cached(KeyRef::Dentry(parent, name), now)? {

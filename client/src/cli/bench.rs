@@ -72,9 +72,16 @@ struct Report {
     latencies_ns: Vec<u64>,
     /// The clients' cache counters over the workload (summed).
     cache: crate::CacheStats,
+    /// Requests the clients sent over the workload (every attempt).
+    requests: u64,
 }
 
 impl Report {
+    /// Requests per operation (a warm read-only transaction sends none).
+    fn requests_per_op(&self) -> Option<f64> {
+        (self.ops > 0 && self.workload != Workload::ReadTmpfs).then(|| self.requests as f64 / self.ops as f64)
+    }
+
     fn hit_rate(&self) -> Option<f64> {
         let lookups = self.cache.hits + self.cache.misses;
         (lookups > 0).then(|| self.cache.hits as f64 / lookups as f64)
@@ -133,17 +140,18 @@ pub async fn run(client: &Client, args: BenchArgs, json: bool) -> Result<(), FsE
                 "ops_per_second": r.ops as f64 / r.seconds,
                 "latency_us_p50": r.percentile_us(0.50), "latency_us_p99": r.percentile_us(0.99), "latency_us_p999": r.percentile_us(0.999),
                 "cache_hit_rate": r.hit_rate(), "local_commits": r.cache.local_commits,
+                "requests_per_op": r.requests_per_op(),
             }))
             .collect();
         println!("{}", serde_json::Value::Array(rows));
     } else {
         println!(
-            "{:<22} {:>8} {:>9} {:>10} {:>9} {:>9} {:>9} {:>7}",
-            "WORKLOAD", "CLIENTS", "OPS", "OPS/S", "P50 us", "P99 us", "P999 us", "HITS"
+            "{:<22} {:>8} {:>9} {:>10} {:>9} {:>9} {:>9} {:>7} {:>7}",
+            "WORKLOAD", "CLIENTS", "OPS", "OPS/S", "P50 us", "P99 us", "P999 us", "HITS", "REQ/OP"
         );
         for r in &reports {
             println!(
-                "{:<22} {:>8} {:>9} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>7}{}",
+                "{:<22} {:>8} {:>9} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>7} {:>7}{}",
                 r.workload.name(),
                 args.clients,
                 r.ops,
@@ -152,6 +160,7 @@ pub async fn run(client: &Client, args: BenchArgs, json: bool) -> Result<(), FsE
                 r.percentile_us(0.99),
                 r.percentile_us(0.999),
                 r.hit_rate().map_or("-".to_string(), |rate| format!("{:.1}%", rate * 100.0)),
+                r.requests_per_op().map_or("-".to_string(), |requests| format!("{requests:.2}")),
                 if r.errors > 0 { format!("  ({} errors)", r.errors) } else { String::new() },
             );
         }
@@ -215,7 +224,6 @@ async fn run_workload(
                 std::fs::write(&tmpfs, [7u8; READ_FILE_BYTES])
                     .map_err(|e| FsError::Invalid(format!("{}: {e}", tmpfs.display())))?;
             }
-            let before = client.cache_stats();
             if workload == Workload::CreatePrivate {
                 let p = paths.private.clone();
                 client
@@ -225,6 +233,8 @@ async fn run_workload(
                     })
                     .await?;
             }
+            let before = client.cache_stats();
+            let requests_before = client.requests_sent();
             let deadline = Instant::now() + duration;
             let mut latencies = Vec::new();
             let mut errors = 0usize;
@@ -250,29 +260,32 @@ async fn run_workload(
                 let _ = std::fs::remove_file(&tmpfs);
             }
             let after = client.cache_stats();
+            let requests = client.requests_sent() - requests_before;
             let cache = crate::CacheStats {
                 hits: after.hits - before.hits,
                 misses: after.misses - before.misses,
                 local_commits: after.local_commits - before.local_commits,
                 ..Default::default()
             };
-            Ok::<_, FsError>((latencies, errors, cache))
+            Ok::<_, FsError>((latencies, errors, cache, requests))
         }));
     }
     let mut latencies_ns = Vec::new();
     let mut errors = 0;
     let mut cache = crate::CacheStats::default();
+    let mut requests = 0;
     for task in tasks {
-        let (l, e, c) = task.await.map_err(|e| FsError::Internal(format!("bench task: {e}")))??;
+        let (l, e, c, r) = task.await.map_err(|e| FsError::Internal(format!("bench task: {e}")))??;
         latencies_ns.extend(l);
         errors += e;
         cache.hits += c.hits;
         cache.misses += c.misses;
         cache.local_commits += c.local_commits;
+        requests += r;
     }
     let seconds = started.elapsed().as_secs_f64();
     latencies_ns.sort_unstable();
-    Ok(Report { workload, ops: latencies_ns.len(), errors, seconds, latencies_ns, cache })
+    Ok(Report { workload, ops: latencies_ns.len(), errors, seconds, latencies_ns, cache, requests })
 }
 
 /// The baseline: stat plus a read of a local file, as two syscalls (std::fs).

@@ -3,7 +3,10 @@
 //!   acknowledged, the first never returns older content;
 //! - a client process frozen with SIGSTOP while it holds a lease blocks a writer for about
 //!   one lease at most, and the transaction it built on its reads cannot commit after
-//!   SIGCONT.
+//!   SIGCONT;
+//! - a read-only transaction served from the cache sends no request at all, and the same
+//!   transaction with the cache off sends three (the path in one lookup, the inode, the
+//!   commit).
 //!
 //! The frozen client is this test binary run again, as the `lease_holder_process` test with
 //! `CFFS_IT_LEASE_HOLDER` set (without it, that test does nothing).
@@ -12,7 +15,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cffs_client::{Client, Outcome};
+use cffs_client::{Client, ClientOptions, FsError, Outcome, Transaction};
 
 use crate::harness::ProcessCluster;
 
@@ -52,6 +55,55 @@ async fn a_cached_read_never_returns_content_older_than_an_acknowledged_overwrit
     eprintln!("leases: {reads} reads, {stats:?}");
     assert!(stats.local_commits > 0, "the reader committed from its cache: {stats:?}");
     assert!(stats.invalidations_received > 0, "the reader's leases were invalidated: {stats:?}");
+}
+
+/// The warm function of the benchmark: stat a file and read it.
+async fn stat_and_read(txn: Transaction) -> Result<Vec<u8>, FsError> {
+    let attr = txn.stat("/a/b/c/f").await?;
+    let data = txn.read_file("/a/b/c/f").await?;
+    assert_eq!(attr.size, data.len() as u64);
+    Ok(data)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_read_only_transaction_sends_no_request_and_a_cold_one_three() {
+    let cluster = ProcessCluster::start(3);
+    cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let warm = cluster.client();
+    warm.run(|txn| async move {
+        txn.mkdir_all("/a/b/c", 0o755).await?;
+        txn.write_file("/a/b/c/f", b"content").await
+    })
+    .await
+    .expect("setup");
+
+    // Cold: one request finds the leader first, then the count is exact.
+    let cold =
+        Client::connect_with(&cluster.endpoints(), ClientOptions { cache: false, ..Default::default() }).unwrap();
+    cold.run(stat_and_read).await.expect("cold read");
+    let before = cold.requests_sent();
+    cold.run(stat_and_read).await.expect("cold read");
+    assert_eq!(cold.requests_sent() - before, 3, "LookupPath for a/b/c/f, GetInode, Commit");
+
+    // Warm: once a read committed locally, every transaction that commits locally sent
+    // nothing (one may still miss, if a keepalive came late on a loaded machine).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while warm.cache_stats().local_commits == 0 {
+        assert!(Instant::now() < deadline, "no local commit: {:?}", warm.cache_stats());
+        warm.run(stat_and_read).await.expect("warm read");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut local = 0;
+    for _ in 0..200 {
+        let (requests, commits) = (warm.requests_sent(), warm.cache_stats().local_commits);
+        assert_eq!(warm.run(stat_and_read).await.expect("warm read"), b"content");
+        if warm.cache_stats().local_commits > commits {
+            local += 1;
+            assert_eq!(warm.requests_sent(), requests, "a local commit sent a request");
+        }
+    }
+    eprintln!("round trips: cold 3 requests per transaction; warm {local} of 200 local, with none");
+    assert!(local > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
