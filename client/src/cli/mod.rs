@@ -106,7 +106,12 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
-    /// Measure the cluster: creates, stats and read-modify-write transactions.
+    /// Measure the cluster: creates, stats, read-modify-write transactions, and read-only
+    /// transactions with the cache warm and off beside the same reads on tmpfs.
+    ///
+    /// Prints per workload: operations per second, latency percentiles (µs), the client
+    /// cache's hit rate and the requests sent per operation (a warm read-only transaction
+    /// sends none). Each operation is one whole transaction.
     Bench(bench::BenchArgs),
 }
 
