@@ -152,6 +152,9 @@ struct View<T> {
     dirty: bool,
 }
 
+/// A dentry fetched ahead: (version, dentry, cache generation if leased).
+type Prefetched = (u64, Option<Dentry>, Option<u64>);
+
 #[derive(Default)]
 struct TxnState {
     /// Inodes read or written, shared with the cache where they came from it.
@@ -164,7 +167,7 @@ struct TxnState {
     /// Dentries fetched ahead by a path lookup, not yet used: (version, dentry, cache
     /// generation if leased). A use moves one into the read set and the view, so only what
     /// resolution needed is validated.
-    prefetched: BTreeMap<(u64, Vec<u8>), (u64, Option<Dentry>, Option<u64>)>,
+    prefetched: BTreeMap<(u64, Vec<u8>), Prefetched>,
     /// Inodes created by this transaction: the server has nothing to say about them.
     created: BTreeSet<u64>,
     /// Files opened through `open`, and unlinked ones kept readable through their handle.
@@ -248,13 +251,10 @@ impl TxnState {
         generation: Option<u64>,
     ) -> Option<Dentry> {
         if let Some(view) = self.dentry(parent, name) {
-            return view.value.clone();
+            return view.value;
         }
         let read = Some(Read { version, generation });
-        self.dentries
-            .entry(parent)
-            .or_default()
-            .insert(name.to_vec(), View { value: dentry.clone(), read, dirty: false });
+        self.dentries.entry(parent).or_default().insert(name.to_vec(), View { value: dentry, read, dirty: false });
         dentry
     }
 }
@@ -418,7 +418,7 @@ impl Transaction {
     fn lookup_local(&self, parent: u64, name: &[u8]) -> Option<Option<Dentry>> {
         let mut state = self.state();
         if let Some(view) = state.dentry(parent, name) {
-            return Some(view.value.clone());
+            return Some(view.value);
         }
         if state.created.contains(&parent) {
             return Some(None);
@@ -457,7 +457,7 @@ impl Transaction {
             .await?;
         let generation = self.cache_insert(
             CacheKey::Dentry(parent, name.to_vec()),
-            CacheValue::Dentry(response.version, response.dentry.clone()),
+            CacheValue::Dentry(response.version, response.dentry),
             lease,
             response.lease,
         );
@@ -484,7 +484,7 @@ impl Transaction {
         for step in response.steps {
             let generation = self.cache_insert(
                 CacheKey::Dentry(step.parent, step.name.clone()),
-                CacheValue::Dentry(step.version, step.dentry.clone()),
+                CacheValue::Dentry(step.version, step.dentry),
                 lease,
                 response.lease,
             );
@@ -712,7 +712,7 @@ impl Transaction {
         let mut prefix = String::new();
         for part in parts {
             prefix.push('/');
-            prefix.push_str(&String::from_utf8_lossy(&part));
+            prefix.push_str(&String::from_utf8_lossy(part));
             match self.stat(&prefix).await {
                 Ok(attr) if attr.kind == Kind::Dir => {}
                 Ok(_) => return Err(FsError::NotDir),
@@ -879,7 +879,7 @@ impl Transaction {
                 continue;
             }
             match &view.value {
-                Some(dentry) => entries.insert(name.clone(), dentry.clone()),
+                Some(dentry) => entries.insert(name.clone(), *dentry),
                 None => entries.remove(name),
             };
         }
@@ -972,7 +972,7 @@ impl Transaction {
     /// Removes the name of a non-directory (POSIX unlink).
     pub async fn unlink(&self, path: &str) -> Result<(), FsError> {
         let (resolved, name) = self.resolve_entry(path).await?;
-        let dentry = resolved.target.clone().ok_or(FsError::NotFound)?;
+        let dentry = resolved.target.ok_or(FsError::NotFound)?;
         if dentry.kind == FileKind::Directory as i32 {
             return Err(FsError::IsDir);
         }
@@ -1005,7 +1005,7 @@ impl Transaction {
         let Some(name) = resolved.name.clone().filter(|n| !n.is_empty()) else {
             return Err(FsError::Busy("cannot remove the root or a path ending in '..'".into()));
         };
-        let dentry = resolved.target.clone().ok_or(FsError::NotFound)?;
+        let dentry = resolved.target.ok_or(FsError::NotFound)?;
         if dentry.kind != FileKind::Directory as i32 {
             return Err(FsError::NotDir);
         }
@@ -1036,7 +1036,7 @@ impl Transaction {
     /// may replace an empty directory, and a directory never moves under itself.
     pub async fn rename(&self, source: &str, target: &str) -> Result<(), FsError> {
         let (from, from_name) = self.resolve_entry(source).await?;
-        let moved = from.target.clone().ok_or(FsError::NotFound)?;
+        let moved = from.target.ok_or(FsError::NotFound)?;
         let (to, to_name) = self.resolve_entry(target).await?;
         let moved_is_dir = moved.kind == FileKind::Directory as i32;
         #[cfg(madsim)]
@@ -1046,7 +1046,7 @@ impl Transaction {
         if check_ancestors && moved_is_dir && (to.ancestors.contains(&moved.ino) || to.parent == moved.ino) {
             return Err(FsError::Invalid(format!("cannot move '{source}' into its own subdirectory '{target}'")));
         }
-        if let Some(replaced) = to.target.clone() {
+        if let Some(replaced) = to.target {
             if replaced.ino == moved.ino {
                 return Ok(()); // the same file: POSIX says do nothing
             }
@@ -1065,7 +1065,7 @@ impl Transaction {
             }
         }
         self.put_dentry(from.parent, &from_name, None);
-        self.put_dentry(to.parent, &to_name, Some(moved.clone()));
+        self.put_dentry(to.parent, &to_name, Some(moved));
         if moved_is_dir {
             let mut inode = self.inode_to_write(moved.ino).await?;
             inode.parent = to.parent;
@@ -1087,7 +1087,7 @@ impl Transaction {
     /// Makes `new` another name of the non-directory `existing` (a hard link).
     pub async fn link(&self, existing: &str, new: &str) -> Result<(), FsError> {
         let source = self.resolve(existing, false).await?;
-        let dentry = source.target.clone().ok_or(FsError::NotFound)?;
+        let dentry = source.target.ok_or(FsError::NotFound)?;
         if dentry.kind == FileKind::Directory as i32 {
             return Err(FsError::NotPermitted);
         }
@@ -1169,7 +1169,7 @@ impl Transaction {
         for (parent, names) in &state.dentries {
             for (name, view) in names.iter().filter(|(_, view)| view.dirty) {
                 let key = DentryKey { parent: *parent, name: name.clone() };
-                let op = match view.value.clone() {
+                let op = match view.value {
                     Some(dentry) => write_op::Op::PutDentry(PutDentry { key: Some(key), dentry: Some(dentry) }),
                     None => write_op::Op::DeleteDentry(key),
                 };

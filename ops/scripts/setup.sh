@@ -25,9 +25,13 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo is missing; install the Rust toolchain (https://rustup.rs)" >&2
   exit 1
 fi
-# The test command checks formatting: rustfmt comes with rustup's default profile, but not
-# with every toolchain install.
+# The test command checks formatting and runs clippy: both come with rustup's default
+# profile, but not with every toolchain install.
 if ! cargo fmt --version >/dev/null 2>&1; then
   echo "setup: installing rustfmt (rustup component)" >&2
   rustup component add rustfmt
+fi
+if ! cargo clippy --version >/dev/null 2>&1; then
+  echo "setup: installing clippy (rustup component)" >&2
+  rustup component add clippy
 fi

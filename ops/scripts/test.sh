@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command (README, CI): formatting, unit and integration tests on the real build
+# The test command (README, CI): formatting, clippy, unit and integration tests on the real build
 # (RocksDB, real processes on loopback), then the deterministic simulations under madsim,
 # including a same-seed determinism check. Progress goes to stderr; exit status 0 = all pass.
 set -euo pipefail
@@ -25,6 +25,9 @@ if [ -n "$missing" ]; then
   echo "$missing" >&2
   exit 1
 fi
+
+step "clippy (warnings are errors; clippy.toml bans what madsim cannot replace)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "build and test (real build: RocksDB, loopback clusters)"
 cargo test --workspace --locked

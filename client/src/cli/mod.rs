@@ -561,7 +561,7 @@ async fn cluster_status(client: &Client, json: bool) -> Result<(), Failure> {
                 );
                 members.get_or_insert_with(|| s.members.clone());
                 if s.leases.is_some() {
-                    leases = s.leases.clone();
+                    leases = s.leases;
                 }
             }
             Err(e) => println!("{addr:<22} unreachable: {e}"),

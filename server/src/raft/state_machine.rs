@@ -117,7 +117,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 assert!(index > applied.index, "entries are applied once, in log order");
             }
             let mut batch = WriteBatch::default();
-            let fresh = self.applied.map_or(true, |applied| applied.index == 0);
+            let fresh = self.applied.is_none_or(|applied| applied.index == 0);
             if fresh && index > 0 {
                 let root = crate::metadata::state::read_inode(self.state.engine.as_ref(), ROOT_INO)
                     .map_err(|e| sm_error(ErrorVerb::Read, e))?;
@@ -189,6 +189,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
+    // openraft's StorageError is what the trait returns, large or not.
+    #[allow(clippy::result_large_err)]
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         let read = |key| self.state.engine.get(Cf::RaftMeta, key).map_err(|e| sm_error(ErrorVerb::Read, e));
         let (Some(meta), Some(data)) = (read(keys::META_SNAPSHOT_META)?, read(keys::META_SNAPSHOT_DATA)?) else {

@@ -95,7 +95,8 @@ impl StorageError {
     }
 }
 
-pub type KvPairs = Vec<(Vec<u8>, Vec<u8>)>;
+pub type KvPair = (Vec<u8>, Vec<u8>);
+pub type KvPairs = Vec<KvPair>;
 
 pub trait KvEngine: Send + Sync + 'static {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
@@ -105,7 +106,7 @@ pub trait KvEngine: Send + Sync + 'static {
     fn scan(&self, cf: Cf, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<KvPairs, StorageError>;
 
     /// The last key in `[start, end)`, if any.
-    fn last(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StorageError>;
+    fn last(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Option<KvPair>, StorageError>;
 
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StorageError>;
 

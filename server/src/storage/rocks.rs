@@ -6,7 +6,7 @@ use std::path::Path;
 
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, DB};
 
-use super::kv_engine::{BatchOp, Cf, KvEngine, KvPairs, StorageError, WriteBatch};
+use super::kv_engine::{BatchOp, Cf, KvEngine, KvPair, KvPairs, StorageError, WriteBatch};
 
 pub struct RocksEngine {
     db: DB,
@@ -58,7 +58,7 @@ impl KvEngine for RocksEngine {
         Ok(pairs)
     }
 
-    fn last(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StorageError> {
+    fn last(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Option<KvPair>, StorageError> {
         let mut read_options = ReadOptions::default();
         read_options.set_iterate_lower_bound(start.to_vec());
         read_options.set_iterate_upper_bound(end.to_vec());

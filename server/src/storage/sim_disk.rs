@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
-use super::kv_engine::{BatchOp, Cf, KvEngine, KvPairs, StorageError, WriteBatch};
+use super::kv_engine::{BatchOp, Cf, KvEngine, KvPair, KvPairs, StorageError, WriteBatch};
 
 type Tree = BTreeMap<(Cf, Vec<u8>), Vec<u8>>;
 
@@ -90,7 +90,10 @@ fn apply_op(tree: &mut Tree, op: &BatchOp) {
     }
 }
 
-fn range_of(cf: Cf, start: &[u8], end: Option<&[u8]>) -> (Bound<(Cf, Vec<u8>)>, Bound<(Cf, Vec<u8>)>) {
+/// One end of a range over the simulated store's `(column family, key)` map.
+type KeyBound = Bound<(Cf, Vec<u8>)>;
+
+fn range_of(cf: Cf, start: &[u8], end: Option<&[u8]>) -> (KeyBound, KeyBound) {
     let lower = Bound::Included((cf, start.to_vec()));
     let upper = match end {
         Some(end) => Bound::Excluded((cf, end.to_vec())),
@@ -118,7 +121,7 @@ impl KvEngine for SimDisk {
         Ok(disk.cache.range(range_of(cf, start, end)).take(limit).map(|((_, k), v)| (k.clone(), v.clone())).collect())
     }
 
-    fn last(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StorageError> {
+    fn last(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Option<KvPair>, StorageError> {
         let disk = self.disk.lock().expect("sim disk lock");
         Ok(disk.cache.range(range_of(cf, start, Some(end))).next_back().map(|((_, k), v)| (k.clone(), v.clone())))
     }
