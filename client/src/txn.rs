@@ -241,6 +241,15 @@ impl TxnState {
         inode
     }
 
+    /// A dentry a path lookup fetched ahead, moved into the read set and the view.
+    fn take_prefetched(&mut self, parent: u64, name: &[u8]) -> Option<Option<Dentry>> {
+        if self.prefetched.is_empty() {
+            return None; // the warm path: no key to build
+        }
+        let (version, dentry, generation) = self.prefetched.remove(&(parent, name.to_vec()))?;
+        Some(self.record_dentry(parent, name, version, dentry, generation))
+    }
+
     /// Adds a dentry read to the read set and the view, unless the view already has it.
     fn record_dentry(
         &mut self,
@@ -423,10 +432,8 @@ impl Transaction {
         if state.created.contains(&parent) {
             return Some(None);
         }
-        if !state.prefetched.is_empty() {
-            if let Some((version, dentry, generation)) = state.prefetched.remove(&(parent, name.to_vec())) {
-                return Some(state.record_dentry(parent, name, version, dentry, generation));
-            }
+        if let Some(dentry) = state.take_prefetched(parent, name) {
+            return Some(dentry);
         }
         let now = state.cache_clock();
         match self.cached(KeyRef::Dentry(parent, name), now)? {
@@ -440,11 +447,8 @@ impl Transaction {
     /// The dentry, from what a path lookup fetched ahead or from the leader; for names
     /// `lookup_local` did not have.
     async fn lookup_remote(&self, parent: u64, name: &[u8]) -> Result<Option<Dentry>, FsError> {
-        {
-            let mut state = self.state();
-            if let Some((version, dentry, generation)) = state.prefetched.remove(&(parent, name.to_vec())) {
-                return Ok(state.record_dentry(parent, name, version, dentry, generation));
-            }
+        if let Some(dentry) = self.state().take_prefetched(parent, name) {
+            return Ok(dentry);
         }
         let lease = self.lease_request();
         let request = LookupRequest { key: Some(DentryKey { parent, name: name.to_vec() }), session_id: lease.0 };

@@ -237,8 +237,9 @@ async fn watch_children(children: &mut [Child]) -> anyhow::Error {
 /// Asks every replica to stop (SIGTERM), then kills what is left after five seconds.
 async fn stop_children(children: &mut [Child]) {
     for child in children.iter() {
-        // The child may have exited already; then there is nothing to signal.
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        // The child may have exited already; then there is nothing to signal. kill(2)
+        // directly: a minimal image may have no `kill` program.
+        let _ = rustix::process::kill_process(rustix::process::Pid::from_child(child), rustix::process::Signal::TERM);
     }
     for _ in 0..50 {
         if children.iter_mut().all(|c| matches!(c.try_wait(), Ok(Some(_)))) {
