@@ -1,15 +1,22 @@
-//! One chaos run: a three-replica cluster, bank, counter and namespace clients, and the swarm
-//! nemesis (safety phase); then every fault healed and the cluster required to converge and
-//! serve within a bound (liveness phase); then the checkers. Everything is drawn from the
-//! seed, so a run replays exactly.
+//! One chaos run: a three-replica cluster, bank, counter, namespace, list-append and listing
+//! clients, and the swarm nemesis (safety phase); then every fault healed and the cluster
+//! required to converge and serve within a bound (liveness phase); then the checkers, every
+//! safety checker on whatever was recorded even when the liveness phase failed. Everything is
+//! drawn from the seed, so a run replays exactly.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cffs_client::Client;
+use cffs_client::{CacheStats, Client, ClientOptions};
 
-use crate::checker;
+use tokio::time::Instant;
+
+use crate::checker::bank::Account;
+use crate::checker::elle;
+use crate::checker::listing::{DirRead, EntryOp};
+use crate::checker::{self, Outcome};
 use crate::cluster::Cluster;
 use crate::disk::DiskSim;
 use crate::nemesis::{self, NemesisPlan};
@@ -17,6 +24,10 @@ use crate::workload::{self, BankHistory, CounterHistory, NamespaceHistory};
 
 pub const ACCOUNTS: usize = 5;
 pub const COUNTERS: usize = 3;
+/// Listing writers and readers, and the operations each runs (`workload::listing_writer`).
+pub const LISTING_WRITERS: u64 = 2;
+pub const LISTING_READERS: usize = 2;
+pub const LISTING_OPS: usize = 20;
 /// After the faults stop, the cluster must commit again within this long.
 pub const LIVENESS_BOUND: Duration = Duration::from_secs(20);
 /// Clients that must each commit in the liveness phase.
@@ -34,12 +45,105 @@ pub struct Report {
     pub violations: Vec<(String, String)>,
     /// crc32 of every replica's final state, in order: equal runs have equal digests.
     pub state_digest: u32,
+    /// Reads the workload clients served from their caches, summed over the clients
+    /// (`Client::cache_stats`).
+    #[serde(default)]
+    pub cache_hits: u64,
+    /// Reads that found no valid cache entry and went to the leader.
+    #[serde(default)]
+    pub cache_misses: u64,
+    /// Read-only transactions that committed locally, under their leases.
+    #[serde(default)]
+    pub local_commits: u64,
+    /// Checks that could not be made, and why (e.g. no final read after a liveness failure).
+    /// Every other checker ran on what was recorded.
+    #[serde(default)]
+    pub skipped: Vec<String>,
 }
 
 impl Report {
     fn check(&mut self, checker: &'static str, problems: Vec<String>) {
         self.violations.extend(problems.into_iter().map(|p| (checker.to_string(), p)));
     }
+
+    fn count_cache(&mut self, stats: CacheStats) {
+        self.cache_hits += stats.hits;
+        self.cache_misses += stats.misses;
+        self.local_commits += stats.local_commits;
+    }
+}
+
+/// Awaits every handle (clients spawned with `spawn_client`), adding each client's cache
+/// counters to the report.
+async fn join_all<T>(
+    report: &mut Report,
+    handles: Vec<madsim::task::JoinHandle<(T, CacheStats)>>,
+    what: &str,
+) -> Vec<T> {
+    let mut histories = Vec::with_capacity(handles.len());
+    for handle in handles {
+        let (history, stats) = handle.await.unwrap_or_else(|_| panic!("{what} client"));
+        report.count_cache(stats);
+        histories.push(history);
+    }
+    histories
+}
+
+/// What the final read (after healing) found of the workloads' files.
+struct Finals {
+    accounts: Vec<Account>,
+    counters: Vec<u64>,
+    lists: BTreeMap<usize, Vec<u64>>,
+}
+
+/// Everything the workload clients recorded in the safety phase.
+#[derive(Debug, Default)]
+pub struct Histories {
+    pub bank: Vec<BankHistory>,
+    pub counters: Vec<CounterHistory>,
+    pub namespace: Vec<NamespaceHistory>,
+    pub lists: Vec<elle::Txn>,
+    pub entry_ops: Vec<EntryOp<Instant>>,
+    pub dir_reads: Vec<DirRead<Instant>>,
+}
+
+/// Runs every safety checker on `histories` and (when the final read could be made)
+/// `finals`, and counts the commits. Without `finals`, what needs them (lost increments,
+/// appends and transfers) is skipped, and the report says so; everything else still runs.
+fn check_histories(report: &mut Report, histories: &Histories, finals: Option<&Finals>) {
+    if finals.is_none() {
+        report.skipped.push("no final read: lost increments, appends and transfers not checked".into());
+    }
+    report.check("elle", checker::elle::check(&histories.lists, finals.map(|f| &f.lists)));
+    let transfers: Vec<_> = histories.bank.iter().flat_map(|h| h.transfers.iter().cloned()).collect();
+    let audits: Vec<_> = histories.bank.iter().flat_map(|h| h.audits.iter().cloned()).collect();
+    let final_accounts = finals.map(|f| f.accounts.as_slice());
+    report.check("bank", checker::bank::check(&transfers, &audits, final_accounts, workload::BANK_BALANCE_INITIAL));
+    report.check(
+        "bank",
+        histories.bank.iter().flat_map(|h| h.errors.iter().map(|e| format!("a bank operation failed: {e}"))).collect(),
+    );
+    let mut acked = vec![0; COUNTERS];
+    let mut unknown = vec![0; COUNTERS];
+    for history in &histories.counters {
+        for i in 0..COUNTERS {
+            acked[i] += history.acked[i];
+            unknown[i] += history.unknown[i];
+        }
+    }
+    if let Some(finals) = finals {
+        report.check("lost-commit", checker::counters(&acked, &unknown, &finals.counters));
+    }
+    let writes: Vec<_> = histories.counters.iter().flat_map(|h| h.writes.iter().copied()).collect();
+    let reads: Vec<_> = histories.counters.iter().flat_map(|h| h.reads.iter().copied()).collect();
+    report.check("stale-read", checker::stale_reads(&writes, &reads));
+    report.check("stale-listing", checker::listing::check(&histories.entry_ops, &histories.dir_reads));
+    report.commits = histories.bank.iter().map(|h| h.transfers_acked + h.audits.len() as u64).sum::<u64>()
+        + acked.iter().sum::<u64>()
+        + histories.namespace.iter().map(|h| h.committed).sum::<u64>()
+        + histories.lists.iter().filter(|t| t.outcome == Outcome::Committed).count() as u64
+        + histories.entry_ops.iter().filter(|op| op.outcome == Outcome::Committed).count() as u64
+        + histories.dir_reads.len() as u64;
 }
 
 /// Runs one seed's scenario inside the current madsim runtime (which must have `DiskSim`).
@@ -52,6 +156,7 @@ pub async fn run() -> Report {
         .with_client(|client| async move {
             workload::bank_setup(&client, ACCOUNTS).await?;
             workload::list_setup(&client).await?;
+            workload::listing_setup(&client).await?;
             workload::counter_setup(&client, COUNTERS).await
         })
         .await
@@ -64,15 +169,29 @@ pub async fn run() -> Report {
     let mut counters = Vec::new();
     let mut namespace = Vec::new();
     let mut lists = Vec::new();
+    let mut listing_writers = Vec::new();
+    let mut listing_readers = Vec::new();
     for client_id in 1..=3u64 {
         lists.push(spawn_client(&cluster, move |c| workload::list_append_client(c, client_id, 40, pause)));
     }
-    for _ in 0..3 {
-        bank.push(spawn_client(&cluster, move |c| workload::bank_client(c, ACCOUNTS, 40, pause)));
+    for client_id in 1..=3u64 {
+        bank.push(spawn_client(&cluster, move |c| workload::bank_client(c, client_id, ACCOUNTS, 40, pause)));
     }
     for _ in 0..2 {
         counters.push(spawn_client(&cluster, move |c| workload::counter_client(c, COUNTERS, 40, pause)));
         namespace.push(spawn_client(&cluster, move |c| workload::namespace_client(c, 40, pause)));
+    }
+    // The writers read nothing they could cache: without a cache they hold no session, which
+    // keeps the run cheap (a session costs the leader a keepalive every quarter lease).
+    let uncached = ClientOptions { cache: false, ..ClientOptions::default() };
+    for writer in 1..=LISTING_WRITERS {
+        listing_writers.push(spawn_client_with(&cluster, uncached, move |c| {
+            workload::listing_writer(c, writer, LISTING_OPS, pause)
+        }));
+    }
+    for _ in 0..LISTING_READERS {
+        listing_readers
+            .push(spawn_client(&cluster, move |c| workload::listing_reader(c, LISTING_WRITERS, LISTING_OPS, pause)));
     }
 
     // Safety phase: faults while the clients run.
@@ -83,22 +202,14 @@ pub async fn run() -> Report {
     let nemesis_cluster = cluster.clone();
     let nemesis = madsim::task::spawn(async move { nemesis::run(&nemesis_cluster, &nemesis_plan, nemesis_stop).await });
 
-    let mut bank_histories: Vec<BankHistory> = Vec::new();
-    for handle in bank {
-        bank_histories.push(handle.await.expect("bank client"));
-    }
-    let mut counter_histories: Vec<CounterHistory> = Vec::new();
-    for handle in counters {
-        counter_histories.push(handle.await.expect("counter client"));
-    }
-    let mut namespace_histories: Vec<NamespaceHistory> = Vec::new();
-    for handle in namespace {
-        namespace_histories.push(handle.await.expect("namespace client"));
-    }
-    let mut list_history = Vec::new();
-    for handle in lists {
-        list_history.extend(handle.await.expect("list-append client"));
-    }
+    let bank_histories = join_all(&mut report, bank, "bank").await;
+    let counter_histories = join_all(&mut report, counters, "counter").await;
+    let namespace_histories = join_all(&mut report, namespace, "namespace").await;
+    let list_history: Vec<_> = join_all(&mut report, lists, "list-append").await.into_iter().flatten().collect();
+    let entry_ops: Vec<_> =
+        join_all(&mut report, listing_writers, "listing writer").await.into_iter().flatten().collect();
+    let dir_reads: Vec<_> =
+        join_all(&mut report, listing_readers, "listing reader").await.into_iter().flatten().collect();
     stop.store(true, Ordering::Relaxed);
     cffs_server::buggify::enable(false);
     report.faults = nemesis.await.expect("nemesis");
@@ -120,7 +231,7 @@ pub async fn run() -> Report {
         })
         .collect();
     for (i, handle) in live.into_iter().enumerate() {
-        match handle.await.expect("liveness client") {
+        match handle.await.expect("liveness client").0 {
             Ok(Ok(())) => {}
             Ok(Err(error)) => report.check("liveness", vec![format!("client {i}: no commit after healing: {error}")]),
             Err(_) => {
@@ -128,25 +239,29 @@ pub async fn run() -> Report {
             }
         }
     }
-    if !report.violations.is_empty() {
-        return report;
-    }
+    let live = report.violations.is_empty();
 
-    // Checkers.
+    // The final read. After a liveness failure it may fail too; the safety checkers then run
+    // on the histories alone, and the report says what could not be checked.
     let finals = cluster
         .with_client(|client| async move {
-            let total = workload::bank_total(&client, ACCOUNTS).await?;
-            let values = workload::counter_values(&client, COUNTERS).await?;
-            let finals = workload::list_finals(&client).await?;
-            Ok::<_, cffs_client::FsError>((total, values, finals))
+            let accounts = workload::bank_accounts(&client, ACCOUNTS).await?;
+            let counters = workload::counter_values(&client, COUNTERS).await?;
+            let lists = workload::list_finals(&client).await?;
+            Ok::<_, cffs_client::FsError>(Finals { accounts, counters, lists })
         })
         .await;
-    // The files all existed before the faults: failing to read them back means state was lost.
-    let (total, values, finals) = match finals {
-        Ok(finals) => finals,
-        Err(error) => {
+    let finals = match finals {
+        Ok(finals) => Some(finals),
+        // The files all existed before the faults: on a live cluster, failing to read them
+        // back means state was lost.
+        Err(error) if live => {
             report.check("lost-commit", vec![format!("the final read of the workloads' files failed: {error}")]);
-            return report;
+            None
+        }
+        Err(error) => {
+            report.skipped.push(format!("the final read failed after the liveness failure: {error}"));
+            None
         }
     };
     if std::env::var_os("CFFS_DEBUG_HISTORY").is_some() {
@@ -156,61 +271,118 @@ pub async fn run() -> Report {
                 eprintln!("T{i} {:?} [{:?} .. {:?}] {:?}", t.outcome, t.invoked - base, t.completed - base, t.ops);
             }
         }
-        eprintln!("finals {finals:?}");
+        eprintln!("finals {:?}", finals.as_ref().map(|f| &f.lists));
     }
-    report.check("elle", checker::elle::check(&list_history, &finals));
-    let audits: Vec<u64> = bank_histories.iter().flat_map(|h| h.audits.iter().copied()).collect();
-    report.check("bank", checker::bank(&audits, total, ACCOUNTS as u64 * workload::BANK_BALANCE_INITIAL));
-    report.check(
-        "bank",
-        bank_histories.iter().flat_map(|h| h.errors.iter().map(|e| format!("a bank operation failed: {e}"))).collect(),
-    );
-    let mut acked = vec![0; COUNTERS];
-    let mut unknown = vec![0; COUNTERS];
-    for history in &counter_histories {
-        for i in 0..COUNTERS {
-            acked[i] += history.acked[i];
-            unknown[i] += history.unknown[i];
-        }
-    }
-    report.check("lost-commit", checker::counters(&acked, &unknown, &values));
-    let writes: Vec<_> = counter_histories.iter().flat_map(|h| h.writes.iter().copied()).collect();
-    let reads: Vec<_> = counter_histories.iter().flat_map(|h| h.reads.iter().copied()).collect();
-    report.check("stale-read", checker::stale_reads(&writes, &reads));
-    report.commits = bank_histories.iter().map(|h| h.transfers_acked + h.audits.len() as u64).sum::<u64>()
-        + acked.iter().sum::<u64>()
-        + namespace_histories.iter().map(|h| h.committed).sum::<u64>()
-        + list_history.iter().filter(|t| t.outcome == checker::elle::Outcome::Committed).count() as u64;
 
-    // Every replica converges to the same applied index, with identical state, and passes fsck.
-    match cluster.wait_converged(LIVENESS_BOUND).await {
-        None => report.check("liveness", vec!["replicas did not converge after healing".into()]),
-        Some(_) => {
-            let states: Vec<_> = (1..=3).map(|id| cluster.state_of(id)).collect();
-            let mut hasher = crc32fast::Hasher::new();
-            for (key, value) in states.iter().flatten() {
-                hasher.update(key);
-                hasher.update(value);
-            }
-            report.state_digest = hasher.finalize();
-            for (i, state) in states.iter().enumerate() {
-                let problems = checker::fsck::fsck(state);
-                report.check("fsck", problems.into_iter().map(|p| format!("replica {}: {p}", i + 1)).collect());
-                if *state != states[0] {
-                    report.check("replica-divergence", vec![format!("replica {} differs from replica 1", i + 1)]);
-                }
-            }
+    // Safety checkers, on whatever was recorded.
+    let histories = Histories {
+        bank: bank_histories,
+        counters: counter_histories,
+        namespace: namespace_histories,
+        lists: list_history,
+        entry_ops,
+        dir_reads,
+    };
+    check_histories(&mut report, &histories, finals.as_ref());
+
+    // Every replica converges to the same applied index, with identical state, and passes
+    // fsck. fsck holds for any replica's state (each entry applies atomically), so it runs
+    // even when the replicas did not converge; only the comparison needs them to.
+    let converged = cluster.wait_converged(LIVENESS_BOUND).await.is_some();
+    if !converged {
+        report.check("liveness", vec!["replicas did not converge after healing".into()]);
+        report.skipped.push("the replicas did not converge: no replica-divergence check".into());
+    }
+    let states: Vec<_> = (1..=3).map(|id| cluster.state_of(id)).collect();
+    let mut hasher = crc32fast::Hasher::new();
+    for (key, value) in states.iter().flatten() {
+        hasher.update(key);
+        hasher.update(value);
+    }
+    report.state_digest = hasher.finalize();
+    for (i, state) in states.iter().enumerate() {
+        let problems = checker::fsck::fsck(state);
+        report.check("fsck", problems.into_iter().map(|p| format!("replica {}: {p}", i + 1)).collect());
+        if converged && *state != states[0] {
+            report.check("replica-divergence", vec![format!("replica {} differs from replica 1", i + 1)]);
         }
     }
     report
 }
 
-fn spawn_client<T, F, Fut>(cluster: &Cluster, f: F) -> madsim::task::JoinHandle<T>
+/// Runs `f` with a client of its own (caching) on a fresh client node; the handle also
+/// returns the client's cache counters at the end.
+fn spawn_client<T, F, Fut>(cluster: &Cluster, f: F) -> madsim::task::JoinHandle<(T, CacheStats)>
+where
+    T: Send + 'static,
+    F: FnOnce(Client) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    spawn_client_with(cluster, ClientOptions::default(), f)
+}
+
+/// `spawn_client` with the client's options given.
+fn spawn_client_with<T, F, Fut>(
+    cluster: &Cluster,
+    options: ClientOptions,
+    f: F,
+) -> madsim::task::JoinHandle<(T, CacheStats)>
 where
     T: Send + 'static,
     F: FnOnce(Client) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = T> + Send + 'static,
 {
     let endpoints = cluster.endpoints();
-    cluster.client_node().spawn(async move { f(Client::connect(&endpoints).expect("endpoints are valid")).await })
+    cluster.client_node().spawn(async move {
+        let client = Client::connect_with(&endpoints, options).expect("endpoints are valid");
+        let result = f(client.clone()).await;
+        (result, client.cache_stats())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checker::bank::Audit;
+
+    fn stale_histories() -> Histories {
+        let now = Instant::now();
+        let later = now + Duration::from_millis(10);
+        let mut counters = CounterHistory { acked: vec![1, 0, 0], unknown: vec![0; COUNTERS], ..Default::default() };
+        // Counter 0 reached 1 at `now`; a read invoked later saw 0.
+        counters.writes.push((0, 1, now));
+        counters.reads.push((0, 0, later));
+        let accounts = (0..ACCOUNTS).map(|_| Account { balance: 90, transfers: vec![] }).collect();
+        let bank =
+            BankHistory { audits: vec![Audit { accounts, invoked: now, completed: later }], ..Default::default() };
+        Histories { bank: vec![bank], counters: vec![counters], ..Default::default() }
+    }
+
+    #[madsim::test]
+    async fn without_the_final_read_the_safety_checkers_still_run() {
+        let mut report = Report::default();
+        check_histories(&mut report, &stale_histories(), None);
+        let caught: Vec<&str> = report.violations.iter().map(|(c, _)| c.as_str()).collect();
+        assert!(caught.contains(&"stale-read"), "{:?}", report.violations);
+        assert!(caught.contains(&"bank"), "{:?}", report.violations);
+        assert!(!caught.contains(&"lost-commit"), "lost increments need the final read: {:?}", report.violations);
+        assert_eq!(report.skipped.len(), 1, "{:?}", report.skipped);
+    }
+
+    #[madsim::test]
+    async fn with_the_final_read_lost_increments_are_checked() {
+        let finals = Finals {
+            accounts: (0..ACCOUNTS).map(|_| Account { balance: 100, transfers: vec![] }).collect(),
+            counters: vec![0; COUNTERS],
+            lists: BTreeMap::new(),
+        };
+        let mut report = Report::default();
+        check_histories(&mut report, &stale_histories(), Some(&finals));
+        let caught: Vec<&str> = report.violations.iter().map(|(c, _)| c.as_str()).collect();
+        assert!(caught.contains(&"lost-commit"), "{:?}", report.violations);
+        assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+        let mut clean = Report::default();
+        check_histories(&mut clean, &Histories::default(), Some(&finals));
+        assert_eq!(clean.violations, Vec::<(String, String)>::new());
+    }
 }

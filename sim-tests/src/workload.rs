@@ -1,10 +1,18 @@
-//! Workloads run by simulated clients, recorded as histories of (operation, outcome).
-//! A timed-out or otherwise unknown outcome is recorded as unknown, never as a failure.
+//! Workloads run by simulated clients, recorded as histories of (operation, outcome) for the
+//! checkers: counters, bank transfers and audits, namespace churn, list-append, and listings
+//! read through the cache. A timed-out or otherwise unknown outcome is recorded as unknown,
+//! never as a failure. What the checkers decide is theirs (`checker/`); the workloads only
+//! record.
 
 use std::time::Duration;
 
 use cffs_client::{Client, FsError};
+use tokio::time::Instant;
 
+use crate::checker::bank::{Account, Audit, Transfer};
+use crate::checker::elle::{Op, Txn};
+use crate::checker::listing::{Change, DirRead, EntryKind, EntryOp};
+use crate::checker::Outcome;
 use crate::cluster::Cluster;
 
 /// What one client saw of its increments, per counter file.
@@ -120,7 +128,10 @@ pub fn counter_clients(
 }
 
 // ---------------------------------------------------------------------------------------
-// Bank: transfers between account files; read-only audits of every account.
+// Bank: transfers between account files; read-only audits of every account. Each account
+// file holds its balance and the ids of the transfers applied to it, oldest first
+// ("balance;id,id,..."), so that an audit says exactly which transfers it saw
+// (`checker::bank`).
 
 pub const BANK_BALANCE_INITIAL: u64 = 100;
 
@@ -133,24 +144,45 @@ pub async fn bank_setup(client: &Client, accounts: usize) -> Result<(), FsError>
         .run(|txn| async move {
             txn.mkdir_all("/bank", 0o755).await?;
             for account in 0..accounts {
-                txn.write_file(&account_path(account), BANK_BALANCE_INITIAL.to_string().as_bytes()).await?;
+                let initial = Account { balance: BANK_BALANCE_INITIAL, transfers: Vec::new() };
+                txn.write_file(&account_path(account), &account_encode(&initial)).await?;
             }
             Ok(())
         })
         .await
 }
 
-async fn balance(txn: &cffs_client::Transaction, account: usize) -> Result<u64, FsError> {
-    let data = txn.read_file(&account_path(account)).await?;
-    String::from_utf8_lossy(&data)
-        .parse::<u64>()
-        .map_err(|_| FsError::Internal(format!("account {account} is garbled")))
+fn account_encode(account: &Account) -> Vec<u8> {
+    let ids: Vec<String> = account.transfers.iter().map(|id| id.to_string()).collect();
+    format!("{};{}", account.balance, ids.join(",")).into_bytes()
 }
 
-/// What one bank client saw: the totals of its committed audits, and its outcome counts.
+fn account_decode(account: usize, data: &[u8]) -> Result<Account, FsError> {
+    let garbled = || FsError::Internal(format!("account {account} is garbled: {}", String::from_utf8_lossy(data)));
+    let text = std::str::from_utf8(data).map_err(|_| garbled())?;
+    let (balance, ids) = text.split_once(';').ok_or_else(garbled)?;
+    let balance = balance.parse().map_err(|_| garbled())?;
+    let transfers = ids
+        .split(',')
+        .filter(|id| !id.is_empty())
+        .map(|id| id.parse().map_err(|_| garbled()))
+        .collect::<Result<_, _>>()?;
+    Ok(Account { balance, transfers })
+}
+
+async fn account_read(txn: &cffs_client::Transaction, account: usize) -> Result<Account, FsError> {
+    account_decode(account, &txn.read_file(&account_path(account)).await?)
+}
+
+/// What one bank client saw: every transfer it made (with its outcome), its committed
+/// audits, and its outcome counts.
 #[derive(Debug, Default, Clone)]
 pub struct BankHistory {
-    pub audits: Vec<u64>,
+    /// Transfers that would write (a transfer that finds too little money, or names one
+    /// account twice, writes nothing and is not recorded).
+    pub transfers: Vec<Transfer<Instant>>,
+    pub audits: Vec<Audit<Instant>>,
+    /// Committed transfer transactions, those that wrote nothing included.
     pub transfers_acked: u64,
     pub unknown: u64,
     pub unavailable: u64,
@@ -159,46 +191,68 @@ pub struct BankHistory {
 }
 
 /// One bank client: `ops` operations, each a transfer between two random accounts or (one in
-/// four) an audit reading every account in one transaction.
-pub async fn bank_client(client: Client, accounts: usize, ops: usize, pause: Duration) -> BankHistory {
+/// four) an audit reading every account in one transaction. `client_id` makes its transfer
+/// ids unique.
+pub async fn bank_client(client: Client, client_id: u64, accounts: usize, ops: usize, pause: Duration) -> BankHistory {
     use rand::Rng;
     let mut history = BankHistory::default();
-    for _ in 0..ops {
+    for seq in 1..=ops as u64 {
         let (audit, from, to, amount) = {
             let mut rng = madsim::rand::thread_rng();
             (rng.gen_ratio(1, 4), rng.gen_range(0..accounts), rng.gen_range(0..accounts), rng.gen_range(1..=30u64))
         };
+        let invoked = Instant::now();
         if audit {
             let result = client
                 .run(|txn| async move {
-                    let mut total = 0;
+                    let mut state = Vec::with_capacity(accounts);
                     for account in 0..accounts {
-                        total += balance(&txn, account).await?;
+                        state.push(account_read(&txn, account).await?);
                     }
-                    Ok(total)
+                    Ok(state)
                 })
                 .await;
             match result {
-                Ok(total) => history.audits.push(total),
+                Ok(state) => history.audits.push(Audit { accounts: state, invoked, completed: Instant::now() }),
                 Err(error) => note_error(&mut history, error),
             }
         } else {
+            let id = client_id << 32 | seq;
             let result = client
                 .run(|txn| async move {
                     if from == to {
-                        return Ok(());
+                        return Ok(false);
                     }
-                    let (a, b) = (balance(&txn, from).await?, balance(&txn, to).await?);
-                    if a < amount {
-                        return Ok(());
+                    let (mut a, mut b) = (account_read(&txn, from).await?, account_read(&txn, to).await?);
+                    if a.balance < amount {
+                        return Ok(false);
                     }
-                    txn.write_file(&account_path(from), (a - amount).to_string().as_bytes()).await?;
-                    txn.write_file(&account_path(to), (b + amount).to_string().as_bytes()).await
+                    a.balance -= amount;
+                    b.balance += amount;
+                    a.transfers.push(id);
+                    b.transfers.push(id);
+                    txn.write_file(&account_path(from), &account_encode(&a)).await?;
+                    txn.write_file(&account_path(to), &account_encode(&b)).await?;
+                    Ok(true)
                 })
                 .await;
+            let completed = Instant::now();
+            let transfer = |outcome| Transfer { id, from, to, amount, outcome, invoked, completed };
             match result {
-                Ok(()) => history.transfers_acked += 1,
-                Err(error) => note_error(&mut history, error),
+                Ok(wrote) => {
+                    history.transfers_acked += 1;
+                    if wrote {
+                        history.transfers.push(transfer(Outcome::Committed));
+                    }
+                }
+                Err(FsError::OutcomeUnknown(_)) => {
+                    history.transfers.push(transfer(Outcome::Unknown));
+                    history.unknown += 1;
+                }
+                Err(error) => {
+                    history.transfers.push(transfer(Outcome::Failed));
+                    note_error(&mut history, error);
+                }
             }
         }
         tokio::time::sleep(pause).await;
@@ -215,15 +269,15 @@ fn note_error(history: &mut BankHistory, error: FsError) {
     }
 }
 
-/// The sum of all balances, read in one transaction.
-pub async fn bank_total(client: &Client, accounts: usize) -> Result<u64, FsError> {
+/// Every account, read in one transaction.
+pub async fn bank_accounts(client: &Client, accounts: usize) -> Result<Vec<Account>, FsError> {
     client
         .run(|txn| async move {
-            let mut total = 0;
+            let mut state = Vec::with_capacity(accounts);
             for account in 0..accounts {
-                total += balance(&txn, account).await?;
+                state.push(account_read(&txn, account).await?);
             }
-            Ok(total)
+            Ok(state)
         })
         .await
 }
@@ -326,20 +380,17 @@ pub async fn list_setup(client: &Client) -> Result<(), FsError> {
     client.run(|txn| async move { txn.mkdir_all("/la", 0o755).await }).await
 }
 
-/// One list-append client; `client_id` makes its values unique.
-pub async fn list_append_client(
-    client: Client,
-    client_id: u64,
-    txns: usize,
-    pause: Duration,
-) -> Vec<crate::checker::elle::Txn> {
-    use crate::checker::elle::{Op, Outcome, Txn};
+/// One list-append client; `client_id` makes its values unique. Each transaction touches one
+/// to three files: a read, or a read-modify-write that appends one value (one in four
+/// appends, two values, written one after the other: the first is an intermediate state no
+/// other transaction may see). Every read is recorded, the read half of an append included.
+pub async fn list_append_client(client: Client, client_id: u64, txns: usize, pause: Duration) -> Vec<Txn> {
     use rand::seq::SliceRandom;
     use rand::Rng;
     let mut history = Vec::new();
     let mut counter = 0u64;
     for _ in 0..txns {
-        let plan: Vec<(usize, Option<u64>)> = {
+        let plan: Vec<(usize, Vec<u64>)> = {
             let mut rng = madsim::rand::thread_rng();
             let mut keys: Vec<usize> = (0..LIST_KEYS).collect();
             keys.shuffle(&mut rng);
@@ -347,39 +398,49 @@ pub async fn list_append_client(
             keys.into_iter()
                 .take(n)
                 .map(|key| {
-                    let append = rng.gen_bool(0.5).then(|| {
-                        counter += 1;
-                        client_id << 32 | counter
-                    });
-                    (key, append)
+                    let count = if !rng.gen_bool(0.5) {
+                        0
+                    } else if rng.gen_ratio(1, 4) {
+                        2
+                    } else {
+                        1
+                    };
+                    let values = (0..count)
+                        .map(|_| {
+                            counter += 1;
+                            client_id << 32 | counter
+                        })
+                        .collect();
+                    (key, values)
                 })
                 .collect()
         };
-        let invoked = tokio::time::Instant::now();
+        let invoked = Instant::now();
         let result = client
             .run(|txn| {
                 let plan = plan.clone();
                 async move {
                     let mut ops = Vec::new();
-                    for (key, append) in plan {
+                    for (key, values) in plan {
                         let list = read_list(&txn, key).await?;
-                        match append {
-                            Some(value) => {
-                                let mut text: String = list.iter().map(|v| format!("{v},")).collect();
-                                text.push_str(&value.to_string());
-                                txn.write_file(&list_path(key), text.as_bytes()).await?;
-                                ops.push(Op::Append { key, value });
-                            }
-                            None => ops.push(Op::Read { key, list }),
+                        let mut text: String = list.iter().map(|v| format!("{v},")).collect();
+                        ops.push(Op::Read { key, list });
+                        for value in values {
+                            text.push_str(&format!("{value},"));
+                            txn.write_file(&list_path(key), text.as_bytes()).await?;
+                            ops.push(Op::Append { key, value });
                         }
                     }
                     Ok(ops)
                 }
             })
             .await;
-        let completed = tokio::time::Instant::now();
-        let appends_only =
-            || plan.iter().filter_map(|(key, a)| a.map(|value| Op::Append { key: *key, value })).collect();
+        let completed = Instant::now();
+        let appends_only = || {
+            plan.iter()
+                .flat_map(|(key, values)| values.iter().map(|value| Op::Append { key: *key, value: *value }))
+                .collect()
+        };
         let (ops, outcome) = match result {
             Ok(ops) => (ops, Outcome::Committed),
             Err(FsError::OutcomeUnknown(_)) => (appends_only(), Outcome::Unknown),
@@ -402,4 +463,173 @@ pub async fn list_finals(client: &Client) -> Result<std::collections::BTreeMap<u
             Ok(finals)
         })
         .await
+}
+
+// ---------------------------------------------------------------------------------------
+// Listings: writers create and remove entries (files and subdirectories, under names never
+// used twice) in a few directories; readers list those directories and stat them and their
+// entries in read-only transactions, which a warm client serves from its cache and commits
+// locally. Recorded for the stale-listing checker (`checker::listing`).
+
+/// Directories the listing workload uses.
+pub const LISTING_DIRS: usize = 2;
+/// Most entries one writer keeps at once.
+pub const LISTING_ENTRIES_PER_WRITER_MAX: usize = 4;
+
+pub fn listing_dir(dir: usize) -> String {
+    format!("/ls/d{dir}")
+}
+
+pub async fn listing_setup(client: &Client) -> Result<(), FsError> {
+    client
+        .run(|txn| async move {
+            for dir in 0..LISTING_DIRS {
+                txn.mkdir_all(&listing_dir(dir), 0o755).await?;
+            }
+            Ok(())
+        })
+        .await
+}
+
+/// The entry name writer `writer` gives its `seq`-th entry.
+pub fn listing_name(kind: EntryKind, writer: u64, seq: u64) -> String {
+    let prefix = match kind {
+        EntryKind::File => 'f',
+        EntryKind::Dir => 'd',
+    };
+    format!("{prefix}{writer}-{seq}")
+}
+
+/// Wall-clock time on this node, in ns since the epoch (what the client stamps into a
+/// directory's mtime when it changes the directory).
+fn wall_clock_ns() -> i64 {
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(since) => i64::try_from(since.as_nanos()).unwrap_or(i64::MAX),
+        Err(_) => 0,
+    }
+}
+
+/// One listing writer: `ops` creates and removals of its own entries.
+pub async fn listing_writer(client: Client, writer: u64, ops: usize, pause: Duration) -> Vec<EntryOp<Instant>> {
+    use rand::Rng;
+    let mut history = Vec::new();
+    // Entries that may exist: (dir, name, kind).
+    let mut live: Vec<(usize, String, EntryKind)> = Vec::new();
+    for seq in 1..=ops as u64 {
+        let (create, dir, kind, victim) = {
+            let mut rng = madsim::rand::thread_rng();
+            let create = live.is_empty() || (live.len() < LISTING_ENTRIES_PER_WRITER_MAX && rng.gen_bool(0.6));
+            let kind = if rng.gen_bool(0.5) { EntryKind::File } else { EntryKind::Dir };
+            (create, rng.gen_range(0..LISTING_DIRS), kind, rng.gen_range(0..live.len().max(1)))
+        };
+        let (dir, name, kind) =
+            if create { (dir, listing_name(kind, writer, seq), kind) } else { live[victim].clone() };
+        let path = format!("{}/{name}", listing_dir(dir));
+        let change = if create { Change::Create } else { Change::Remove };
+        let (invoked, clock_ns) = (Instant::now(), wall_clock_ns());
+        let result = client
+            .run(|txn| {
+                let path = path.clone();
+                async move {
+                    match (change, kind) {
+                        (Change::Create, EntryKind::File) => txn.create(&path, 0o644, true).await.map(|_| ()),
+                        (Change::Create, EntryKind::Dir) => txn.mkdir(&path, 0o755).await.map(|_| ()),
+                        (Change::Remove, EntryKind::File) => txn.unlink(&path).await,
+                        (Change::Remove, EntryKind::Dir) => txn.rmdir(&path).await,
+                    }
+                }
+            })
+            .await;
+        let completed = Instant::now();
+        let outcome = match &result {
+            Ok(()) => Outcome::Committed,
+            Err(FsError::OutcomeUnknown(_)) => Outcome::Unknown,
+            Err(_) => Outcome::Failed,
+        };
+        // What may exist next: a create that may have applied, and whatever a removal that
+        // definitely changed nothing (other than finding nothing to remove) left.
+        match (change, &result) {
+            (Change::Create, Ok(()) | Err(FsError::OutcomeUnknown(_))) => live.push((dir, name.clone(), kind)),
+            (Change::Create, Err(_)) => {}
+            (Change::Remove, Err(FsError::Unavailable(_) | FsError::Busy(_))) => {}
+            (Change::Remove, _) => {
+                live.remove(victim);
+            }
+        }
+        history.push(EntryOp { dir, name, kind, change, outcome, invoked, completed, clock_ns });
+        tokio::time::sleep(pause).await;
+    }
+    history
+}
+
+/// One listing reader: `ops` read-only transactions on a random directory, each one of:
+/// list it and stat it; stat it; stat entries in it (one it listed before, one guessed);
+/// list it. Entry names are guessed among those `writers` writers give in `ops` operations.
+pub async fn listing_reader(client: Client, writers: u64, ops: usize, pause: Duration) -> Vec<DirRead<Instant>> {
+    use rand::Rng;
+    let mut history = Vec::new();
+    let mut listed: Vec<Vec<String>> = vec![Vec::new(); LISTING_DIRS];
+    for _ in 0..ops {
+        let (dir, shape, probes) = {
+            let mut rng = madsim::rand::thread_rng();
+            let dir = rng.gen_range(0..LISTING_DIRS);
+            let shape = rng.gen_range(0..4u8);
+            let mut probes = Vec::new();
+            if shape == 2 {
+                if !listed[dir].is_empty() {
+                    probes.push(listed[dir][rng.gen_range(0..listed[dir].len())].clone());
+                }
+                let kind = if rng.gen_bool(0.5) { EntryKind::File } else { EntryKind::Dir };
+                probes.push(listing_name(kind, rng.gen_range(1..=writers.max(1)), rng.gen_range(1..=ops as u64)));
+            }
+            (dir, shape, probes)
+        };
+        let (list, stat) = (shape == 0 || shape == 3, shape <= 1);
+        let invoked = Instant::now();
+        let result = client
+            .run(|txn| {
+                let probes = probes.clone();
+                async move {
+                    let path = listing_dir(dir);
+                    let listing = match list {
+                        true => {
+                            let entries = txn.readdir(&path).await?;
+                            Some(entries.into_iter().map(|e| (e.name, kind_of(e.kind))).collect::<Vec<_>>())
+                        }
+                        false => None,
+                    };
+                    let attr = match stat {
+                        true => Some(txn.stat(&path).await.map(|a| (a.nlink, a.mtime_ns))?),
+                        false => None,
+                    };
+                    let mut seen = Vec::new();
+                    for name in probes {
+                        let shown = match txn.stat(&format!("{path}/{name}")).await {
+                            Ok(attr) => Some(kind_of(attr.kind)),
+                            Err(FsError::NotFound) => None,
+                            Err(error) => return Err(error),
+                        };
+                        seen.push((name, shown));
+                    }
+                    Ok((listing, attr, seen))
+                }
+            })
+            .await;
+        if let Ok((listing, attr, probes)) = result {
+            if let Some(listing) = &listing {
+                listed[dir] = listing.iter().map(|(name, _): &(String, EntryKind)| name.clone()).collect();
+            }
+            history.push(DirRead { dir, invoked, completed: Instant::now(), listing, attr, probes });
+        }
+        tokio::time::sleep(pause).await;
+    }
+    history
+}
+
+fn kind_of(kind: cffs_client::Kind) -> EntryKind {
+    match kind {
+        cffs_client::Kind::Dir => EntryKind::Dir,
+        // The writers make no symlinks: a symlink would show as a file, and be wrong.
+        cffs_client::Kind::File | cffs_client::Kind::Symlink => EntryKind::File,
+    }
 }

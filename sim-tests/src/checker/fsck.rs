@@ -107,3 +107,66 @@ pub fn fsck(state: &[(Vec<u8>, Vec<u8>)]) -> Vec<String> {
     }
     problems
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checker::state::tests::{dir, dump, file};
+
+    /// / holds directory a (10) and file f (11, also named a/g); a holds directory b (12).
+    fn tree() -> (Vec<Inode>, Vec<(u64, &'static str, u64)>) {
+        let inodes = vec![dir(ROOT, 0, 3), dir(10, ROOT, 3), file(11, 2, b"x"), dir(12, 10, 2)];
+        let dentries = vec![(ROOT, "a", 10), (ROOT, "f", 11), (10, "g", 11), (10, "b", 12)];
+        (inodes, dentries)
+    }
+
+    #[test]
+    fn a_consistent_tree_passes() {
+        let (inodes, dentries) = tree();
+        assert_eq!(fsck(&dump(&inodes, &dentries)), Vec::<String>::new());
+    }
+
+    #[test]
+    fn wrong_link_counts_fail() {
+        let (mut inodes, dentries) = tree();
+        inodes[1].nlink = 2; // a has a subdirectory
+        inodes[2].nlink = 1; // f has two names
+        let problems = fsck(&dump(&inodes, &dentries));
+        assert!(problems.contains(&"directory 10: nlink 2 but 3 expected".to_string()), "{problems:?}");
+        assert!(problems.contains(&"inode 11: nlink 1 but 2 names".to_string()), "{problems:?}");
+    }
+
+    #[test]
+    fn a_dangling_dentry_and_a_missing_root_fail() {
+        let (inodes, mut dentries) = tree();
+        dentries.push((ROOT, "gone", 99));
+        let problems = fsck(&dump(&inodes, &dentries));
+        assert!(problems.iter().any(|p| p.contains("names inode 99 which does not exist")), "{problems:?}");
+        let problems = fsck(&dump(&inodes[1..], &dentries));
+        assert!(problems.iter().any(|p| p == "the root directory is missing"), "{problems:?}");
+    }
+
+    #[test]
+    fn a_directory_loop_is_unreachable_and_misnamed() {
+        // b is also named in itself's child: a -> b -> a, cut off from the root.
+        let (mut inodes, mut dentries) = tree();
+        dentries.retain(|(parent, name, _)| !(*parent == ROOT && *name == "a"));
+        dentries.push((12, "loop", 10));
+        inodes[0].nlink = 2;
+        inodes[1].parent = 12;
+        inodes[3].nlink = 3;
+        let problems = fsck(&dump(&inodes, &dentries));
+        assert!(problems.iter().any(|p| p.starts_with("inode 10 is not reachable")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.starts_with("inode 12 is not reachable")), "{problems:?}");
+    }
+
+    #[test]
+    fn a_directory_with_two_names_or_a_wrong_parent_fails() {
+        let (mut inodes, mut dentries) = tree();
+        dentries.push((ROOT, "b2", 12));
+        inodes[0].nlink = 4;
+        let problems = fsck(&dump(&inodes, &dentries));
+        assert!(problems.iter().any(|p| p == "directory 12: 2 names"), "{problems:?}");
+        assert!(problems.iter().any(|p| p == "directory 12: parent field 10 but named in 1"), "{problems:?}");
+    }
+}
