@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use cffs_client::client::RPC_BACKOFF_MAX;
 use cffs_server::constants::RAFT_ELECTION_TIMEOUT_MAX;
+use cffs_sim_tests::checker::state::StateView;
 use cffs_sim_tests::cluster::Cluster;
-use cffs_sim_tests::workload::{counter_clients, counter_setup, counter_values};
+use cffs_sim_tests::workload::{counter_clients, counter_path, counter_setup, counter_values};
 
 const FILES: usize = 4;
 const CLIENTS: usize = 5;
@@ -89,9 +90,30 @@ async fn counters_survive_leader_kill_and_restart_scenario() {
         );
     }
     // Every replica's state machine reached the same applied index and the same counters.
+    let applied = cluster
+        .wait_converged(Duration::from_secs(10))
+        .await
+        .expect("every replica reaches the same applied index after the restart");
+    assert!(applied > 0, "nothing was applied");
     let status = cluster.with_client(|client| async move { client.cluster_status_all().await }).await;
+    assert_eq!(status.len(), 3, "every replica is asked");
     for (endpoint, status) in &status {
         let status = status.as_ref().unwrap_or_else(|e| panic!("{endpoint} does not answer: {e}"));
-        assert!(status.last_applied > 0, "{endpoint} applied nothing");
+        assert_eq!(status.last_applied, applied, "{endpoint} applied up to {}, not {applied}", status.last_applied);
     }
+    for id in 1..=3u64 {
+        let state = StateView::new(&cluster.state_of(id));
+        let counters: Vec<u64> = (0..FILES)
+            .map(|file| {
+                let data = state
+                    .file_data(&counter_path(file))
+                    .unwrap_or_else(|| panic!("replica {id} has no counter {file}"));
+                String::from_utf8_lossy(data)
+                    .parse()
+                    .unwrap_or_else(|_| panic!("replica {id}: counter {file} is garbled"))
+            })
+            .collect();
+        assert_eq!(counters, values, "replica {id}'s counters differ from what the cluster answered");
+    }
+    eprintln!("every replica applied up to {applied}, counters {values:?}");
 }
