@@ -83,7 +83,7 @@ fn main() -> std::process::ExitCode {
         if result.failed() {
             print_result(result, args.plant, false);
         }
-        if n % 10 == 0 || n == args.seeds {
+        if n.is_multiple_of(10) || n == args.seeds {
             eprintln!("cffs-sim: {n}/{} seeds, {:.0} s", args.seeds, started.elapsed().as_secs_f64());
         }
     });
