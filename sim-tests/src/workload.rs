@@ -546,8 +546,9 @@ pub async fn listing_writer(client: Client, writer: u64, ops: usize, pause: Dura
             Err(FsError::OutcomeUnknown(_)) => Outcome::Unknown,
             Err(_) => Outcome::Failed,
         };
-        // What may exist next: a create that may have applied, and whatever a removal that
-        // definitely changed nothing (other than finding nothing to remove) left.
+        // A create that may have applied joins the entries that may exist; a removal takes its
+        // entry out unless it definitely changed nothing for a reason other than finding
+        // nothing to remove (then it is tried again later).
         match (change, &result) {
             (Change::Create, Ok(()) | Err(FsError::OutcomeUnknown(_))) => live.push((dir, name.clone(), kind)),
             (Change::Create, Err(_)) => {}
