@@ -45,6 +45,9 @@ pub const PROMPT_ELECTION_PROBE_TIMEOUT: Duration = Duration::from_millis(50);
 /// wait) within two election timeouts.
 pub const LEASE_DURATION_DEFAULT: Duration = Duration::from_millis(250);
 pub const LEASE_DRIFT_PPM_DEFAULT: u32 = 10_000;
+/// Session numbers a leader reserves on disk with one synced write (`metadata/session_ids.rs`):
+/// one fsync per this many sessions opened.
+pub const SESSION_IDS_RESERVED_PER_WRITE: u64 = 4096;
 /// Most events (invalidations, keepalive acks) queued for one session stream; a client that
 /// lets more pile up gets none, and its leases run out instead.
 pub const SESSION_EVENTS_QUEUE_MAX: usize = 1024;

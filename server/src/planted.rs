@@ -23,6 +23,10 @@ pub enum Bug {
     /// A new leader grants leases and writes at once, without waiting out its
     /// predecessor's leases.
     SkipNewLeaderWait = 7,
+    /// A leader process ignores the session numbers reserved by earlier processes of its
+    /// replica, so a replica restarted into its stored term hands out ids again from 1
+    /// (chaos seed 4494).
+    ReuseSessionIds = 8,
 }
 
 static ARMED: AtomicU8 = AtomicU8::new(0);

@@ -64,6 +64,9 @@ pub enum Planted {
     IgnoreInvalidations,
     /// A new leader that grants and writes without waiting out its predecessor's leases.
     SkipNewLeaderWait,
+    /// A leader restarted into its stored term hands out session ids its previous process
+    /// already gave to other clients (chaos seed 4494).
+    ReuseSessionIds,
 }
 
 impl Planted {
@@ -79,6 +82,7 @@ impl Planted {
             Planted::BlindParentUpdate => server(Bug::BlindParentUpdate),
             Planted::NoRestartFloor => server(Bug::NoRestartFloor),
             Planted::SkipNewLeaderWait => server(Bug::SkipNewLeaderWait),
+            Planted::ReuseSessionIds => server(Bug::ReuseSessionIds),
             Planted::IgnoreInvalidations => cffs_client::planted::arm_ignore_invalidations(on),
             Planted::RenameWithoutAncestorCheck => cffs_client::planted::arm_rename_without_ancestor_check(on),
         }

@@ -24,7 +24,15 @@ fn launcher() -> Launcher {
 /// acknowledged append). A session whose expiry had passed, and whose leases the leader had
 /// already forgotten, was renewed by a late keepalive, and its client trusted those leases
 /// again. Fixed: a session past its expiry is never renewed (`LeaseTable::renew`).
-const REGRESSION_SEEDS: &[u64] = &[10, 182];
+///
+/// 4494: bank (an audit committed locally from the cache read a total of 515, not 500). The
+/// leader was killed and restarted into its stored term; its new lease table handed out
+/// session ids its previous process had given to other clients, and a commit retried with
+/// such an id dropped the new holder's lease as "the writer's own", without an invalidation.
+/// Fixed: session numbers are reserved on disk per term (`metadata/session_ids.rs`);
+/// `tests/session_ids.rs` is the targeted scenario, and `cffs-sim --seed 4494 --plant
+/// reuse-session-ids` shows the failure again.
+const REGRESSION_SEEDS: &[u64] = &[10, 182, 4494];
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)

@@ -7,6 +7,12 @@
 //! table that meets a new term starts over: sessions and leases from before are gone, and for
 //! one lease span nothing is granted and no write may be proposed, since the previous
 //! leader's grants are unknown here.
+//!
+//! Session ids are `term << 32 | n`, with `n` drawn from a range the caller reserved durably
+//! for the term (`SessionIdRange`): a replica restarted into its stored term leads that term
+//! again in a new process, and must never hand out an id its previous process gave to
+//! another client (found by chaos seed 4494: a retried commit stamped with the old id dropped
+//! the new holder's lease as the writer's own, without an invalidation).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -82,14 +88,38 @@ pub enum WriteRefused {
     NewLeaderWait(Instant),
 }
 
+/// Session numbers `next..end` that this table may hand out in `term`, reserved durably by
+/// the caller (no process of this replica ever hands them out again in that term).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionIdRange {
+    pub term: u64,
+    pub next: u64,
+    pub end: u64,
+}
+
+/// The most session numbers one term has: they are the low 32 bits of an id.
+pub const SESSION_NUMBERS_PER_TERM_MAX: u64 = u32::MAX as u64;
+/// The highest term whose session ids fit (the term is the high 32 bits of an id).
+pub const SESSION_TERM_MAX: u64 = u32::MAX as u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenRefused {
+    /// This replica does not lead.
+    NotLeader,
+    /// No reserved session number is left for `term`: the caller reserves more durably
+    /// (`add_session_ids`) and tries again.
+    NeedSessionIds { term: u64 },
+}
+
 #[derive(Debug)]
 pub struct LeaseTable {
     config: LeaseConfig,
     term: Option<u64>,
+    /// The session numbers this table may still hand out.
+    session_ids: Option<SessionIdRange>,
     /// No grant and no write before this (a new leader's wait).
     quiet_until: Instant,
     sessions: BTreeMap<u64, Session>,
-    next_session: u64,
     leases: BTreeMap<Vec<u8>, BTreeMap<u64, Hold>>,
     pending: BTreeMap<Vec<u8>, u32>,
     /// When `expire` last swept the whole table.
@@ -106,8 +136,8 @@ impl LeaseTable {
             config,
             term: None,
             quiet_until: now,
+            session_ids: None,
             sessions: BTreeMap::new(),
-            next_session: 1,
             leases: BTreeMap::new(),
             pending: BTreeMap::new(),
             swept: now,
@@ -142,14 +172,21 @@ impl LeaseTable {
     }
 
     /// Opens a session; its first expiry is one span from now (`now` follows the read-index
-    /// round the caller ran for it).
-    pub fn open_session(&mut self, term: Option<u64>, now: Instant) -> Option<u64> {
+    /// round the caller ran for it). Its id comes from the range reserved for the term.
+    pub fn open_session(&mut self, term: Option<u64>, now: Instant) -> Result<u64, OpenRefused> {
         self.sync_term(term, now);
-        term?;
+        let Some(term) = term else { return Err(OpenRefused::NotLeader) };
+        let number = match &mut self.session_ids {
+            Some(range) if range.term == term && range.next < range.end => {
+                range.next += 1;
+                range.next - 1
+            }
+            _ => return Err(OpenRefused::NeedSessionIds { term }),
+        };
+        assert!(term <= SESSION_TERM_MAX && (1..=SESSION_NUMBERS_PER_TERM_MAX).contains(&number));
         // Ids carry the term, so an id from an older term never names a newer session.
-        let id = (term.unwrap_or(0) << 32) | self.next_session;
-        self.next_session += 1;
-        self.sessions.insert(
+        let id = (term << 32) | number;
+        let fresh = self.sessions.insert(
             id,
             Session {
                 expiry: now + self.config.server_span(),
@@ -159,7 +196,17 @@ impl LeaseTable {
                 revoking: BTreeMap::new(),
             },
         );
-        Some(id)
+        assert!(fresh.is_none(), "session id {id} handed out twice");
+        Ok(id)
+    }
+
+    /// Session numbers `range` may be handed out (the caller made the reservation durable).
+    pub fn add_session_ids(&mut self, range: SessionIdRange) {
+        assert!(range.next >= 1 && range.next <= range.end && range.end <= SESSION_NUMBERS_PER_TERM_MAX + 1);
+        if let Some(old) = self.session_ids.filter(|old| old.term == range.term) {
+            assert!(range.next >= old.end, "a reservation never goes back");
+        }
+        self.session_ids = Some(range);
     }
 
     /// Renews a session after a read-index round that started at `round_start`. False when
@@ -395,6 +442,7 @@ mod tests {
     fn table() -> (LeaseTable, Instant, u64) {
         let start = Instant::now();
         let mut table = LeaseTable::new(config(), start);
+        table.add_session_ids(SessionIdRange { term: 3, next: 1, end: 100 });
         table.sync_term(TERM, start);
         let now = start + config().server_span();
         let session = table.open_session(TERM, now).unwrap();
@@ -405,6 +453,7 @@ mod tests {
     fn a_new_leader_grants_nothing_and_writes_nothing_for_one_span() {
         let start = Instant::now();
         let mut table = LeaseTable::new(config(), start);
+        table.add_session_ids(SessionIdRange { term: 3, next: 1, end: 100 });
         let session = table.open_session(TERM, start).unwrap();
         assert_eq!(table.grant(TERM, session, &[b"k".to_vec()], start, start), None);
         let during = start + Duration::from_millis(500);
@@ -526,5 +575,29 @@ mod tests {
         assert!(!table.session_live(reader, now));
         assert_eq!(table.grant(Some(4), reader, &[b"k".to_vec()], now, now), None);
         assert!(matches!(table.begin_write(None, 0, &keys(&["k"]), now), Err(WriteRefused::NotLeader)));
+    }
+
+    #[test]
+    fn session_ids_come_only_from_a_reserved_range_of_the_term() {
+        let start = Instant::now();
+        let mut table = LeaseTable::new(config(), start);
+        assert_eq!(table.open_session(TERM, start), Err(OpenRefused::NeedSessionIds { term: 3 }));
+        assert_eq!(table.open_session(None, start), Err(OpenRefused::NotLeader));
+        table.add_session_ids(SessionIdRange { term: 3, next: 7, end: 9 });
+        assert_eq!(table.open_session(TERM, start), Ok((3 << 32) | 7));
+        assert_eq!(table.open_session(TERM, start), Ok((3 << 32) | 8));
+        assert_eq!(table.open_session(TERM, start), Err(OpenRefused::NeedSessionIds { term: 3 }));
+        // A range reserved for another term is no use in this one.
+        assert_eq!(table.open_session(Some(4), start), Err(OpenRefused::NeedSessionIds { term: 4 }));
+        table.add_session_ids(SessionIdRange { term: 4, next: 1, end: 2 });
+        assert_eq!(table.open_session(Some(4), start), Ok((4 << 32) | 1));
+    }
+
+    #[test]
+    #[should_panic(expected = "a reservation never goes back")]
+    fn a_reservation_of_the_same_term_never_goes_back() {
+        let mut table = LeaseTable::new(config(), Instant::now());
+        table.add_session_ids(SessionIdRange { term: 3, next: 10, end: 20 });
+        table.add_session_ids(SessionIdRange { term: 3, next: 5, end: 30 });
     }
 }

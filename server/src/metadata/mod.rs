@@ -5,6 +5,7 @@ pub mod leases;
 pub mod node;
 pub mod read_index;
 pub mod service;
+pub mod session_ids;
 pub mod sessions;
 pub mod state;
 pub mod txn;

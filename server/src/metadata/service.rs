@@ -55,7 +55,7 @@ impl MetadataService {
         leases: LeaseConfig,
     ) -> Self {
         let read_index = ReadIndex::start(raft.clone(), floor);
-        let sessions = Sessions::new(leases);
+        let sessions = Sessions::new(leases, state.engine.clone());
         sessions.watch_leadership(raft.clone());
         MetadataService { node_id, raft, state, read_index, sessions }
     }

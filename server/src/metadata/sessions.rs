@@ -20,9 +20,11 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tonic::Status;
 
-use super::leases::{LeaseConfig, LeaseTable, WriteRefused};
+use super::leases::{LeaseConfig, LeaseTable, OpenRefused, WriteRefused};
 use super::read_index::ReadIndex;
+use super::session_ids;
 use crate::constants::{REQUEST_TIMEOUT, SESSION_EVENTS_QUEUE_MAX};
+use crate::storage::KvEngine;
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<SessionEvent, Status>> + Send>>;
 
@@ -57,6 +59,8 @@ impl State {
 pub struct Sessions {
     state: Arc<Mutex<State>>,
     acked: Arc<Notify>,
+    /// Where session-number reservations are recorded (`session_ids`).
+    engine: Arc<dyn KvEngine>,
 }
 
 /// Marks a write's keys pending until dropped.
@@ -84,7 +88,7 @@ impl Drop for WriteGuard {
 }
 
 impl Sessions {
-    pub fn new(config: LeaseConfig) -> Self {
+    pub fn new(config: LeaseConfig, engine: Arc<dyn KvEngine>) -> Self {
         Sessions {
             state: Arc::new(Mutex::new(State {
                 table: LeaseTable::new(config, Instant::now()),
@@ -93,6 +97,30 @@ impl Sessions {
                 commit_wait: Duration::ZERO,
             })),
             acked: Arc::new(Notify::new()),
+            engine,
+        }
+    }
+
+    /// Opens a session in the table, reserving session numbers on disk first when the term
+    /// has none left in memory. The reservation's fsync happens under the lock: once per
+    /// `SESSION_IDS_RESERVED_PER_WRITE` sessions.
+    fn open_session(&self, state: &mut State, term: Option<u64>, now: Instant) -> Result<u64, Status> {
+        loop {
+            match state.table.open_session(term, now) {
+                Ok(id) => return Ok(id),
+                Err(OpenRefused::NotLeader) => return Err(status(ErrorCode::NotLeader, "not the leader")),
+                Err(OpenRefused::NeedSessionIds { term }) => match session_ids::reserve(self.engine.as_ref(), term) {
+                    Ok(Some(range)) => state.table.add_session_ids(range),
+                    Ok(None) => {
+                        tracing::warn!(term, "no session id left in this term; sessions resume in a later term");
+                        return Err(status(ErrorCode::Unavailable, "this leader has no session id left in its term"));
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "reserving session ids failed");
+                        return Err(status(ErrorCode::Storage, format!("reserve session ids: {error}")));
+                    }
+                },
+            }
         }
     }
 
@@ -243,8 +271,8 @@ impl Sessions {
                 let mut state = sessions.lock();
                 state.sync(term(), now);
                 let config = state.table.config();
-                let id = state.table.open_session(term(), now);
-                if let Some(id) = id {
+                let id = sessions.open_session(&mut state, term(), now);
+                if let Ok(id) = id {
                     state.streams.insert(id, events.clone());
                 }
                 id.map(|id| SessionOpened {
@@ -257,9 +285,12 @@ impl Sessions {
                     name_len_max: NAME_LEN_MAX as u64,
                 })
             };
-            let Some(opened) = opened else {
-                let _ = events.send(Err(status(ErrorCode::NotLeader, "not the leader"))).await;
-                return;
+            let opened = match opened {
+                Ok(opened) => opened,
+                Err(refused) => {
+                    let _ = events.send(Err(refused)).await;
+                    return;
+                }
             };
             let id = opened.session_id;
             let _ = events.send(Ok(SessionEvent { msg: Some(session_event::Msg::Opened(opened)) })).await;

@@ -16,7 +16,9 @@
 //!
 //! Column family `raft_log`: log index:u64 → bincode `Entry`.
 //! Column family `raft_meta`: `vote`, `committed`, `purged` (bincode), `snapshot_meta`
-//! (bincode), `snapshot_data` (the snapshot bytes).
+//! (bincode), `snapshot_data` (the snapshot bytes), `session_ids` (the session numbers this
+//! replica reserved: `format:u8 = 1`, `term:u64`, `end:u64`, `crc32:u32` of the 17 bytes
+//! before it).
 
 use super::kv_engine::StorageError;
 
@@ -38,6 +40,36 @@ pub const META_COMMITTED: &[u8] = b"committed";
 pub const META_PURGED: &[u8] = b"purged";
 pub const META_SNAPSHOT_META: &[u8] = b"snapshot_meta";
 pub const META_SNAPSHOT_DATA: &[u8] = b"snapshot_data";
+pub const META_SESSION_IDS: &[u8] = b"session_ids";
+
+const SESSION_IDS_FORMAT: u8 = 1;
+const SESSION_IDS_LEN: usize = 1 + 8 + 8 + 4;
+
+/// Encodes the session-number reservation: numbers below `end` of `term` may have been
+/// handed out.
+pub fn session_ids_encode(term: u64, end: u64) -> Vec<u8> {
+    let mut value = Vec::with_capacity(SESSION_IDS_LEN);
+    value.push(SESSION_IDS_FORMAT);
+    value.extend_from_slice(&term.to_be_bytes());
+    value.extend_from_slice(&end.to_be_bytes());
+    let crc = crc32fast::hash(&value);
+    value.extend_from_slice(&crc.to_be_bytes());
+    value
+}
+
+/// Decodes a session-number reservation into (term, end).
+pub fn session_ids_decode(value: &[u8]) -> Result<(u64, u64), StorageError> {
+    if value.len() != SESSION_IDS_LEN || value[0] != SESSION_IDS_FORMAT {
+        return Err(StorageError::corruption("session ids record header"));
+    }
+    let crc = u32::from_be_bytes(value[17..21].try_into().expect("4 bytes"));
+    if crc32fast::hash(&value[..17]) != crc {
+        return Err(StorageError::corruption("session ids record checksum"));
+    }
+    let term = u64::from_be_bytes(value[1..9].try_into().expect("8 bytes"));
+    let end = u64::from_be_bytes(value[9..17].try_into().expect("8 bytes"));
+    Ok((term, end))
+}
 
 pub use cffs_proto::limits::TXN_ID_LEN;
 
@@ -158,6 +190,17 @@ mod tests {
         assert!(dentry_prefix(7) <= a && a < b && b < dentry_prefix_end(7));
         assert!(dentry_key(6, b"zzz") < dentry_prefix(7));
         assert_eq!(dentry_key_decode(&b).unwrap(), (7, &b"b"[..]));
+    }
+
+    #[test]
+    fn session_ids_roundtrip_and_a_flipped_byte_is_corruption() {
+        let value = session_ids_encode(7, 4097);
+        assert_eq!(session_ids_decode(&value).unwrap(), (7, 4097));
+        for i in 0..value.len() {
+            let mut bad = value.clone();
+            bad[i] ^= 0x10;
+            assert!(session_ids_decode(&bad).is_err(), "byte {i} flipped");
+        }
     }
 
     #[test]
