@@ -53,11 +53,14 @@ pub struct ClientOptions {
     pub cache: bool,
     /// Most bytes the cache holds.
     pub cache_bytes: usize,
+    /// Inode numbers fetched per allocation (1..=the server's `INODE_ALLOCATE_MAX`): fewer
+    /// wastes fewer numbers when a client ends, more costs fewer allocation round trips.
+    pub inode_batch: u32,
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        ClientOptions { cache: true, cache_bytes: CACHE_BYTES_DEFAULT }
+        ClientOptions { cache: true, cache_bytes: CACHE_BYTES_DEFAULT, inode_batch: INODE_BATCH }
     }
 }
 
@@ -343,9 +346,10 @@ impl Client {
             }
         }
         // An allocation whose reply is lost wastes its range, which is harmless: retry it.
+        let count = self.inner.options.inode_batch.max(1);
         let allocated = self
             .call("allocate inodes", true, |mut client| async move {
-                client.allocate_inodes(AllocateInodesRequest { count: INODE_BATCH }).await
+                client.allocate_inodes(AllocateInodesRequest { count }).await
             })
             .await?;
         if allocated.count == 0 {

@@ -5,21 +5,28 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::AtomicU8;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cffs_client::Client;
+use cffs_client::{Client, ClientOptions};
 use cffs_server::metadata::node::{MetaNode, MetaNodeConfig};
 use cffs_server::storage::sim_disk::SimDisk;
 use madsim::runtime::{Handle, NodeHandle};
 
 pub const META_PORT: u16 = 7101;
 
+/// Adjusts a replica's configuration (applied at every start and restart).
+pub type Adjust = Arc<dyn Fn(&mut MetaNodeConfig) + Send + Sync>;
+
 pub struct Cluster {
     handle: Handle,
     pub nodes: Vec<NodeHandle>,
     pub disks: Vec<SimDisk>,
     clients_made: AtomicU8,
+    /// Every client node made, for the nemesis' client faults.
+    client_nodes: Mutex<Vec<madsim::task::NodeId>>,
+    /// What clients made by `connect` use.
+    pub client_options: ClientOptions,
 }
 
 fn meta_ip(index: usize) -> IpAddr {
@@ -33,13 +40,21 @@ impl Cluster {
     }
 
     /// Like `start`, with `adjust` applied to every replica's configuration.
-    pub async fn start_with(replicas: usize, adjust: fn(&mut MetaNodeConfig)) -> Cluster {
+    pub async fn start_with(replicas: usize, adjust: impl Fn(&mut MetaNodeConfig) + Send + Sync + 'static) -> Cluster {
         let handle = Handle::current();
         let peers: BTreeMap<u64, String> =
             (0..replicas).map(|i| (i as u64 + 1, format!("{}:{META_PORT}", meta_ip(i)))).collect();
-        let mut cluster = Cluster { handle, nodes: Vec::new(), disks: Vec::new(), clients_made: AtomicU8::new(0) };
+        let mut cluster = Cluster {
+            handle,
+            nodes: Vec::new(),
+            disks: Vec::new(),
+            clients_made: AtomicU8::new(0),
+            client_nodes: Mutex::new(Vec::new()),
+            client_options: ClientOptions::default(),
+        };
+        let adjust: Adjust = Arc::new(adjust);
         for _ in 0..replicas {
-            cluster.add_replica(peers.clone(), adjust);
+            cluster.add_replica(peers.clone(), adjust.clone());
         }
         cluster.wait_for_leader(Duration::from_secs(30)).await.expect("a leader is elected");
         cluster
@@ -47,7 +62,7 @@ impl Cluster {
 
     /// Starts one more replica, with the next id, on a fresh disk. `peers` is what it is
     /// started with (`--peers`); only a cluster's lowest id ever bootstraps.
-    pub fn add_replica(&mut self, peers: BTreeMap<u64, String>, adjust: fn(&mut MetaNodeConfig)) -> u64 {
+    pub fn add_replica(&mut self, peers: BTreeMap<u64, String>, adjust: Adjust) -> u64 {
         let i = self.nodes.len();
         let id = i as u64 + 1;
         let disk = SimDisk::new();
@@ -60,6 +75,7 @@ impl Cluster {
             .init(move || {
                 let disk = node_disk.clone();
                 let peers = peers.clone();
+                let adjust = adjust.clone();
                 async move {
                     let mut config = MetaNodeConfig::new(id, SocketAddr::new(meta_ip(i), META_PORT), peers);
                     adjust(&mut config);
@@ -84,7 +100,24 @@ impl Cluster {
     /// A new client node (its own address), for running client code.
     pub fn client_node(&self) -> NodeHandle {
         let n = self.clients_made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.handle.create_node().name(format!("client-{n}")).ip(IpAddr::V4(Ipv4Addr::new(10, 0, 1, n + 1))).build()
+        let node = self
+            .handle
+            .create_node()
+            .name(format!("client-{n}"))
+            .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 1, n + 1)))
+            .build();
+        self.client_nodes.lock().expect("client nodes lock").push(node.id());
+        node
+    }
+
+    /// Every client node made so far.
+    pub fn client_nodes(&self) -> Vec<madsim::task::NodeId> {
+        self.client_nodes.lock().expect("client nodes lock").clone()
+    }
+
+    /// A client with this cluster's client options.
+    pub fn connect(endpoints: &[String], options: ClientOptions) -> Client {
+        Client::connect_with(endpoints, options).expect("endpoints are valid")
     }
 
     /// Runs `f` with a connected client on a fresh client node.
@@ -188,6 +221,24 @@ impl Cluster {
 
     pub fn resume(&self, node: &NodeHandle) {
         self.handle.resume(node.id());
+    }
+
+    /// Pauses or resumes any node by id (a client node, for the nemesis).
+    pub fn pause_node(&self, node: madsim::task::NodeId) {
+        self.handle.pause(node);
+    }
+
+    pub fn resume_node(&self, node: madsim::task::NodeId) {
+        self.handle.resume(node);
+    }
+
+    /// Pauses replica `id`: a frozen process, its clock (and everyone else's) going on.
+    pub fn pause_replica(&self, id: u64) {
+        self.handle.pause(self.nodes[id as usize - 1].id());
+    }
+
+    pub fn resume_replica(&self, id: u64) {
+        self.handle.resume(self.nodes[id as usize - 1].id());
     }
 
     /// Restarts replica `id` from its disk.

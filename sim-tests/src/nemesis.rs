@@ -1,18 +1,31 @@
 //! The swarm nemesis: which faults a run uses, and how hard, is drawn from its seed; then it
 //! injects them until told to stop, and heals everything.
 //!
-//! Faults: kill and restart a replica (a process crash, or a power loss of its unsynced
-//! writes), a blackout (every replica loses power at once), a disk whose syncs fail, isolate a replica (the leader, sometimes), cut a one-way link, swizzle-clog (clog
-//! links one by one, then unclog them in random order), packet loss and delay. Apart from a
-//! blackout (which ends with every replica restarted), at most a minority of replicas is down
-//! or isolated at any moment, so the cluster can make progress.
+//! Faults on replicas: kill and restart (a process crash, or a power loss of its unsynced
+//! writes), a blackout (every replica loses power at once), a disk whose syncs fail, isolation
+//! from everyone (the leader, sometimes), a cut from its peers only (clients still reach it:
+//! a deposed leader that still answers), a bridge (two replicas cut from each other, both
+//! still reaching the third), a one-way link, swizzle-clogging (clog links one by one, then
+//! unclog them in random order), a pause (a frozen process, for longer than a lease), packet
+//! loss and delay. Faults on clients: a client paused past its leases, or cut off from every
+//! replica, while it holds leases and commits. Settings drawn per seed beside the faults:
+//! small snapshot intervals (followers install snapshots while faults run) and small inode
+//! ranges (clients run out and allocate again across failovers).
+//!
+//! Without `overlap`, every step heals what the last one broke, and at most a minority of
+//! replicas is impaired at once. With it, faults stand until healed at random, and up to all
+//! replicas but one may be impaired together (a kill while another replica is cut off, a
+//! failing disk while the leader is isolated): the cluster may stall, and must be safe.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cffs_server::metadata::node::MetaNodeConfig;
 use madsim::net::NetSim;
 use madsim::rand::Rng;
+use madsim::task::NodeId;
 
 use crate::cluster::Cluster;
 use crate::disk::DiskSim;
@@ -24,17 +37,29 @@ pub struct NemesisPlan {
     /// Every replica loses power at once (and restarts): only synced writes survive.
     pub blackout: bool,
     /// A replica's disk starts failing syncs; the replica must stop serving (until it is
-    /// restarted, with a working disk, at the next step).
+    /// restarted, with a working disk, when the fault heals).
     pub sync_failure: bool,
     pub isolate: bool,
+    /// Cut a replica from its peers only, or two replicas from each other (a bridge).
+    pub peer_partition: bool,
     pub one_way: bool,
     pub swizzle: bool,
+    /// Pause a replica's process for longer than a lease.
+    pub pause: bool,
+    /// Pause a client past its leases, or cut it off from the replicas.
+    pub client_faults: bool,
+    /// Faults stand together until healed at random (see the module comment).
+    pub overlap: bool,
     /// Per-packet loss probability while faults run.
     pub packet_loss: f64,
     /// Extra send latency range while faults run, in milliseconds.
     pub latency_ms: (u64, u64),
     /// Pause between faults, in milliseconds.
     pub interval_ms: (u64, u64),
+    /// Snapshot every this many entries, keeping this many behind it (None: the defaults).
+    pub snapshots: Option<(u64, u64)>,
+    /// Inode numbers a client allocates at once (None: the client's default).
+    pub inode_batch: Option<u32>,
 }
 
 impl NemesisPlan {
@@ -48,145 +73,317 @@ impl NemesisPlan {
             blackout: rng.gen_bool(0.3),
             sync_failure: rng.gen_bool(0.3),
             isolate: rng.gen_bool(0.5),
+            peer_partition: rng.gen_bool(0.3),
             one_way: rng.gen_bool(0.3),
             swizzle: rng.gen_bool(0.3),
+            pause: rng.gen_bool(0.3),
+            client_faults: rng.gen_bool(0.3),
+            overlap: rng.gen_bool(0.3),
             packet_loss: if rng.gen_bool(0.3) { rng.gen_range(0.001..0.05) } else { 0.0 },
             latency_ms: if rng.gen_bool(0.3) { (1, rng.gen_range(2..50)) } else { (1, 10) },
             interval_ms: (rng.gen_range(100..500), rng.gen_range(600..2000)),
+            snapshots: rng.gen_bool(0.3).then(|| {
+                let every = rng.gen_range(20..200);
+                (every, rng.gen_range(0..every / 2))
+            }),
+            inode_batch: rng.gen_bool(0.3).then(|| rng.gen_range(1..8)),
         }
     }
 
     pub fn is_quiet(&self) -> bool {
-        !(self.kill || self.blackout || self.sync_failure || self.isolate || self.one_way || self.swizzle)
+        !(self.kill
+            || self.blackout
+            || self.sync_failure
+            || self.isolate
+            || self.peer_partition
+            || self.one_way
+            || self.swizzle
+            || self.pause
+            || self.client_faults)
             && self.packet_loss == 0.0
+    }
+
+    /// The replicas' settings this plan asks for.
+    pub fn adjust(&self, config: &mut MetaNodeConfig) {
+        if let Some((every, keep)) = self.snapshots {
+            config.snapshot_every_entries = every;
+            config.log_keep_after_snapshot = keep;
+        }
+    }
+
+    /// The clients' settings this plan asks for.
+    pub fn client_options(&self) -> cffs_client::ClientOptions {
+        let mut options = cffs_client::ClientOptions::default();
+        if let Some(batch) = self.inode_batch {
+            options.inode_batch = batch;
+        }
+        options
     }
 }
 
+/// A fault in place until healed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    Down(u64),
+    Isolated(u64),
+    /// Cut from every other replica, both ways; clients still reach it.
+    PeerCut(u64),
+    /// These two replicas cannot reach each other; both reach the rest.
+    Bridge(u64, u64),
+    OneWay(u64, u64),
+    Paused(u64),
+    FailingDisk(u64),
+    ClientPaused(NodeId),
+    ClientCut(NodeId),
+}
+
+impl Standing {
+    /// The replica this fault takes out of the quorum, if any.
+    fn impairs(&self) -> Option<u64> {
+        match *self {
+            Standing::Down(id)
+            | Standing::Isolated(id)
+            | Standing::PeerCut(id)
+            | Standing::Paused(id)
+            | Standing::FailingDisk(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// Link clogs counted, so that two faults on one link do not undo each other.
+struct Links<'a> {
+    net: &'a NetSim,
+    clogged: BTreeMap<(NodeId, NodeId), u32>,
+}
+
+impl Links<'_> {
+    fn clog(&mut self, a: NodeId, b: NodeId) {
+        let count = self.clogged.entry((a, b)).or_default();
+        *count += 1;
+        if *count == 1 {
+            self.net.clog_link(a, b);
+        }
+    }
+
+    fn unclog(&mut self, a: NodeId, b: NodeId) {
+        let Some(count) = self.clogged.get_mut(&(a, b)) else { return };
+        *count -= 1;
+        if *count == 0 {
+            self.clogged.remove(&(a, b));
+            self.net.unclog_link(a, b);
+        }
+    }
+}
+
+/// What the nemesis did, for the report.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NemesisCounts {
+    pub faults: u64,
+    /// The most replicas impaired at one moment.
+    pub impaired_max: u64,
+    pub client_faults: u64,
+}
+
 /// Runs faults per `plan` until `stop` is set, then heals everything: every replica up, every
-/// link open, no loss, base latency. Returns how many faults it injected.
-pub async fn run(cluster: &Cluster, plan: &NemesisPlan, stop: Arc<AtomicBool>) -> u64 {
+/// link open, no loss, base latency, every client running and connected.
+pub async fn run(cluster: &Cluster, plan: &NemesisPlan, stop: Arc<AtomicBool>) -> NemesisCounts {
     let net = NetSim::current();
     let disk = DiskSim::current();
-    let replicas = cluster.nodes.len();
+    let replicas = cluster.nodes.len() as u64;
     let minority = (replicas - 1) / 2;
+    let limit = if plan.overlap { replicas - 1 } else { minority.max(1) };
     net.update_config(|config| {
         config.packet_loss_rate = plan.packet_loss;
         config.send_latency = Duration::from_millis(plan.latency_ms.0)..Duration::from_millis(plan.latency_ms.1.max(2));
     });
-    let mut faults = 0u64;
-    let mut down: Vec<u64> = Vec::new();
-    let mut isolated: Vec<u64> = Vec::new();
-    let mut clogged: Vec<(u64, u64)> = Vec::new();
-    let mut failing_disks: Vec<u64> = Vec::new();
+    let mut counts = NemesisCounts::default();
+    let mut standing: Vec<Standing> = Vec::new();
+    let mut links = Links { net: &net, clogged: BTreeMap::new() };
     let node_id = |id: u64| cluster.nodes[id as usize - 1].id();
     while !stop.load(Ordering::Relaxed) {
-        let (pause, choice, victim, other, power) = {
+        let (pause, choice, victim, other, coin) = {
             let mut rng = madsim::rand::thread_rng();
             (
                 rng.gen_range(plan.interval_ms.0..=plan.interval_ms.1),
-                rng.gen_range(0..7),
-                rng.gen_range(1..=replicas as u64),
-                rng.gen_range(1..=replicas as u64),
+                rng.gen_range(0..10),
+                rng.gen_range(1..=replicas),
+                rng.gen_range(1..=replicas),
                 rng.gen_bool(0.5),
             )
         };
         tokio::time::sleep(Duration::from_millis(pause)).await;
-        // Heal what was broken before, so faults come and go.
-        heal_replicas(cluster, &net, &mut failing_disks, &mut down, &mut isolated);
-        let impaired = |down: &Vec<u64>, isolated: &Vec<u64>| down.len() + isolated.len();
-        match choice {
-            0 if plan.kill && impaired(&down, &isolated) < minority.max(1) => {
-                if plan.power_loss && power {
+        // Heal what was broken before, all of it or (overlapping) each at random.
+        let healed: Vec<Standing> = if plan.overlap {
+            let mut rng = madsim::rand::thread_rng();
+            standing.iter().copied().filter(|_| rng.gen_bool(0.5)).collect()
+        } else {
+            standing.clone()
+        };
+        for fault in healed {
+            standing.retain(|s| *s != fault);
+            heal(cluster, &net, &mut links, fault);
+        }
+        let impaired: Vec<u64> = standing.iter().filter_map(Standing::impairs).collect();
+        let free = |id: u64| !impaired.contains(&id);
+        let room = (impaired.len() as u64) < limit && free(victim);
+        let fault = match choice {
+            0 if plan.kill && room => {
+                if plan.power_loss && coin {
                     disk.arm_power_loss(node_id(victim));
                 }
                 cluster.kill(victim);
-                down.push(victim);
-                faults += 1;
+                Some(Standing::Down(victim))
             }
-            1 if plan.isolate && impaired(&down, &isolated) < minority.max(1) => {
+            1 if plan.isolate && room => {
                 // Half the time isolate the leader itself.
-                let target = if power { cluster.leader_quick().await.unwrap_or(victim) } else { victim };
+                let leader = if coin { cluster.leader_quick().await.filter(|id| free(*id)) } else { None };
+                let target = leader.unwrap_or(victim);
                 net.clog_node(node_id(target));
-                isolated.push(target);
-                faults += 1;
+                Some(Standing::Isolated(target))
             }
             2 if plan.one_way && victim != other => {
-                net.clog_link(node_id(victim), node_id(other));
-                clogged.push((victim, other));
-                faults += 1;
+                links.clog(node_id(victim), node_id(other));
+                Some(Standing::OneWay(victim, other))
             }
-            3 if plan.swizzle => {
-                // Clog every link one by one, then open them again in random order.
-                let mut links: Vec<(u64, u64)> = (1..=replicas as u64)
-                    .flat_map(|a| (1..=replicas as u64).filter(move |b| *b != a).map(move |b| (a, b)))
-                    .collect();
-                for (a, b) in &links {
-                    net.clog_link(node_id(*a), node_id(*b));
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                {
-                    use rand::seq::SliceRandom;
-                    links.shuffle(&mut madsim::rand::thread_rng());
-                }
-                for (a, b) in &links {
-                    net.unclog_link(node_id(*a), node_id(*b));
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                faults += 1;
+            3 if plan.swizzle && standing.is_empty() => {
+                swizzle(cluster, &mut links).await;
+                counts.faults += 1;
+                None
             }
-            4 if plan.blackout && down.is_empty() && isolated.is_empty() => {
-                for id in 1..=replicas as u64 {
+            4 if plan.blackout && standing.is_empty() => {
+                for id in 1..=replicas {
                     disk.arm_power_loss(node_id(id));
                     cluster.kill(id);
-                    down.push(id);
+                    standing.push(Standing::Down(id));
                 }
-                faults += 1;
+                counts.faults += 1;
+                None
             }
-            5 if plan.sync_failure && impaired(&down, &isolated) + failing_disks.len() < minority.max(1) => {
+            5 if plan.sync_failure && room => {
                 cluster.disks[victim as usize - 1].set_sync_fails(true);
-                failing_disks.push(victim);
-                faults += 1;
+                Some(Standing::FailingDisk(victim))
+            }
+            6 if plan.peer_partition && coin && room => {
+                // Half the time cut the leader from its followers: it still answers clients.
+                let leader = cluster.leader_quick().await.filter(|id| free(*id));
+                let target = leader.unwrap_or(victim);
+                for peer in (1..=replicas).filter(|p| *p != target) {
+                    links.clog(node_id(target), node_id(peer));
+                    links.clog(node_id(peer), node_id(target));
+                }
+                Some(Standing::PeerCut(target))
+            }
+            6 if plan.peer_partition && victim != other => {
+                links.clog(node_id(victim), node_id(other));
+                links.clog(node_id(other), node_id(victim));
+                Some(Standing::Bridge(victim, other))
+            }
+            7 if plan.pause && room => {
+                cluster.pause_replica(victim);
+                Some(Standing::Paused(victim))
+            }
+            8 | 9 if plan.client_faults => {
+                let clients = cluster.client_nodes();
+                let taken: Vec<NodeId> = standing
+                    .iter()
+                    .filter_map(|s| match s {
+                        Standing::ClientPaused(n) | Standing::ClientCut(n) => Some(*n),
+                        _ => None,
+                    })
+                    .collect();
+                let candidates: Vec<NodeId> = clients.into_iter().filter(|n| !taken.contains(n)).collect();
+                if candidates.is_empty() {
+                    None
+                } else {
+                    let node = candidates[madsim::rand::thread_rng().gen_range(0..candidates.len())];
+                    counts.client_faults += 1;
+                    if choice == 8 {
+                        cluster.pause_node(node);
+                        Some(Standing::ClientPaused(node))
+                    } else {
+                        net.clog_node(node);
+                        Some(Standing::ClientCut(node))
+                    }
+                }
             }
             _ => {
-                for (a, b) in clogged.drain(..) {
-                    net.unclog_link(node_id(a), node_id(b));
+                // A quiet step: one-way links open again.
+                for fault in standing.iter().copied().filter(|s| matches!(s, Standing::OneWay(..))).collect::<Vec<_>>()
+                {
+                    standing.retain(|s| *s != fault);
+                    heal(cluster, &net, &mut links, fault);
                 }
+                None
             }
+        };
+        if let Some(fault) = fault {
+            standing.push(fault);
+            counts.faults += 1;
         }
+        let impaired: std::collections::BTreeSet<u64> = standing.iter().filter_map(Standing::impairs).collect();
+        counts.impaired_max = counts.impaired_max.max(impaired.len() as u64);
     }
-    // Heal.
-    heal_replicas(cluster, &net, &mut failing_disks, &mut down, &mut isolated);
-    for id in 1..=replicas as u64 {
-        net.unclog_node(node_id(id));
+    // Heal everything.
+    for fault in std::mem::take(&mut standing) {
+        heal(cluster, &net, &mut links, fault);
     }
-    for (a, b) in clogged.drain(..) {
-        net.unclog_link(node_id(a), node_id(b));
+    for ((a, b), _) in std::mem::take(&mut links.clogged) {
+        net.unclog_link(a, b);
     }
     net.update_config(|config| {
         config.packet_loss_rate = 0.0;
         config.send_latency = Duration::from_millis(1)..Duration::from_millis(10);
     });
-    faults
+    counts
 }
 
-/// Gives failing disks their syncs back (restarting those replicas, which stopped serving),
-/// restarts the replicas that are down, and reconnects the isolated ones.
-fn heal_replicas(
-    cluster: &Cluster,
-    net: &NetSim,
-    failing_disks: &mut Vec<u64>,
-    down: &mut Vec<u64>,
-    isolated: &mut Vec<u64>,
-) {
-    for id in failing_disks.drain(..) {
-        cluster.disks[id as usize - 1].set_sync_fails(false);
-        cluster.kill(id);
-        down.push(id);
+/// Clogs every replica link one by one, then opens them again in random order.
+async fn swizzle(cluster: &Cluster, links: &mut Links<'_>) {
+    let replicas = cluster.nodes.len() as u64;
+    let node_id = |id: u64| cluster.nodes[id as usize - 1].id();
+    let mut pairs: Vec<(u64, u64)> =
+        (1..=replicas).flat_map(|a| (1..=replicas).filter(move |b| *b != a).map(move |b| (a, b))).collect();
+    for (a, b) in &pairs {
+        links.clog(node_id(*a), node_id(*b));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for id in down.drain(..) {
-        cluster.restart(id);
+    {
+        use rand::seq::SliceRandom;
+        pairs.shuffle(&mut madsim::rand::thread_rng());
     }
-    for id in isolated.drain(..) {
-        net.unclog_node(cluster.nodes[id as usize - 1].id());
+    for (a, b) in &pairs {
+        links.unclog(node_id(*a), node_id(*b));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Undoes one fault. A failing disk gets its syncs back and its replica (which stopped
+/// serving) is restarted.
+fn heal(cluster: &Cluster, net: &NetSim, links: &mut Links<'_>, fault: Standing) {
+    let node_id = |id: u64| cluster.nodes[id as usize - 1].id();
+    let replicas = cluster.nodes.len() as u64;
+    match fault {
+        Standing::Down(id) => cluster.restart(id),
+        Standing::Isolated(id) => net.unclog_node(node_id(id)),
+        Standing::PeerCut(id) => {
+            for peer in (1..=replicas).filter(|p| *p != id) {
+                links.unclog(node_id(id), node_id(peer));
+                links.unclog(node_id(peer), node_id(id));
+            }
+        }
+        Standing::Bridge(a, b) => {
+            links.unclog(node_id(a), node_id(b));
+            links.unclog(node_id(b), node_id(a));
+        }
+        Standing::OneWay(a, b) => links.unclog(node_id(a), node_id(b)),
+        Standing::Paused(id) => cluster.resume_replica(id),
+        Standing::FailingDisk(id) => {
+            cluster.disks[id as usize - 1].set_sync_fails(false);
+            cluster.kill(id);
+            cluster.restart(id);
+        }
+        Standing::ClientPaused(node) => cluster.resume_node(node),
+        Standing::ClientCut(node) => net.unclog_node(node),
     }
 }

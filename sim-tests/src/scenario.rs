@@ -150,7 +150,9 @@ fn check_histories(report: &mut Report, histories: &Histories, finals: Option<&F
 pub async fn run() -> Report {
     let mut report = Report::default();
     let plan = NemesisPlan::draw();
-    let cluster = Cluster::start(3).await;
+    let node_plan = plan.clone();
+    let mut cluster = Cluster::start_with(3, move |config| node_plan.adjust(config)).await;
+    cluster.client_options = plan.client_options();
     cluster.attach_disks(&DiskSim::current());
     cluster
         .with_client(|client| async move {
@@ -183,7 +185,7 @@ pub async fn run() -> Report {
     }
     // The writers read nothing they could cache: without a cache they hold no session, which
     // keeps the run cheap (a session costs the leader a keepalive every quarter lease).
-    let uncached = ClientOptions { cache: false, ..ClientOptions::default() };
+    let uncached = ClientOptions { cache: false, ..cluster.client_options };
     for writer in 1..=LISTING_WRITERS {
         listing_writers.push(spawn_client_with(&cluster, uncached, move |c| {
             workload::listing_writer(c, writer, LISTING_OPS, pause)
@@ -212,7 +214,7 @@ pub async fn run() -> Report {
         join_all(&mut report, listing_readers, "listing reader").await.into_iter().flatten().collect();
     stop.store(true, Ordering::Relaxed);
     cffs_server::buggify::enable(false);
-    report.faults = nemesis.await.expect("nemesis");
+    report.faults = nemesis.await.expect("nemesis").faults;
     report.power_losses = DiskSim::current().power_losses();
     report.plan = Some(format!("{plan:?}"));
 
@@ -318,7 +320,7 @@ where
     F: FnOnce(Client) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = T> + Send + 'static,
 {
-    spawn_client_with(cluster, ClientOptions::default(), f)
+    spawn_client_with(cluster, cluster.client_options, f)
 }
 
 /// `spawn_client` with the client's options given.

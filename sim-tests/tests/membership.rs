@@ -21,7 +21,7 @@ async fn a_replica_joins_as_learner_then_replaces_a_voter_scenario() {
         .expect("write before the change");
 
     let peers = (1..=4).map(|id| (id, Cluster::addr_of(id))).collect();
-    let new = cluster.add_replica(peers, |_| {});
+    let new = cluster.add_replica(peers, std::sync::Arc::new(|_: &mut _| {}));
     assert_eq!(new, 4);
     let addr = Cluster::addr_of(new);
     cluster.with_client(move |client| async move { client.add_learner(new, &addr).await }).await.expect("add learner");
