@@ -27,6 +27,9 @@ pub enum Bug {
     /// replica, so a replica restarted into its stored term hands out ids again from 1
     /// (chaos seed 4494).
     ReuseSessionIds = 8,
+    /// A failed read answers "absent" and the replica goes on serving (fail-stop planted
+    /// away: `storage/fail_stop.rs`).
+    ReadErrorAsAbsent = 9,
 }
 
 static ARMED: AtomicU8 = AtomicU8::new(0);

@@ -79,7 +79,15 @@ impl Cluster {
                 async move {
                     let mut config = MetaNodeConfig::new(id, SocketAddr::new(meta_ip(i), META_PORT), peers);
                     adjust(&mut config);
-                    let _node = MetaNode::start(config, Arc::new(disk)).await.expect("start metadata replica");
+                    // A replica whose disk fails while it starts stays down, as a process that
+                    // exits would, until the nemesis restarts it.
+                    let _node = match MetaNode::start(config, Arc::new(disk)).await {
+                        Ok(node) => Some(node),
+                        Err(error) => {
+                            tracing::warn!(%error, "replica failed to start");
+                            None
+                        }
+                    };
                     futures::future::pending::<()>().await;
                 }
             })

@@ -2,7 +2,8 @@
 //! injects them until told to stop, and heals everything.
 //!
 //! Faults on replicas: kill and restart (a process crash, or a power loss of its unsynced
-//! writes), a blackout (every replica loses power at once), a disk whose syncs fail, isolation
+//! writes), a blackout (every replica loses power at once), a disk whose syncs or reads fail
+//! or that is full (the replica must stop serving until restarted), isolation
 //! from everyone (the leader, sometimes), a cut from its peers only (clients still reach it:
 //! a deposed leader that still answers), a bridge (two replicas cut from each other, both
 //! still reaching the third), a one-way link, swizzle-clogging (clog links one by one, then
@@ -39,6 +40,9 @@ pub struct NemesisPlan {
     /// A replica's disk starts failing syncs; the replica must stop serving (until it is
     /// restarted, with a working disk, when the fault heals).
     pub sync_failure: bool,
+    /// A replica's disk fails reads, or fills up (every write fails); the replica must stop
+    /// serving, as for failing syncs.
+    pub disk_errors: bool,
     pub isolate: bool,
     /// Cut a replica from its peers only, or two replicas from each other (a bridge).
     pub peer_partition: bool,
@@ -72,6 +76,7 @@ impl NemesisPlan {
             power_loss: rng.gen_bool(0.5),
             blackout: rng.gen_bool(0.3),
             sync_failure: rng.gen_bool(0.3),
+            disk_errors: rng.gen_bool(0.3),
             isolate: rng.gen_bool(0.5),
             peer_partition: rng.gen_bool(0.3),
             one_way: rng.gen_bool(0.3),
@@ -94,6 +99,7 @@ impl NemesisPlan {
         !(self.kill
             || self.blackout
             || self.sync_failure
+            || self.disk_errors
             || self.isolate
             || self.peer_partition
             || self.one_way
@@ -132,7 +138,7 @@ enum Standing {
     Bridge(u64, u64),
     OneWay(u64, u64),
     Paused(u64),
-    FailingDisk(u64),
+    FailingDisk(u64, DiskFault),
     ClientPaused(NodeId),
     ClientCut(NodeId),
 }
@@ -145,8 +151,26 @@ impl Standing {
             | Standing::Isolated(id)
             | Standing::PeerCut(id)
             | Standing::Paused(id)
-            | Standing::FailingDisk(id) => Some(id),
+            | Standing::FailingDisk(id, _) => Some(id),
             _ => None,
+        }
+    }
+}
+
+/// How a failing disk fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DiskFault {
+    Syncs,
+    Reads,
+    Full,
+}
+
+impl DiskFault {
+    fn set(self, disk: &cffs_server::storage::sim_disk::SimDisk, on: bool) {
+        match self {
+            DiskFault::Syncs => disk.set_sync_fails(on),
+            DiskFault::Reads => disk.set_reads_fail(on),
+            DiskFault::Full => disk.set_full(on),
         }
     }
 }
@@ -260,9 +284,14 @@ pub async fn run(cluster: &Cluster, plan: &NemesisPlan, stop: Arc<AtomicBool>) -
                 counts.faults += 1;
                 None
             }
-            5 if plan.sync_failure && room => {
-                cluster.disks[victim as usize - 1].set_sync_fails(true);
-                Some(Standing::FailingDisk(victim))
+            5 if (plan.sync_failure || plan.disk_errors) && room => {
+                let kind = match (plan.sync_failure, plan.disk_errors, coin) {
+                    (true, false, _) | (true, true, true) => DiskFault::Syncs,
+                    _ if madsim::rand::thread_rng().gen_bool(0.5) => DiskFault::Reads,
+                    _ => DiskFault::Full,
+                };
+                kind.set(&cluster.disks[victim as usize - 1], true);
+                Some(Standing::FailingDisk(victim, kind))
             }
             6 if plan.peer_partition && coin && room => {
                 // Half the time cut the leader from its followers: it still answers clients.
@@ -378,8 +407,8 @@ fn heal(cluster: &Cluster, net: &NetSim, links: &mut Links<'_>, fault: Standing)
         }
         Standing::OneWay(a, b) => links.unclog(node_id(a), node_id(b)),
         Standing::Paused(id) => cluster.resume_replica(id),
-        Standing::FailingDisk(id) => {
-            cluster.disks[id as usize - 1].set_sync_fails(false);
+        Standing::FailingDisk(id, kind) => {
+            kind.set(&cluster.disks[id as usize - 1], false);
             cluster.kill(id);
             cluster.restart(id);
         }

@@ -67,6 +67,8 @@ pub enum Planted {
     /// A leader restarted into its stored term hands out session ids its previous process
     /// already gave to other clients (chaos seed 4494).
     ReuseSessionIds,
+    /// A replica that fails a read answers as if the key were absent, and goes on serving.
+    ReadErrorAsAbsent,
 }
 
 impl Planted {
@@ -83,6 +85,7 @@ impl Planted {
             Planted::NoRestartFloor => server(Bug::NoRestartFloor),
             Planted::SkipNewLeaderWait => server(Bug::SkipNewLeaderWait),
             Planted::ReuseSessionIds => server(Bug::ReuseSessionIds),
+            Planted::ReadErrorAsAbsent => server(Bug::ReadErrorAsAbsent),
             Planted::IgnoreInvalidations => cffs_client::planted::arm_ignore_invalidations(on),
             Planted::RenameWithoutAncestorCheck => cffs_client::planted::arm_rename_without_ancestor_check(on),
         }

@@ -23,6 +23,7 @@ use crate::raft::network::{channel, Network, RaftService};
 use crate::raft::prompt_election::{self, LeaderContact};
 use crate::raft::state_machine::{MetaState, StateMachine};
 use crate::raft::MetaRaft;
+use crate::storage::fail_stop::FailStop;
 use crate::storage::KvEngine;
 
 pub struct MetaNodeConfig {
@@ -78,6 +79,8 @@ impl MetaNode {
     /// Starts the replica and serves until the process ends. Returns once the server task is
     /// spawned.
     pub async fn start(config: MetaNodeConfig, engine: Arc<dyn KvEngine>) -> anyhow::Result<MetaNode> {
+        // After any storage error this replica stops serving (until restarted).
+        let engine: Arc<dyn KvEngine> = Arc::new(FailStop::new(engine));
         anyhow::ensure!(config.peers.contains_key(&config.id), "--peers must include this node's own id {}", config.id);
         let mut log_store = LogStore::new(engine.clone());
         let initialized = log_store.is_initialized()?;

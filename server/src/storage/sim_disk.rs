@@ -26,6 +26,10 @@ struct Disk {
     unsynced: Vec<WriteBatch>,
     /// When set, `sync` and synced writes fail (injected by the simulation).
     sync_fails: bool,
+    /// When set, reads fail (a bad sector, a failing controller).
+    reads_fail: bool,
+    /// When set, every write fails (a full disk); nothing is written.
+    full: bool,
 }
 
 /// What happens to one unsynced batch on power loss.
@@ -71,6 +75,21 @@ impl SimDisk {
     pub fn set_sync_fails(&self, fails: bool) {
         self.disk.lock().expect("sim disk lock").sync_fails = fails;
     }
+
+    pub fn set_reads_fail(&self, fails: bool) {
+        self.disk.lock().expect("sim disk lock").reads_fail = fails;
+    }
+
+    pub fn set_full(&self, full: bool) {
+        self.disk.lock().expect("sim disk lock").full = full;
+    }
+
+    fn read_check(disk: &Disk) -> Result<(), StorageError> {
+        match disk.reads_fail {
+            true => Err(StorageError::Io("injected read failure".into())),
+            false => Ok(()),
+        }
+    }
 }
 
 fn apply_op(tree: &mut Tree, op: &BatchOp) {
@@ -113,16 +132,19 @@ fn next_cf(cf: Cf) -> Option<Cf> {
 impl KvEngine for SimDisk {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         let disk = self.disk.lock().expect("sim disk lock");
+        Self::read_check(&disk)?;
         Ok(disk.cache.get(&(cf, key.to_vec())).cloned())
     }
 
     fn scan(&self, cf: Cf, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<KvPairs, StorageError> {
         let disk = self.disk.lock().expect("sim disk lock");
+        Self::read_check(&disk)?;
         Ok(disk.cache.range(range_of(cf, start, end)).take(limit).map(|((_, k), v)| (k.clone(), v.clone())).collect())
     }
 
     fn last(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Option<KvPair>, StorageError> {
         let disk = self.disk.lock().expect("sim disk lock");
+        Self::read_check(&disk)?;
         Ok(disk.cache.range(range_of(cf, start, Some(end))).next_back().map(|((_, k), v)| (k.clone(), v.clone())))
     }
 
@@ -130,6 +152,9 @@ impl KvEngine for SimDisk {
         let mut disk = self.disk.lock().expect("sim disk lock");
         if sync && disk.sync_fails {
             return Err(StorageError::Io("injected sync failure".into()));
+        }
+        if disk.full {
+            return Err(StorageError::Io("injected: no space left on device".into()));
         }
         for op in &batch.ops {
             apply_op(&mut disk.cache, op);
@@ -217,6 +242,22 @@ mod tests {
         batch.put(Cf::State, b"a".to_vec(), b"v".to_vec());
         assert!(disk.write(batch, true).is_err());
         assert!(!has(&disk, b"a"), "a failed write changes nothing");
+    }
+
+    #[test]
+    fn injected_read_failures_and_a_full_disk_fail_and_change_nothing() {
+        let disk = SimDisk::new();
+        put(&disk, b"a", true);
+        disk.set_reads_fail(true);
+        assert!(disk.get(Cf::State, b"a").is_err());
+        assert!(disk.scan(Cf::State, &[], None, 10).is_err());
+        disk.set_reads_fail(false);
+        disk.set_full(true);
+        let mut batch = WriteBatch::default();
+        batch.put(Cf::State, b"b".to_vec(), b"v".to_vec());
+        assert!(disk.write(batch, false).is_err());
+        disk.set_full(false);
+        assert!(has(&disk, b"a") && !has(&disk, b"b"));
     }
 
     #[test]

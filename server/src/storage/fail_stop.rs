@@ -1,0 +1,115 @@
+//! A fail-stop wrapper around a replica's engine: after the first storage error (an I/O
+//! failure or a corruption), every later call fails with that error, so the replica stops
+//! serving rather than go on with state it cannot trust. Raft's log and state-machine calls
+//! then fail too, which stops openraft's core; reads fail before they answer. The replica
+//! serves again only when restarted (on a disk that works), when it recovers from what its
+//! disk holds. What it must never do is answer from a state that missed a write, or treat a
+//! failed read as an absent key.
+
+use std::sync::{Arc, Mutex};
+
+use super::kv_engine::{Cf, KvEngine, KvPair, KvPairs, StorageError, WriteBatch};
+
+pub struct FailStop {
+    inner: Arc<dyn KvEngine>,
+    failed: Mutex<Option<StorageError>>,
+}
+
+impl FailStop {
+    pub fn new(inner: Arc<dyn KvEngine>) -> Self {
+        FailStop { inner, failed: Mutex::new(None) }
+    }
+
+    /// The error that stopped this engine, if one did.
+    pub fn failure(&self) -> Option<StorageError> {
+        self.failed.lock().expect("fail-stop lock").clone()
+    }
+
+    fn check<T>(&self, result: Result<T, StorageError>) -> Result<T, StorageError> {
+        let mut failed = self.failed.lock().expect("fail-stop lock");
+        if let Some(error) = failed.as_ref() {
+            return Err(error.clone());
+        }
+        if let Err(error) = &result {
+            tracing::error!(%error, "storage failed; this replica stops serving until restarted");
+            *failed = Some(error.clone());
+        }
+        result
+    }
+
+    fn stopped(&self) -> Result<(), StorageError> {
+        match self.failure() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+impl KvEngine for FailStop {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.stopped()?;
+        let result = self.inner.get(cf, key);
+        #[cfg(madsim)]
+        let result = planted_read_error_as_absent(result);
+        self.check(result)
+    }
+
+    fn scan(&self, cf: Cf, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<KvPairs, StorageError> {
+        self.stopped()?;
+        let result = self.inner.scan(cf, start, end, limit);
+        #[cfg(madsim)]
+        let result = planted_read_error_as_absent(result);
+        self.check(result)
+    }
+
+    fn last(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Option<KvPair>, StorageError> {
+        self.stopped()?;
+        let result = self.inner.last(cf, start, end);
+        #[cfg(madsim)]
+        let result = planted_read_error_as_absent(result);
+        self.check(result)
+    }
+
+    fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StorageError> {
+        self.stopped()?;
+        self.check(self.inner.write(batch, sync))
+    }
+
+    fn sync(&self) -> Result<(), StorageError> {
+        self.stopped()?;
+        self.check(self.inner.sync())
+    }
+}
+
+/// The planted twin of fail-stop: a failed read answers "absent" and the replica goes on.
+#[cfg(madsim)]
+fn planted_read_error_as_absent<T: Default>(result: Result<T, StorageError>) -> Result<T, StorageError> {
+    match result {
+        Err(StorageError::Io(_)) if crate::planted::armed(crate::planted::Bug::ReadErrorAsAbsent) => Ok(T::default()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::sim_disk::SimDisk;
+
+    #[test]
+    fn after_one_error_every_call_fails_until_a_new_engine_is_opened() {
+        let disk = SimDisk::new();
+        let engine = FailStop::new(Arc::new(disk.clone()));
+        let mut batch = WriteBatch::default();
+        batch.put(Cf::State, b"a".to_vec(), b"1".to_vec());
+        engine.write(batch, true).unwrap();
+        disk.set_reads_fail(true);
+        assert!(engine.get(Cf::State, b"a").is_err());
+        disk.set_reads_fail(false);
+        assert!(engine.get(Cf::State, b"a").is_err(), "stopped, though the disk reads again");
+        assert!(engine.sync().is_err());
+        assert!(engine.failure().is_some());
+        // A restart opens the disk afresh.
+        let restarted = FailStop::new(Arc::new(disk));
+        assert_eq!(restarted.get(Cf::State, b"a").unwrap(), Some(b"1".to_vec()));
+    }
+}
