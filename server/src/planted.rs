@@ -30,6 +30,8 @@ pub enum Bug {
     /// A failed read answers "absent" and the replica goes on serving (fail-stop planted
     /// away: `storage/fail_stop.rs`).
     ReadErrorAsAbsent = 9,
+    /// Stored records' crcs are not checked (`storage/codec.rs`).
+    SkipChecksums = 10,
 }
 
 static ARMED: AtomicU8 = AtomicU8::new(0);

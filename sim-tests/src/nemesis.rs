@@ -2,8 +2,9 @@
 //! injects them until told to stop, and heals everything.
 //!
 //! Faults on replicas: kill and restart (a process crash, or a power loss of its unsynced
-//! writes), a blackout (every replica loses power at once), a disk whose syncs or reads fail
-//! or that is full (the replica must stop serving until restarted), isolation
+//! writes), a blackout (every replica loses power at once), a disk whose syncs or reads fail,
+//! that is full, or whose reads come back corrupted (the replica must stop serving until
+//! restarted), isolation
 //! from everyone (the leader, sometimes), a cut from its peers only (clients still reach it:
 //! a deposed leader that still answers), a bridge (two replicas cut from each other, both
 //! still reaching the third), a one-way link, swizzle-clogging (clog links one by one, then
@@ -40,8 +41,8 @@ pub struct NemesisPlan {
     /// A replica's disk starts failing syncs; the replica must stop serving (until it is
     /// restarted, with a working disk, when the fault heals).
     pub sync_failure: bool,
-    /// A replica's disk fails reads, or fills up (every write fails); the replica must stop
-    /// serving, as for failing syncs.
+    /// A replica's disk fails reads, fills up (every write fails), or returns corrupted
+    /// values; the replica must stop serving, as for failing syncs.
     pub disk_errors: bool,
     pub isolate: bool,
     /// Cut a replica from its peers only, or two replicas from each other (a bridge).
@@ -163,6 +164,8 @@ enum DiskFault {
     Syncs,
     Reads,
     Full,
+    /// Every value read comes back with a flipped bit.
+    Corrupt,
 }
 
 impl DiskFault {
@@ -171,6 +174,7 @@ impl DiskFault {
             DiskFault::Syncs => disk.set_sync_fails(on),
             DiskFault::Reads => disk.set_reads_fail(on),
             DiskFault::Full => disk.set_full(on),
+            DiskFault::Corrupt => disk.set_reads_corrupt(on),
         }
     }
 }
@@ -287,8 +291,11 @@ pub async fn run(cluster: &Cluster, plan: &NemesisPlan, stop: Arc<AtomicBool>) -
             5 if (plan.sync_failure || plan.disk_errors) && room => {
                 let kind = match (plan.sync_failure, plan.disk_errors, coin) {
                     (true, false, _) | (true, true, true) => DiskFault::Syncs,
-                    _ if madsim::rand::thread_rng().gen_bool(0.5) => DiskFault::Reads,
-                    _ => DiskFault::Full,
+                    _ => match madsim::rand::thread_rng().gen_range(0..3) {
+                        0 => DiskFault::Reads,
+                        1 => DiskFault::Full,
+                        _ => DiskFault::Corrupt,
+                    },
                 };
                 kind.set(&cluster.disks[victim as usize - 1], true);
                 Some(Standing::FailingDisk(victim, kind))

@@ -69,6 +69,8 @@ pub enum Planted {
     ReuseSessionIds,
     /// A replica that fails a read answers as if the key were absent, and goes on serving.
     ReadErrorAsAbsent,
+    /// Stored records' crcs are not checked: a corrupted record is believed.
+    SkipChecksums,
 }
 
 impl Planted {
@@ -86,6 +88,7 @@ impl Planted {
             Planted::SkipNewLeaderWait => server(Bug::SkipNewLeaderWait),
             Planted::ReuseSessionIds => server(Bug::ReuseSessionIds),
             Planted::ReadErrorAsAbsent => server(Bug::ReadErrorAsAbsent),
+            Planted::SkipChecksums => server(Bug::SkipChecksums),
             Planted::IgnoreInvalidations => cffs_client::planted::arm_ignore_invalidations(on),
             Planted::RenameWithoutAncestorCheck => cffs_client::planted::arm_rename_without_ancestor_check(on),
         }

@@ -80,7 +80,9 @@ impl MetaNode {
     /// spawned.
     pub async fn start(config: MetaNodeConfig, engine: Arc<dyn KvEngine>) -> anyhow::Result<MetaNode> {
         // After any storage error this replica stops serving (until restarted).
-        let engine: Arc<dyn KvEngine> = Arc::new(FailStop::new(engine));
+        let fail_stop = Arc::new(FailStop::new(engine));
+        let health = fail_stop.health();
+        let engine: Arc<dyn KvEngine> = fail_stop;
         anyhow::ensure!(config.peers.contains_key(&config.id), "--peers must include this node's own id {}", config.id);
         let mut log_store = LogStore::new(engine.clone());
         let initialized = log_store.is_initialized()?;
@@ -90,7 +92,7 @@ impl MetaNode {
             let last_log_index = log_store.get_log_state().await?.last_log_id.map(|id| id.index);
             RestartFloor::at_startup(config.id, vote, last_log_index)
         };
-        let state = MetaState::new(engine);
+        let state = MetaState::new(engine, health.clone());
         let state_machine = StateMachine::open(state.clone())?;
         let raft = MetaRaft::new(config.id, raft_config(&config)?, Network, log_store, state_machine).await?;
 
@@ -98,6 +100,14 @@ impl MetaNode {
             info!(node_id = config.id, vote = %floor.vote, last_log_index = floor.last_log_index, "restarting as the leader of its stored term; reads wait for the log found at startup");
         }
         let metadata = MetadataService::new(config.id, raft.clone(), state.clone(), floor, config.leases);
+        {
+            let (raft, node_id) = (raft.clone(), config.id);
+            tokio::spawn(async move {
+                health.stopped().await;
+                tracing::error!(node_id, "stopping raft after a storage failure");
+                let _ = raft.shutdown().await;
+            });
+        }
         let contact = LeaderContact::default();
         tokio::spawn(prompt_election::watch(raft.clone(), contact.clone()));
         let router = tonic::transport::Server::builder()

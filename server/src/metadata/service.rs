@@ -159,9 +159,13 @@ fn quorum_matched(
     matched.get(voters.len() / 2).copied().unwrap_or(0)
 }
 
-fn storage_status(error: StorageError) -> Status {
-    tracing::error!(%error, "metadata read failed");
-    status(ErrorCode::Storage, format!("storage: {error}"))
+impl MetadataService {
+    /// A read met a storage error: this replica stops serving (its Raft core stops too), and
+    /// the client tries another replica.
+    fn storage_failed(&self, error: StorageError) -> Status {
+        let error = self.state.health.fail(error);
+        status(ErrorCode::Storage, format!("storage: {error}"))
+    }
 }
 
 fn invalid(message: impl Into<String>) -> Status {
@@ -189,7 +193,8 @@ impl cffs_proto::metadata_server::Metadata for MetadataService {
         let round = self.linearizable().await?;
         // The lease is recorded before the state is read (docs/design/leases.md).
         let lease = self.sessions.grant(self.term(), session_id, &[Key::inode(ino)], round);
-        let (version, inode) = state::read_inode(self.state.engine.as_ref(), ino).map_err(storage_status)?;
+        let (version, inode) =
+            state::read_inode(self.state.engine.as_ref(), ino).map_err(|e| self.storage_failed(e))?;
         Ok(Response::new(GetInodeResponse { version, inode, lease }))
     }
 
@@ -199,8 +204,8 @@ impl cffs_proto::metadata_server::Metadata for MetadataService {
         check_name(&key.name).map_err(|e| invalid(e.to_string()))?;
         let round = self.linearizable().await?;
         let lease = self.sessions.grant(self.term(), session_id, &[Key::dentry(key.parent, &key.name)], round);
-        let (version, dentry) =
-            state::read_dentry(self.state.engine.as_ref(), key.parent, &key.name).map_err(storage_status)?;
+        let (version, dentry) = state::read_dentry(self.state.engine.as_ref(), key.parent, &key.name)
+            .map_err(|e| self.storage_failed(e))?;
         Ok(Response::new(LookupResponse { version, dentry, lease }))
     }
 
@@ -222,7 +227,7 @@ impl cffs_proto::metadata_server::Metadata for MetadataService {
         let mut parent = request.parent;
         for name in request.names {
             let (version, dentry) =
-                state::read_dentry(self.state.engine.as_ref(), parent, &name).map_err(storage_status)?;
+                state::read_dentry(self.state.engine.as_ref(), parent, &name).map_err(|e| self.storage_failed(e))?;
             let next = dentry.as_ref().filter(|d| d.kind == FileKind::Directory as i32).map(|d| d.ino);
             steps.push(LookupStep { parent, name, version, dentry });
             match next {
@@ -259,13 +264,13 @@ impl cffs_proto::metadata_server::Metadata for MetadataService {
         // The listing version and the entries come from one state: apply is held off.
         let _guard = self.state.apply_lock.read().expect("apply lock");
         let engine = self.state.engine.as_ref();
-        let listing_version = state::read_listing_version(engine, request.ino).map_err(storage_status)?;
-        let pairs = engine.scan(Cf::State, &start, Some(&end), limit + 1).map_err(storage_status)?;
+        let listing_version = state::read_listing_version(engine, request.ino).map_err(|e| self.storage_failed(e))?;
+        let pairs = engine.scan(Cf::State, &start, Some(&end), limit + 1).map_err(|e| self.storage_failed(e))?;
         let more = pairs.len() > limit;
         let mut entries = Vec::with_capacity(pairs.len().min(limit));
         for (key, value) in pairs.into_iter().take(limit) {
-            let (_, name) = keys::dentry_key_decode(&key).map_err(storage_status)?;
-            let (_, dentry) = state::decode_dentry(&value).map_err(storage_status)?;
+            let (_, name) = keys::dentry_key_decode(&key).map_err(|e| self.storage_failed(e))?;
+            let (_, dentry) = state::decode_dentry(&value).map_err(|e| self.storage_failed(e))?;
             entries.push(DirEntry { name: name.to_vec(), dentry: Some(dentry) });
         }
         Ok(Response::new(ReadDirResponse { listing_version, entries, more, lease }))
@@ -285,7 +290,7 @@ impl cffs_proto::metadata_server::Metadata for MetadataService {
             // between two checks would otherwise pass without ever holding with the others.
             let conflict = {
                 let _guard = self.state.apply_lock.read().expect("apply lock");
-                txn::validate_reads(self.state.engine.as_ref(), &request).map_err(storage_status)?
+                txn::validate_reads(self.state.engine.as_ref(), &request).map_err(|e| self.storage_failed(e))?
             };
             let response = conflict
                 .unwrap_or(CommitResponse { outcome: Some(cffs_proto::commit_response::Outcome::CommittedVersion(0)) });

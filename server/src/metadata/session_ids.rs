@@ -5,7 +5,8 @@
 //! `raft_meta` family beside the vote: it is this replica's own, never replicated.
 
 use crate::constants::SESSION_IDS_RESERVED_PER_WRITE;
-use crate::storage::keys::{session_ids_decode, session_ids_encode, META_SESSION_IDS};
+use crate::storage::codec::{session_ids_decode, session_ids_encode};
+use crate::storage::keys::META_SESSION_IDS;
 use crate::storage::{Cf, KvEngine, StorageError, WriteBatch};
 
 use super::leases::{SessionIdRange, SESSION_NUMBERS_PER_TERM_MAX, SESSION_TERM_MAX};

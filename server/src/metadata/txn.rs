@@ -217,11 +217,11 @@ fn apply_allocate_inodes(
     }
     let first = match engine.get(Cf::State, keys::SYSTEM_NEXT_INO)? {
         None => INO_FIRST_ALLOCATED,
-        Some(value) => keys::u64_decode(&value)?,
+        Some(value) => crate::storage::codec::next_ino_decode(&value)?,
     };
     let next =
         first.checked_add(u64::from(count)).ok_or_else(|| StorageError::corruption("inode numbers exhausted"))?;
-    batch.put(Cf::State, keys::SYSTEM_NEXT_INO.to_vec(), next.to_be_bytes().to_vec());
+    batch.put(Cf::State, keys::SYSTEM_NEXT_INO.to_vec(), crate::storage::codec::next_ino_encode(next));
     Ok(CommandOutcome::AllocateInodes(AllocateInodesResponse { first, count }))
 }
 

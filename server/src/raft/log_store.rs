@@ -9,31 +9,21 @@ use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
+use super::TypeConfig;
+use crate::storage::codec;
+use crate::storage::keys;
+use crate::storage::{self as kv, Cf, KvEngine, WriteBatch};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
     Entry, ErrorSubject, ErrorVerb, LogId, LogState, OptionalSend, RaftLogId, RaftLogReader, StorageError,
     StorageIOError, Vote,
 };
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
-use super::TypeConfig;
-use crate::storage::keys;
-use crate::storage::{self as kv, Cf, KvEngine, WriteBatch};
 
 type NodeId = u64;
 
 /// Converts an engine error into openraft's storage error for `subject`.
 pub fn storage_error(subject: ErrorSubject<NodeId>, verb: ErrorVerb, error: kv::StorageError) -> StorageError<NodeId> {
     StorageError::IO { source: StorageIOError::new(subject, verb, openraft::AnyError::new(&error)) }
-}
-
-pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    bincode::serialize(value).expect("in-memory values always serialize")
-}
-
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, kv::StorageError> {
-    bincode::deserialize(bytes).map_err(|e| kv::StorageError::corruption(format!("bincode: {e}")))
 }
 
 #[derive(Clone)]
@@ -46,7 +36,11 @@ impl LogStore {
         LogStore { engine }
     }
 
-    fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, kv::StorageError> {
+    fn get_meta<T>(
+        &self,
+        key: &[u8],
+        decode: fn(&[u8]) -> Result<T, kv::StorageError>,
+    ) -> Result<Option<T>, kv::StorageError> {
         match self.engine.get(Cf::RaftMeta, key)? {
             None => Ok(None),
             Some(bytes) => decode(&bytes).map(Some),
@@ -86,8 +80,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
         for (key, value) in pairs {
             let index =
                 keys::log_key_decode(&key).map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-            let entry: Entry<TypeConfig> =
-                decode(&value).map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+            let entry =
+                codec::entry_decode(&value).map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
             if entry.get_log_id().index != index {
                 return Err(storage_error(
                     ErrorSubject::Logs,
@@ -109,14 +103,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
         let read_error = |e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e);
-        let last_purged_log_id: Option<LogId<NodeId>> = self.get_meta(keys::META_PURGED).map_err(read_error)?;
+        let last_purged_log_id: Option<LogId<NodeId>> =
+            self.get_meta(keys::META_PURGED, codec::log_id_decode).map_err(read_error)?.flatten();
         let last = self.engine.last(Cf::RaftLog, &keys::log_key(0), &[0xff; 9]).map_err(read_error)?;
         let last_log_id = match last {
             None => last_purged_log_id,
-            Some((_, value)) => {
-                let entry: Entry<TypeConfig> = decode(&value).map_err(read_error)?;
-                Some(*entry.get_log_id())
-            }
+            Some((_, value)) => Some(codec::entry_index(&value).map_err(read_error)?),
         };
         Ok(LogState { last_purged_log_id, last_log_id })
     }
@@ -127,24 +119,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
         let mut batch = WriteBatch::default();
-        batch.put(Cf::RaftMeta, keys::META_VOTE.to_vec(), encode(vote));
+        batch.put(Cf::RaftMeta, keys::META_VOTE.to_vec(), codec::vote_encode(vote));
         // The vote is durable before this returns.
         self.engine.write(batch, true).map_err(|e| storage_error(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
-        self.get_meta(keys::META_VOTE).map_err(|e| storage_error(ErrorSubject::Vote, ErrorVerb::Read, e))
+        self.get_meta(keys::META_VOTE, codec::vote_decode)
+            .map_err(|e| storage_error(ErrorSubject::Vote, ErrorVerb::Read, e))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
         let mut batch = WriteBatch::default();
-        batch.put(Cf::RaftMeta, keys::META_COMMITTED.to_vec(), encode(&committed));
+        batch.put(Cf::RaftMeta, keys::META_COMMITTED.to_vec(), codec::log_id_encode(&committed));
         self.engine.write(batch, false).map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, e))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
         Ok(self
-            .get_meta::<Option<LogId<NodeId>>>(keys::META_COMMITTED)
+            .get_meta(keys::META_COMMITTED, codec::log_id_decode)
             .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Read, e))?
             .flatten())
     }
@@ -156,7 +149,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = WriteBatch::default();
         for entry in entries {
-            batch.put(Cf::RaftLog, keys::log_key(entry.get_log_id().index), encode(&entry));
+            batch.put(Cf::RaftLog, keys::log_key(entry.get_log_id().index), codec::entry_encode(&entry));
         }
         // One synced write for the whole group of entries: the group commit's single fsync.
         // The entries are durable before the callback reports them flushed.
@@ -191,7 +184,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let mut batch = WriteBatch::default();
-        batch.put(Cf::RaftMeta, keys::META_PURGED.to_vec(), encode(&log_id));
+        batch.put(Cf::RaftMeta, keys::META_PURGED.to_vec(), codec::log_id_encode(&Some(log_id)));
         batch.delete_range(Cf::RaftLog, keys::log_key(0), keys::log_key(log_id.index + 1));
         self.engine.write(batch, false).map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }

@@ -13,7 +13,6 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
-use super::log_store::encode;
 use super::prompt_election::LeaderContact;
 use super::{MetaRaft, TypeConfig};
 use crate::constants::{RAFT_RPC_TIMEOUT, RPC_MESSAGE_BYTES_MAX};
@@ -28,6 +27,12 @@ pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
         .connect_timeout(RAFT_RPC_TIMEOUT)
         .tcp_nodelay(true)
         .connect_lazy())
+}
+
+/// Raft RPC payloads are openraft's serde types in bincode: on the wire only, never on disk
+/// (`storage/codec.rs` has the disk formats), so both ends must run one openraft version.
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    bincode::serialize(value).expect("in-memory values always serialize")
 }
 
 #[derive(Clone, Default)]

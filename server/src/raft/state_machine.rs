@@ -7,25 +7,25 @@
 //! may then purge the log that the unsynced state depended on.
 //!
 //! A snapshot is the whole `state` family (applied log id and membership included, since they
-//! live there), so installing one replaces the state machine in a single batch.
+//! live there), so installing one replaces the state machine in a single batch. Its bytes are
+//! one `codec` record, crc-checked before it is installed or sent.
 
 use std::io::Cursor;
 use std::sync::{Arc, RwLock};
 
+use super::log_store::storage_error;
+use super::type_config::RaftOutcome;
+use super::TypeConfig;
+use crate::constants::ROOT_INO;
+use crate::metadata::txn;
+use crate::storage::codec;
+use crate::storage::keys;
+use crate::storage::{self as kv, Cf, KvEngine, WriteBatch};
 use openraft::storage::RaftStateMachine;
 use openraft::{
     Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
     StorageError, StoredMembership,
 };
-use serde::{Deserialize, Serialize};
-
-use super::log_store::{decode, encode, storage_error};
-use super::type_config::RaftOutcome;
-use super::TypeConfig;
-use crate::constants::ROOT_INO;
-use crate::metadata::txn;
-use crate::storage::keys;
-use crate::storage::{self as kv, Cf, KvEngine, WriteBatch};
 
 type NodeId = u64;
 type Membership = StoredMembership<NodeId, openraft::BasicNode>;
@@ -37,11 +37,14 @@ type Membership = StoredMembership<NodeId, openraft::BasicNode>;
 pub struct MetaState {
     pub engine: Arc<dyn KvEngine>,
     pub apply_lock: Arc<RwLock<()>>,
+    /// Where a storage error found above the engine (a record that fails its crc) stops the
+    /// replica, as one inside the engine does.
+    pub health: Arc<crate::storage::fail_stop::Health>,
 }
 
 impl MetaState {
-    pub fn new(engine: Arc<dyn KvEngine>) -> Self {
-        MetaState { engine, apply_lock: Arc::new(RwLock::new(())) }
+    pub fn new(engine: Arc<dyn KvEngine>, health: Arc<crate::storage::fail_stop::Health>) -> Self {
+        MetaState { engine, apply_lock: Arc::new(RwLock::new(())), health }
     }
 
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), kv::StorageError> {
@@ -49,14 +52,6 @@ impl MetaState {
         self.engine.write(batch, sync)
     }
 }
-
-#[derive(Serialize, Deserialize)]
-struct SnapshotFile {
-    format: u32,
-    pairs: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-const SNAPSHOT_FORMAT: u32 = 1;
 
 pub struct StateMachine {
     state: MetaState,
@@ -79,18 +74,18 @@ impl StateMachine {
         let engine = &self.state.engine;
         self.applied = match engine.get(Cf::State, keys::SYSTEM_APPLIED)? {
             None => None,
-            Some(bytes) => decode(&bytes)?,
+            Some(bytes) => codec::log_id_decode(&bytes)?,
         };
         self.membership = match engine.get(Cf::State, keys::SYSTEM_MEMBERSHIP)? {
             None => Membership::default(),
-            Some(bytes) => decode(&bytes)?,
+            Some(bytes) => codec::membership_decode(&bytes)?,
         };
         Ok(())
     }
 
     fn snapshot_file(&self) -> Result<Vec<u8>, kv::StorageError> {
         let pairs = self.state.engine.scan(Cf::State, &[], None, usize::MAX)?;
-        Ok(encode(&SnapshotFile { format: SNAPSHOT_FORMAT, pairs }))
+        Ok(codec::snapshot_data_encode(&pairs))
     }
 }
 
@@ -133,11 +128,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 ),
                 EntryPayload::Membership(membership) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    batch.put(Cf::State, keys::SYSTEM_MEMBERSHIP.to_vec(), encode(&self.membership));
+                    batch.put(Cf::State, keys::SYSTEM_MEMBERSHIP.to_vec(), codec::membership_encode(&self.membership));
                     None
                 }
             };
-            batch.put(Cf::State, keys::SYSTEM_APPLIED.to_vec(), encode(&Some(entry.log_id)));
+            batch.put(Cf::State, keys::SYSTEM_APPLIED.to_vec(), codec::log_id_encode(&Some(entry.log_id)));
             self.state.write(batch, false).map_err(|e| sm_error(ErrorVerb::Write, e))?;
             self.applied = Some(entry.log_id);
             outcomes.push(RaftOutcome(outcome));
@@ -167,20 +162,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError<NodeId>> {
         let subject = ErrorSubject::Snapshot(Some(meta.signature()));
         let bytes = snapshot.into_inner();
-        let file: SnapshotFile = decode(&bytes).map_err(|e| storage_error(subject.clone(), ErrorVerb::Read, e))?;
-        if file.format != SNAPSHOT_FORMAT {
-            return Err(storage_error(subject, ErrorVerb::Read, kv::StorageError::corruption("snapshot format")));
-        }
+        // Checked whole (its crc) before anything is installed.
+        let pairs =
+            codec::snapshot_data_decode(&bytes).map_err(|e| storage_error(subject.clone(), ErrorVerb::Read, e))?;
         let mut batch = WriteBatch::default();
         batch.delete_range(Cf::State, Vec::new(), vec![0xff; 16]);
-        for (key, value) in file.pairs {
+        for (key, value) in pairs {
             batch.put(Cf::State, key, value);
         }
         // The snapshot's own applied id and membership are in its pairs; write them as the
         // meta says, so the two can never disagree.
-        batch.put(Cf::State, keys::SYSTEM_APPLIED.to_vec(), encode(&meta.last_log_id));
-        batch.put(Cf::State, keys::SYSTEM_MEMBERSHIP.to_vec(), encode(&meta.last_membership));
-        batch.put(Cf::RaftMeta, keys::META_SNAPSHOT_META.to_vec(), encode(meta));
+        batch.put(Cf::State, keys::SYSTEM_APPLIED.to_vec(), codec::log_id_encode(&meta.last_log_id));
+        batch.put(Cf::State, keys::SYSTEM_MEMBERSHIP.to_vec(), codec::membership_encode(&meta.last_membership));
+        batch.put(Cf::RaftMeta, keys::META_SNAPSHOT_META.to_vec(), codec::snapshot_meta_encode(meta));
         batch.put(Cf::RaftMeta, keys::META_SNAPSHOT_DATA.to_vec(), bytes);
         // Installed state is durable before this returns: the log it replaces may be purged.
         self.state.write(batch, true).map_err(|e| storage_error(subject.clone(), ErrorVerb::Write, e))?;
@@ -196,8 +190,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (Some(meta), Some(data)) = (read(keys::META_SNAPSHOT_META)?, read(keys::META_SNAPSHOT_DATA)?) else {
             return Ok(None);
         };
-        let meta: SnapshotMeta<NodeId, openraft::BasicNode> =
-            decode(&meta).map_err(|e| sm_error(ErrorVerb::Read, e))?;
+        let meta = codec::snapshot_meta_decode(&meta).map_err(|e| sm_error(ErrorVerb::Read, e))?;
+        // The snapshot's bytes are checked here too: a corrupted copy is never sent.
+        codec::snapshot_data_decode(&data).map_err(|e| sm_error(ErrorVerb::Read, e))?;
         Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }
@@ -218,7 +213,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         let meta = SnapshotMeta { last_log_id: self.applied, last_membership: self.membership.clone(), snapshot_id };
         let mut batch = WriteBatch::default();
-        batch.put(Cf::RaftMeta, keys::META_SNAPSHOT_META.to_vec(), encode(&meta));
+        batch.put(Cf::RaftMeta, keys::META_SNAPSHOT_META.to_vec(), codec::snapshot_meta_encode(&meta));
         batch.put(Cf::RaftMeta, keys::META_SNAPSHOT_DATA.to_vec(), data.clone());
         // Synced: the state up to `applied` and the snapshot are durable before openraft may
         // purge the log they cover.

@@ -10,31 +10,65 @@ use std::sync::{Arc, Mutex};
 
 use super::kv_engine::{Cf, KvEngine, KvPair, KvPairs, StorageError, WriteBatch};
 
-pub struct FailStop {
-    inner: Arc<dyn KvEngine>,
+/// Whether a replica's storage has failed, shared by its engine and the code above it that
+/// decodes what the engine returns (a bad crc is found there, not in the engine).
+#[derive(Default)]
+pub struct Health {
     failed: Mutex<Option<StorageError>>,
+    /// Notified once, at the first failure: the replica's node stops its Raft core then (a
+    /// leader that only fails its reads would keep heartbeating, and nobody would replace it).
+    stopped: tokio::sync::Notify,
 }
 
-impl FailStop {
-    pub fn new(inner: Arc<dyn KvEngine>) -> Self {
-        FailStop { inner, failed: Mutex::new(None) }
-    }
-
-    /// The error that stopped this engine, if one did.
+impl Health {
+    /// The error that stopped this replica's storage, if one did.
     pub fn failure(&self) -> Option<StorageError> {
         self.failed.lock().expect("fail-stop lock").clone()
     }
 
-    fn check<T>(&self, result: Result<T, StorageError>) -> Result<T, StorageError> {
+    /// Records a failure (the first one counts) and returns it.
+    pub fn fail(&self, error: StorageError) -> StorageError {
         let mut failed = self.failed.lock().expect("fail-stop lock");
-        if let Some(error) = failed.as_ref() {
-            return Err(error.clone());
-        }
-        if let Err(error) = &result {
+        if failed.is_none() {
             tracing::error!(%error, "storage failed; this replica stops serving until restarted");
             *failed = Some(error.clone());
+            // notify_one keeps the wakeup for a waiter that registers later.
+            self.stopped.notify_one();
         }
-        result
+        error
+    }
+
+    /// Resolves once storage has failed.
+    pub async fn stopped(self: Arc<Self>) {
+        if self.failure().is_none() {
+            self.stopped.notified().await;
+        }
+    }
+}
+
+pub struct FailStop {
+    inner: Arc<dyn KvEngine>,
+    health: Arc<Health>,
+}
+
+impl FailStop {
+    pub fn new(inner: Arc<dyn KvEngine>) -> Self {
+        FailStop { inner, health: Arc::new(Health::default()) }
+    }
+
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
+    }
+
+    pub fn failure(&self) -> Option<StorageError> {
+        self.health.failure()
+    }
+
+    fn check<T>(&self, result: Result<T, StorageError>) -> Result<T, StorageError> {
+        if let Some(error) = self.health.failure() {
+            return Err(error);
+        }
+        result.map_err(|error| self.health.fail(error))
     }
 
     fn stopped(&self) -> Result<(), StorageError> {

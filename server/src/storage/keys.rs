@@ -6,23 +6,23 @@
 //! - `d` parent:u64 name:bytes   → versioned `Dentry` (prost); a directory's dentries are
 //!   contiguous, in name order, so a listing is one range scan
 //! - `l` ino:u64                 → versioned, empty payload: the directory's listing version
-//! - `t` txn_id:[u8;16]          → dedup record: log index:u64, then `CommitResponse` (prost)
+//! - `t` txn_id:[u8;16]          → dedup record: versioned (the commit's log index), then
+//!   `CommitResponse` (prost)
 //! - `T` index:u64 txn_id:[u8;16] → empty: the dedup records in log order, for pruning
-//! - `s` name                    → system keys: `applied` (last applied log id, bincode),
-//!   `membership` (bincode), `next_ino` (u64)
+//! - `s` name                    → system keys: `applied` (last applied log id),
+//!   `membership`, `next_ino`
 //!
-//! A versioned value is `format:u8 = 1`, `version:u64`, then the payload. The version is the
-//! log index of the commit that last wrote the key; an absent key has version 0.
+//! A versioned value holds `version:u64` and then the payload: the version is the log index
+//! of the commit that last wrote the key; an absent key has version 0.
 //!
-//! Column family `raft_log`: log index:u64 → bincode `Entry`.
-//! Column family `raft_meta`: `vote`, `committed`, `purged` (bincode), `snapshot_meta`
-//! (bincode), `snapshot_data` (the snapshot bytes), `session_ids` (the session numbers this
-//! replica reserved: `format:u8 = 1`, `term:u64`, `end:u64`, `crc32:u32` of the 17 bytes
-//! before it).
+//! Column family `raft_log`: log index:u64 → `Entry` record.
+//! Column family `raft_meta`: `vote`, `committed`, `purged`, `snapshot_meta`, `snapshot_data`
+//! (the snapshot bytes), `session_ids` (the session numbers this replica reserved).
+//!
+//! Every value is a record of `codec.rs` (kind, format, body, crc32), checked on every read;
+//! docs/design/storage.md has each byte by byte.
 
 use super::kv_engine::StorageError;
-
-pub const VALUE_FORMAT: u8 = 1;
 
 pub const PREFIX_INODE: u8 = b'i';
 pub const PREFIX_DENTRY: u8 = b'd';
@@ -41,35 +41,6 @@ pub const META_PURGED: &[u8] = b"purged";
 pub const META_SNAPSHOT_META: &[u8] = b"snapshot_meta";
 pub const META_SNAPSHOT_DATA: &[u8] = b"snapshot_data";
 pub const META_SESSION_IDS: &[u8] = b"session_ids";
-
-const SESSION_IDS_FORMAT: u8 = 1;
-const SESSION_IDS_LEN: usize = 1 + 8 + 8 + 4;
-
-/// Encodes the session-number reservation: numbers below `end` of `term` may have been
-/// handed out.
-pub fn session_ids_encode(term: u64, end: u64) -> Vec<u8> {
-    let mut value = Vec::with_capacity(SESSION_IDS_LEN);
-    value.push(SESSION_IDS_FORMAT);
-    value.extend_from_slice(&term.to_be_bytes());
-    value.extend_from_slice(&end.to_be_bytes());
-    let crc = crc32fast::hash(&value);
-    value.extend_from_slice(&crc.to_be_bytes());
-    value
-}
-
-/// Decodes a session-number reservation into (term, end).
-pub fn session_ids_decode(value: &[u8]) -> Result<(u64, u64), StorageError> {
-    if value.len() != SESSION_IDS_LEN || value[0] != SESSION_IDS_FORMAT {
-        return Err(StorageError::corruption("session ids record header"));
-    }
-    let crc = u32::from_be_bytes(value[17..21].try_into().expect("4 bytes"));
-    if crc32fast::hash(&value[..17]) != crc {
-        return Err(StorageError::corruption("session ids record checksum"));
-    }
-    let term = u64::from_be_bytes(value[1..9].try_into().expect("8 bytes"));
-    let end = u64::from_be_bytes(value[9..17].try_into().expect("8 bytes"));
-    Ok((term, end))
-}
 
 pub use cffs_proto::limits::TXN_ID_LEN;
 
@@ -152,32 +123,7 @@ pub fn log_key_decode(key: &[u8]) -> Result<u64, StorageError> {
     Ok(u64::from_be_bytes(bytes))
 }
 
-/// Encodes a versioned value.
-pub fn versioned_encode(version: u64, payload: &[u8]) -> Vec<u8> {
-    assert!(version > 0, "a stored key always has the version of the commit that wrote it");
-    let mut value = Vec::with_capacity(9 + payload.len());
-    value.push(VALUE_FORMAT);
-    value.extend_from_slice(&version.to_be_bytes());
-    value.extend_from_slice(payload);
-    value
-}
-
-/// Decodes a versioned value into (version, payload).
-pub fn versioned_decode(value: &[u8]) -> Result<(u64, &[u8]), StorageError> {
-    if value.len() < 9 || value[0] != VALUE_FORMAT {
-        return Err(StorageError::corruption("versioned value header"));
-    }
-    let version = u64::from_be_bytes(value[1..9].try_into().expect("8 bytes"));
-    if version == 0 {
-        return Err(StorageError::corruption("versioned value with version 0"));
-    }
-    Ok((version, &value[9..]))
-}
-
-pub fn u64_decode(value: &[u8]) -> Result<u64, StorageError> {
-    let bytes: [u8; 8] = value.try_into().map_err(|_| StorageError::corruption("u64 value"))?;
-    Ok(u64::from_be_bytes(bytes))
-}
+pub use super::codec::{versioned_decode, versioned_encode};
 
 #[cfg(test)]
 mod tests {
@@ -190,26 +136,5 @@ mod tests {
         assert!(dentry_prefix(7) <= a && a < b && b < dentry_prefix_end(7));
         assert!(dentry_key(6, b"zzz") < dentry_prefix(7));
         assert_eq!(dentry_key_decode(&b).unwrap(), (7, &b"b"[..]));
-    }
-
-    #[test]
-    fn session_ids_roundtrip_and_a_flipped_byte_is_corruption() {
-        let value = session_ids_encode(7, 4097);
-        assert_eq!(session_ids_decode(&value).unwrap(), (7, 4097));
-        for i in 0..value.len() {
-            let mut bad = value.clone();
-            bad[i] ^= 0x10;
-            assert!(session_ids_decode(&bad).is_err(), "byte {i} flipped");
-        }
-    }
-
-    #[test]
-    fn versioned_roundtrip_and_corruption() {
-        let value = versioned_encode(42, b"payload");
-        assert_eq!(versioned_decode(&value).unwrap(), (42, &b"payload"[..]));
-        assert!(versioned_decode(&value[..5]).is_err());
-        let mut bad = value.clone();
-        bad[0] = 9;
-        assert!(versioned_decode(&bad).is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! Storage: the `KvEngine` trait, its engines (RocksDB for real runs, a simulated disk for
 //! simulation and tests), and the one keyspace file.
 
+pub mod codec;
 pub mod fail_stop;
 pub mod keys;
 pub mod kv_engine;

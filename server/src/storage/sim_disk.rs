@@ -30,6 +30,9 @@ struct Disk {
     reads_fail: bool,
     /// When set, every write fails (a full disk); nothing is written.
     full: bool,
+    /// When set, every value read comes back with one byte flipped (a bad cable, a firmware
+    /// bug): what the records' crcs are for.
+    reads_corrupt: bool,
 }
 
 /// What happens to one unsynced batch on power loss.
@@ -84,11 +87,47 @@ impl SimDisk {
         self.disk.lock().expect("sim disk lock").full = full;
     }
 
+    pub fn set_reads_corrupt(&self, corrupt: bool) {
+        self.disk.lock().expect("sim disk lock").reads_corrupt = corrupt;
+    }
+
+    /// Flips one bit of the stored value of `key` (in what reads see and what is durable):
+    /// a record rotted on the medium. False when the key is absent.
+    pub fn corrupt_stored(&self, cf: Cf, key: &[u8]) -> bool {
+        let mut guard = self.disk.lock().expect("sim disk lock");
+        let disk = &mut *guard;
+        let mut found = false;
+        for tree in [&mut disk.cache, &mut disk.durable] {
+            if let Some(value) = tree.get_mut(&(cf, key.to_vec())) {
+                flip(value);
+                found = true;
+            }
+        }
+        found
+    }
+
+    fn read_value(disk: &Disk, value: &[u8]) -> Vec<u8> {
+        let mut value = value.to_vec();
+        if disk.reads_corrupt {
+            flip(&mut value);
+        }
+        value
+    }
+
     fn read_check(disk: &Disk) -> Result<(), StorageError> {
         match disk.reads_fail {
             true => Err(StorageError::Io("injected read failure".into())),
             false => Ok(()),
         }
+    }
+}
+
+/// Flips a bit of `value` in the last bytes before a record's crc (the end of its body:
+/// an inode's inline data, for one).
+fn flip(value: &mut [u8]) {
+    let at = value.len().saturating_sub(6);
+    if let Some(byte) = value.get_mut(at) {
+        *byte ^= 0x04;
     }
 }
 
@@ -133,19 +172,28 @@ impl KvEngine for SimDisk {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         let disk = self.disk.lock().expect("sim disk lock");
         Self::read_check(&disk)?;
-        Ok(disk.cache.get(&(cf, key.to_vec())).cloned())
+        Ok(disk.cache.get(&(cf, key.to_vec())).map(|v| Self::read_value(&disk, v)))
     }
 
     fn scan(&self, cf: Cf, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<KvPairs, StorageError> {
         let disk = self.disk.lock().expect("sim disk lock");
         Self::read_check(&disk)?;
-        Ok(disk.cache.range(range_of(cf, start, end)).take(limit).map(|((_, k), v)| (k.clone(), v.clone())).collect())
+        Ok(disk
+            .cache
+            .range(range_of(cf, start, end))
+            .take(limit)
+            .map(|((_, k), v)| (k.clone(), Self::read_value(&disk, v)))
+            .collect())
     }
 
     fn last(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Option<KvPair>, StorageError> {
         let disk = self.disk.lock().expect("sim disk lock");
         Self::read_check(&disk)?;
-        Ok(disk.cache.range(range_of(cf, start, Some(end))).next_back().map(|((_, k), v)| (k.clone(), v.clone())))
+        Ok(disk
+            .cache
+            .range(range_of(cf, start, Some(end)))
+            .next_back()
+            .map(|((_, k), v)| (k.clone(), Self::read_value(&disk, v))))
     }
 
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StorageError> {

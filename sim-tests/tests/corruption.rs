@@ -1,0 +1,88 @@
+//! A flipped bit on a replica's disk is caught by the record's crc, and the replica stops
+//! serving rather than answer from state it cannot trust (`storage/codec.rs`,
+//! `storage/fail_stop.rs`):
+//! - a rotted state value on the leader: the read that meets it fails, the leader stops, a
+//!   new leader serves the right content;
+//! - a rotted vote on a follower: the follower cannot start, the others go on.
+//!
+//! With the checks planted away (`--plant skip-checksums`), the same rotted value is served.
+#![cfg(madsim)]
+
+use std::time::Duration;
+
+use cffs_server::storage::keys;
+use cffs_server::storage::Cf;
+use cffs_sim_tests::cluster::Cluster;
+use cffs_sim_tests::runner::{self, Planted};
+
+const SEEDS: u64 = 4;
+const CONTENT: &[u8] = b"the content that must come back whole";
+
+async fn write_f(cluster: &Cluster) -> u64 {
+    cluster
+        .with_client(|client| async move {
+            client.run(|txn| async move { txn.write_file("/f", CONTENT).await }).await?;
+            client.run(|txn| async move { txn.stat("/f").await.map(|attr| attr.ino) }).await
+        })
+        .await
+        .expect("write /f")
+}
+
+/// What a fresh client reads at /f, trying for up to ten seconds.
+async fn read_f(cluster: &Cluster) -> Option<Vec<u8>> {
+    cluster
+        .with_client(|client| async move {
+            let read = client.run(|txn| async move { txn.read_file("/f").await });
+            tokio::time::timeout(Duration::from_secs(10), read).await.ok().and_then(Result::ok)
+        })
+        .await
+}
+
+/// Rots /f's inode on the leader's disk; returns (what a client then read, whether the old
+/// leader still leads).
+async fn rotted_value_scenario() -> (Option<Vec<u8>>, bool) {
+    let cluster = Cluster::start(3).await;
+    let ino = write_f(&cluster).await;
+    let leader = cluster.leader().await.expect("a leader");
+    // Every replica applied the write before its value is rotted on the leader.
+    cluster.wait_converged(Duration::from_secs(10)).await.expect("converged");
+    assert!(cluster.disks[leader as usize - 1].corrupt_stored(Cf::State, &keys::inode_key(ino)));
+    let read = read_f(&cluster).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let still_leads = cluster.leader_quick().await == Some(leader);
+    (read, still_leads)
+}
+
+#[test]
+fn a_rotted_value_on_the_leader_stops_it_and_the_right_content_is_served() {
+    for (seed, (read, still_leads)) in (1..).zip(runner::planted_seeds(None, SEEDS, rotted_value_scenario)) {
+        assert_eq!(read.as_deref(), Some(CONTENT), "seed {seed}: a read after the rot");
+        assert!(!still_leads, "seed {seed}: the replica that met the rot still leads");
+    }
+}
+
+#[test]
+fn with_checksums_planted_away_the_rotted_value_is_served() {
+    let runs = runner::planted_seeds(Some(Planted::SkipChecksums), SEEDS, rotted_value_scenario);
+    let wrong = runs.iter().filter(|(read, _)| read.as_deref() != Some(CONTENT)).count();
+    eprintln!("planted skip-checksums: {wrong} of {SEEDS} seeds read a rotted value");
+    assert!(wrong > 0, "the rot went unnoticed by the scenario: {runs:?}");
+}
+
+#[test]
+fn a_rotted_vote_keeps_a_follower_down_and_the_others_serve() {
+    runner::scenario_seeds(|| async {
+        let cluster = Cluster::start(3).await;
+        write_f(&cluster).await;
+        let leader = cluster.leader().await.expect("a leader");
+        let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+        cluster.kill(follower);
+        assert!(cluster.disks[follower as usize - 1].corrupt_stored(Cf::RaftMeta, keys::META_VOTE));
+        cluster.restart(follower);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let all = cluster.with_client(|client| async move { client.cluster_status_all().await }).await;
+        let answers = all.iter().filter(|(_, status)| status.is_ok()).count();
+        assert_eq!(answers, 2, "the follower with a rotted vote must not serve: {all:?}");
+        assert_eq!(read_f(&cluster).await.as_deref(), Some(CONTENT));
+    });
+}
