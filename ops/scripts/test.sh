@@ -10,7 +10,8 @@ source ops/scripts/env.sh
 # Fixed seeds: CI is reproducible; set MADSIM_TEST_SEED / CFFS_CHAOS_START to explore others.
 export MADSIM_TEST_SEED="${MADSIM_TEST_SEED:-1}"
 SIM_SEEDS="${CFFS_SIM_SEEDS:-20}"
-CHAOS_SEEDS="${CFFS_CHAOS_SEEDS:-200}"
+CHAOS_SEEDS="${CFFS_CHAOS_SEEDS:-2000}"
+DETERMINISM_SEEDS="${CFFS_DETERMINISM_SEEDS:-4}"
 step() { printf '\n==> %s (%s)\n' "$1" "$(date +%T)" >&2; }
 
 step "format check"
@@ -32,13 +33,27 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "build and test (real build: RocksDB, loopback clusters)"
 cargo test --workspace --locked
 
-step "simulation: scenario tests, $SIM_SEEDS seeds each; chaos: $CHAOS_SEEDS seeds; planted bugs (madsim)"
+step "simulation: the chaos runner, release build (madsim; seeds run several times faster than in debug)"
+RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR="$CFFS_SIM_TARGET_DIR" \
+  cargo build --release --locked -p cffs-sim-tests --bin cffs-sim
+# The chaos and planted-bug tests launch their seeds with this binary.
+export CFFS_SIM_EXE="$CFFS_SIM_TARGET_DIR/release/cffs-sim"
+
+step "simulation: scenario tests, $SIM_SEEDS seeds each; chaos regression seeds; planted bugs, 50 seeds each (madsim)"
 RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR="$CFFS_SIM_TARGET_DIR" MADSIM_TEST_NUM="$SIM_SEEDS" \
-  CFFS_CHAOS_SEEDS="$CHAOS_SEEDS" \
+  CFFS_CHAOS_SEEDS=20 \
   cargo test --locked -p cffs-sim-tests -p cffs-server --lib --tests -- --nocapture 2>&1 \
   | grep -vE '^failover: |^killed leader '
 
-step "simulation: determinism (the same seeds twice, in separate processes; outputs must match)"
+step "simulation: $CHAOS_SEEDS chaos seeds (every seed in a process of its own; fails on any checker)"
+"$CFFS_SIM_EXE" --seeds "$CHAOS_SEEDS" --start 1
+
+step "simulation: determinism of $DETERMINISM_SEEDS chaos seeds, on a digest of the whole event trace"
+for seed in $(seq 1 "$DETERMINISM_SEEDS") 4494; do
+  "$CFFS_SIM_EXE" --seed "$seed" --check-determinism
+done
+
+step "simulation: determinism of the scenario tests (the same seeds twice, in separate processes; outputs must match)"
 # Two runs in one process do not replay the same (openraft's unbiased select! draws from
 # tokio's thread RNG, seeded from a process-wide counter), so MADSIM_TEST_CHECK_DETERMINISM
 # cannot be used; each run here is a process of its own, as a replay is. The chaos test checks

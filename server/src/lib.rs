@@ -9,4 +9,6 @@ pub mod metadata;
 #[cfg(madsim)]
 pub mod planted;
 pub mod raft;
+#[cfg(madsim)]
+pub mod sim_stats;
 pub mod storage;

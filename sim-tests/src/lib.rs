@@ -15,4 +15,6 @@ pub mod runner;
 #[cfg(madsim)]
 pub mod scenario;
 #[cfg(madsim)]
+pub mod trace_hash;
+#[cfg(madsim)]
 pub mod workload;

@@ -77,7 +77,7 @@ impl NemesisPlan {
             power_loss: rng.gen_bool(0.5),
             blackout: rng.gen_bool(0.3),
             sync_failure: rng.gen_bool(0.3),
-            disk_errors: rng.gen_bool(0.3),
+            disk_errors: rng.gen_bool(0.4),
             isolate: rng.gen_bool(0.5),
             peer_partition: rng.gen_bool(0.3),
             one_way: rng.gen_bool(0.3),
@@ -289,11 +289,14 @@ pub async fn run(cluster: &Cluster, plan: &NemesisPlan, stop: Arc<AtomicBool>) -
                 None
             }
             5 if (plan.sync_failure || plan.disk_errors) && room => {
-                let kind = match (plan.sync_failure, plan.disk_errors, coin) {
+                // Half the time the leader's disk: the replica whose failure matters most.
+                let leader = if coin { cluster.leader_quick().await.filter(|id| free(*id)) } else { None };
+                let victim = leader.unwrap_or(victim);
+                let kind = match (plan.sync_failure, plan.disk_errors, madsim::rand::thread_rng().gen_bool(0.5)) {
                     (true, false, _) | (true, true, true) => DiskFault::Syncs,
-                    _ => match madsim::rand::thread_rng().gen_range(0..3) {
-                        0 => DiskFault::Reads,
-                        1 => DiskFault::Full,
+                    _ => match madsim::rand::thread_rng().gen_range(0..4) {
+                        0 | 1 => DiskFault::Reads,
+                        2 => DiskFault::Full,
                         _ => DiskFault::Corrupt,
                     },
                 };

@@ -130,7 +130,10 @@ fn run_on_this_thread(seed: u64) -> SeedResult {
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| runtime(seed).block_on(scenario::run())));
     let wall = started.elapsed();
     match outcome {
-        Ok(report) => SeedResult { seed, report: Some(report), panic: None, wall },
+        Ok(mut report) => {
+            report.trace_digest = crate::trace_hash::digest();
+            SeedResult { seed, report: Some(report), panic: None, wall }
+        }
         Err(payload) => {
             let message = payload
                 .downcast_ref::<String>()
@@ -147,11 +150,20 @@ fn run_on_this_thread(seed: u64) -> SeedResult {
 pub struct Launcher {
     pub exe: std::path::PathBuf,
     pub plant: Option<Planted>,
+    /// Digest each seed's whole event trace (slower: every debug event is formatted).
+    pub trace_hash: bool,
+}
+
+/// The `cffs-sim` binary to launch seeds with: `CFFS_SIM_EXE` when set (the test command
+/// points it at the release build, several times faster per seed), else `built` (the test
+/// binary's own debug build, `env!("CARGO_BIN_EXE_cffs-sim")`).
+pub fn sim_exe(built: &str) -> std::path::PathBuf {
+    std::env::var_os("CFFS_SIM_EXE").map_or_else(|| built.into(), Into::into)
 }
 
 impl Launcher {
     pub fn new(exe: impl Into<std::path::PathBuf>, plant: Option<Planted>) -> Launcher {
-        Launcher { exe: exe.into(), plant }
+        Launcher { exe: exe.into(), plant, trace_hash: false }
     }
 
     /// Runs `seed` in a child process (`cffs-sim --seed N --json`).
@@ -159,6 +171,9 @@ impl Launcher {
         use clap::ValueEnum;
         let mut command = std::process::Command::new(&self.exe);
         command.args(["--seed", &seed.to_string(), "--json"]);
+        if self.trace_hash {
+            command.arg("--trace-hash");
+        }
         if let Some(value) = self.plant.and_then(|bug| bug.to_possible_value()) {
             command.args(["--plant", value.get_name()]);
         }
@@ -174,12 +189,14 @@ impl Launcher {
         }
     }
 
-    /// Runs `seed` twice, each in a process of its own; `Err` describes the first difference
-    /// between the two runs' reports (plan, faults, commits, violations, and a digest of
-    /// every replica's final state).
+    /// Runs `seed` twice, each in a process of its own, digesting each run's whole event
+    /// trace; `Err` describes the first difference between the two runs' reports (plan,
+    /// faults, commits, violations, a digest of every replica's final state, and the trace
+    /// digest).
     pub fn check_determinism(&self, seed: u64) -> Result<(), String> {
+        let traced = Launcher { trace_hash: true, ..self.clone() };
         let describe = |result: &SeedResult| format!("{:?} {:?}", result.report, result.panic);
-        let (first, second) = (describe(&self.run_seed(seed)), describe(&self.run_seed(seed)));
+        let (first, second) = (describe(&traced.run_seed(seed)), describe(&traced.run_seed(seed)));
         if first == second {
             Ok(())
         } else {

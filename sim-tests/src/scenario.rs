@@ -55,6 +55,18 @@ pub struct Report {
     /// Read-only transactions that committed locally, under their leases.
     #[serde(default)]
     pub local_commits: u64,
+    /// crc32 of the run's whole event trace and its event count (`cffs-sim --trace-hash`).
+    #[serde(default)]
+    pub trace_digest: Option<(u32, u64)>,
+    /// Snapshots that followers installed from their leader during the run.
+    #[serde(default)]
+    pub snapshots_installed: u64,
+    /// The most replicas the nemesis had impaired at one moment.
+    #[serde(default)]
+    pub impaired_max: u64,
+    /// Faults the nemesis injected on clients (pauses, cuts).
+    #[serde(default)]
+    pub client_faults: u64,
     /// Checks that could not be made, and why (e.g. no final read after a liveness failure).
     /// Every other checker ran on what was recorded.
     #[serde(default)]
@@ -150,6 +162,7 @@ fn check_histories(report: &mut Report, histories: &Histories, finals: Option<&F
 pub async fn run() -> Report {
     let mut report = Report::default();
     let plan = NemesisPlan::draw();
+    cffs_server::sim_stats::reset();
     let node_plan = plan.clone();
     let mut cluster = Cluster::start_with(3, move |config| node_plan.adjust(config)).await;
     cluster.client_options = plan.client_options();
@@ -214,8 +227,12 @@ pub async fn run() -> Report {
         join_all(&mut report, listing_readers, "listing reader").await.into_iter().flatten().collect();
     stop.store(true, Ordering::Relaxed);
     cffs_server::buggify::enable(false);
-    report.faults = nemesis.await.expect("nemesis").faults;
+    let counts = nemesis.await.expect("nemesis");
+    report.faults = counts.faults;
+    report.impaired_max = counts.impaired_max;
+    report.client_faults = counts.client_faults;
     report.power_losses = DiskSim::current().power_losses();
+    report.snapshots_installed = cffs_server::sim_stats::snapshots_installed();
     report.plan = Some(format!("{plan:?}"));
 
     // Liveness phase: healed, every client (one per workload client, each on its own node)

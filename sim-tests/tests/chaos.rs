@@ -3,11 +3,11 @@
 //! `CFFS_CHAOS_SEEDS` (default 20) and `CFFS_CHAOS_START` choose the seeds.
 #![cfg(madsim)]
 
-use cffs_sim_tests::runner::Launcher;
+use cffs_sim_tests::runner::{sim_exe, Launcher};
 
 /// Each seed runs in a `cffs-sim` process of its own (see `runner`).
 fn launcher() -> Launcher {
-    Launcher::new(env!("CARGO_BIN_EXE_cffs-sim"), None)
+    Launcher::new(sim_exe(env!("CARGO_BIN_EXE_cffs-sim")), None)
 }
 
 /// Seeds that found real bugs, fixed since; they run on every test run, whatever range of

@@ -1,66 +1,82 @@
 //! Proof that the harness can fail: each planted bug, switched on for its test, must be caught
-//! by a checker within `SEEDS_MAX` seeds. Every seed runs in a `cffs-sim` process of its own
-//! with the bug planted there; each test prints the seed that caught its bug and the checkers
-//! that did.
+//! by the checker named for it within `SEEDS` chaos seeds (a panic or a timeout is not a
+//! catch). Every seed runs in a `cffs-sim` process of its own with the bug planted there; each
+//! test prints its catch rate (seeds its checker caught, of seeds run), which
+//! docs/design/simulation.md keeps. The lease bug that needs leases longer than an election
+//! (a new leader that skips its wait) is planted in `tests/leases.rs`, and reused session ids
+//! (a leader restarted into its term, plus a commit retried across the restart with an old id,
+//! plus a new session given that id: too rare a coincidence for 50 chaos seeds, where chaos
+//! seed 4494 is the one known) in `tests/session_ids.rs`; the restart floor and the checksums
+//! also have targeted scenarios of their own.
 #![cfg(madsim)]
 
-use cffs_sim_tests::runner::{Launcher, Planted};
+use cffs_sim_tests::runner::{sim_exe, Launcher, Planted};
 
-const SEEDS_MAX: u64 = 50;
+const SEEDS: u64 = 50;
 
-/// Runs seeds from 1 with `bug` planted until one fails; asserts that happens within
-/// `SEEDS_MAX` seeds and returns the checkers that caught it.
-fn caught_by(name: &str, bug: Planted) -> Vec<String> {
-    // Each seed runs in a `cffs-sim` process of its own, with the bug planted there.
-    let launcher = Launcher::new(env!("CARGO_BIN_EXE_cffs-sim"), Some(bug));
-    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-    let mut found = None;
-    let mut start = 1;
-    while start <= SEEDS_MAX && found.is_none() {
-        let results = launcher.run_seeds(start, jobs.min(SEEDS_MAX - start + 1), jobs as usize, |_| {});
-        found = results.into_iter().find(|r| r.failed()).map(|r| (r.seed, r.caught_by()));
-        start += jobs;
+/// Runs seeds `1..=SEEDS` with `bug` planted; asserts that `checker` caught it in at least
+/// one, and prints the catch rate.
+fn caught_by(name: &str, bug: Planted, checker: &str) {
+    let launcher = Launcher::new(sim_exe(env!("CARGO_BIN_EXE_cffs-sim")), Some(bug));
+    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let results = launcher.run_seeds(1, SEEDS, jobs, |_| {});
+    let caught: Vec<u64> =
+        results.iter().filter(|r| r.caught_by().iter().any(|c| c == checker)).map(|r| r.seed).collect();
+    let failed = results.iter().filter(|r| r.failed()).count();
+    let panics = results.iter().filter(|r| r.panic.is_some()).count();
+    let mut others: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for name in results.iter().flat_map(|r| r.caught_by()).filter(|c| c != checker) {
+        *others.entry(name).or_default() += 1;
     }
-    let (seed, checkers) = found.unwrap_or_else(|| panic!("planted bug '{name}' not caught within {SEEDS_MAX} seeds"));
-    eprintln!("planted bug '{name}': caught at seed {seed} by {checkers:?}");
-    checkers
+    eprintln!(
+        "planted bug '{name}': {checker} caught {} of {SEEDS} seeds (first: {:?}); any checker {failed} of {SEEDS}, {panics} panics; other checkers (seeds) {others:?}",
+        caught.len(),
+        caught.first()
+    );
+    assert!(!caught.is_empty(), "planted bug '{name}' not caught by {checker} within {SEEDS} seeds");
 }
 
 #[test]
 fn skipped_read_set_validation_is_caught() {
-    caught_by("skip read-set validation", Planted::SkipReadValidation);
+    caught_by("skip read-set validation", Planted::SkipReadValidation, "bank");
 }
 
 #[test]
 fn acknowledging_before_the_log_is_durable_is_caught() {
-    caught_by("acknowledge before the log is durable", Planted::AckBeforeDurable);
+    caught_by("acknowledge before the log is durable", Planted::AckBeforeDurable, "lost-commit");
 }
 
 #[test]
 fn forgotten_deduplication_is_caught() {
-    caught_by("forget deduplication", Planted::ForgetDedup);
+    caught_by("forget deduplication", Planted::ForgetDedup, "lost-commit");
 }
 
 #[test]
 fn reads_without_the_read_index_are_caught() {
-    caught_by("serve reads without the read index", Planted::FollowerRead);
+    caught_by("serve reads without the read index", Planted::FollowerRead, "elle");
 }
 
 #[test]
 fn rename_without_the_ancestor_check_is_caught() {
-    let checkers = caught_by("rename without the ancestor check", Planted::RenameWithoutAncestorCheck);
-    assert!(checkers.iter().any(|c| c == "fsck"), "a directory loop is fsck's to find: {checkers:?}");
+    caught_by("rename without the ancestor check", Planted::RenameWithoutAncestorCheck, "fsck");
 }
 
 #[test]
 fn blind_parent_updates_are_caught() {
-    let checkers = caught_by("commutative parent update as blind overwrite", Planted::BlindParentUpdate);
-    assert!(checkers.iter().any(|c| c == "fsck"), "a wrong link count is fsck's to find: {checkers:?}");
+    caught_by("commutative parent update as blind overwrite", Planted::BlindParentUpdate, "fsck");
 }
 
 #[test]
 fn a_client_that_ignores_invalidations_is_caught() {
-    // (The other lease bug, a new leader that skips its wait, needs leases longer than an
-    // election to show: `tests/leases.rs` plants it in a scenario built for it.)
-    caught_by("client acknowledges invalidations without applying them", Planted::IgnoreInvalidations);
+    caught_by("client acknowledges invalidations without applying them", Planted::IgnoreInvalidations, "elle");
+}
+
+#[test]
+fn a_read_error_taken_for_an_absent_key_is_caught() {
+    caught_by("a failed read answers absent", Planted::ReadErrorAsAbsent, "bank");
+}
+
+#[test]
+fn unchecked_checksums_are_caught() {
+    caught_by("stored records' crcs not checked", Planted::SkipChecksums, "bank");
 }

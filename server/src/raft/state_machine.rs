@@ -180,6 +180,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.state.write(batch, true).map_err(|e| storage_error(subject.clone(), ErrorVerb::Write, e))?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
+        #[cfg(madsim)]
+        crate::sim_stats::snapshot_installed();
         Ok(())
     }
 

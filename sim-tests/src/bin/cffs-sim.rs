@@ -37,11 +37,17 @@ fn main() -> std::process::ExitCode {
         /// the runner reads from each seed's process).
         #[arg(long, requires = "seed")]
         json: bool,
+        /// Digest the run's whole event trace (every debug event, with its simulated time)
+        /// into its report; what --check-determinism compares.
+        #[arg(long)]
+        trace_hash: bool,
     }
 
     let args = Args::parse();
     // Logs of the simulated nodes, when asked for (RUST_LOG=...), to stderr.
-    if std::env::var_os("RUST_LOG").is_some() {
+    if args.trace_hash && args.seed.is_some() && !args.check_determinism {
+        cffs_sim_tests::trace_hash::install();
+    } else if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_writer(std::io::stderr)
@@ -93,13 +99,33 @@ fn main() -> std::process::ExitCode {
     let faults: u64 = results.iter().filter_map(|r| r.report.as_ref()).map(|r| r.faults).sum();
     let anomalies: usize = results.iter().filter_map(|r| r.report.as_ref()).map(|r| r.violations.len()).sum::<usize>()
         + results.iter().filter(|r| r.panic.is_some()).count();
+    let reports: Vec<&cffs_sim_tests::scenario::Report> = results.iter().filter_map(|r| r.report.as_ref()).collect();
+    let sum = |f: fn(&cffs_sim_tests::scenario::Report) -> u64| reports.iter().map(|r| f(r)).sum::<u64>();
+    let count = |f: fn(&cffs_sim_tests::scenario::Report) -> bool| reports.iter().filter(|r| f(r)).count();
     println!(
         "summary: {} seeds in {seconds:.1} s ({:.1} seeds/min, {jobs} jobs), {} failed, {anomalies} anomalies; {commits} commits, {faults} faults injected",
         results.len(),
         results.len() as f64 / seconds * 60.0,
         failed.len()
     );
-    if failed.is_empty() {
+    println!(
+        "  cache: {} reads served from caches ({} seeds), {} local read-only commits ({} seeds); {} snapshots installed ({} seeds); {} client faults ({} seeds); {} seeds with a majority impaired at once",
+        sum(|r| r.cache_hits),
+        count(|r| r.cache_hits > 0),
+        sum(|r| r.local_commits),
+        count(|r| r.local_commits > 0),
+        sum(|r| r.snapshots_installed),
+        count(|r| r.snapshots_installed > 0),
+        sum(|r| r.client_faults),
+        count(|r| r.client_faults > 0),
+        count(|r| r.impaired_max >= 2),
+    );
+    // A run in which no seed served a cached read did not test the caches at all.
+    let untested_cache = !reports.is_empty() && sum(|r| r.cache_hits) == 0;
+    if untested_cache {
+        println!("FAIL: no seed served a read from a client's cache");
+    }
+    if failed.is_empty() && !untested_cache {
         std::process::ExitCode::SUCCESS
     } else {
         std::process::ExitCode::FAILURE
@@ -133,6 +159,15 @@ fn print_result(
         if let Some(report) = &result.report {
             println!("  plan: {}", report.plan.as_deref().unwrap_or("none"));
             println!("  faults {}, power losses {}, commits {}", report.faults, report.power_losses, report.commits);
+            println!(
+                "  cache hits {}, misses {}, local commits {}; snapshots installed {}; most replicas impaired at once {}; client faults {}",
+                report.cache_hits,
+                report.cache_misses,
+                report.local_commits,
+                report.snapshots_installed,
+                report.impaired_max,
+                report.client_faults
+            );
             for (checker, violation) in &report.violations {
                 println!("  [{checker}] {violation}");
             }
