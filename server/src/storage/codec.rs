@@ -17,7 +17,7 @@ use cffs_proto::Command;
 use openraft::{BasicNode, Entry, EntryPayload, LeaderId, LogId, Membership, SnapshotMeta, StoredMembership, Vote};
 use prost::Message;
 
-use super::kv_engine::StorageError;
+use super::kv_engine::{KvPairs, StorageError};
 use crate::raft::type_config::RaftCommand;
 use crate::raft::TypeConfig;
 
@@ -380,7 +380,7 @@ pub fn snapshot_data_encode(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
     w.finish()
 }
 
-pub fn snapshot_data_decode(record: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+pub fn snapshot_data_decode(record: &[u8]) -> Result<KvPairs, StorageError> {
     let mut r = Reader::open(Kind::SnapshotData, record)?;
     let count = r.count(8)?;
     let mut pairs = Vec::with_capacity(count);
