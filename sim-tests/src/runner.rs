@@ -257,6 +257,8 @@ where
     };
     let first = env_u64("MADSIM_TEST_SEED", 1);
     let count = env_u64("MADSIM_TEST_NUM", 1);
+    // Planted switches are process-wide: no planted run of another test may overlap these.
+    let _turn = PLANTING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     for seed in first..first + count {
         if let Err(panic) = on_seed_thread(seed, scenario.clone()) {
             eprintln!("note: replay this seed alone with MADSIM_TEST_SEED={seed} MADSIM_TEST_NUM=1");
@@ -284,7 +286,8 @@ where
         .join()
 }
 
-/// Planted switches are process-wide: tests that plant take turns.
+/// Planted switches are process-wide: tests that plant, and the scenario runs beside them in
+/// one test binary, take turns.
 static PLANTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Runs `scenario` for seeds `1..=seeds` with `plant` (if any) switched on, and returns what
