@@ -7,5 +7,6 @@ pub mod read_index;
 pub mod service;
 pub mod session_ids;
 pub mod sessions;
+pub mod settings;
 pub mod state;
 pub mod txn;

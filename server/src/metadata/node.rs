@@ -94,6 +94,11 @@ impl MetaNode {
         };
         let state = MetaState::new(engine, health.clone());
         let state_machine = StateMachine::open(state.clone())?;
+        if let Some(stored) = state.settings.borrow().as_ref() {
+            if let Some(why) = super::settings::mismatch(&super::settings::from_config(&config.leases), stored) {
+                anyhow::bail!("{why}");
+            }
+        }
         let raft = MetaRaft::new(config.id, raft_config(&config)?, Network, log_store, state_machine).await?;
 
         if let Some(floor) = floor {

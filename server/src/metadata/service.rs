@@ -57,6 +57,7 @@ impl MetadataService {
         let read_index = ReadIndex::start(raft.clone(), floor);
         let sessions = Sessions::new(leases, state.engine.clone());
         sessions.watch_leadership(raft.clone());
+        super::settings::watch(raft.clone(), state.clone(), sessions.clone(), super::settings::from_config(&leases));
         MetadataService { node_id, raft, state, read_index, sessions }
     }
 
@@ -311,7 +312,9 @@ impl cffs_proto::metadata_server::Metadata for MetadataService {
                 Ok(Response::new(response))
             }
             CommandOutcome::Rejected(why) => Err(invalid(why)),
-            CommandOutcome::AllocateInodes(_) => Err(status(ErrorCode::Internal, "commit answered as an allocation")),
+            CommandOutcome::AllocateInodes(_) | CommandOutcome::Settings(_) => {
+                Err(status(ErrorCode::Internal, "commit answered as another command"))
+            }
         }
     }
 
@@ -326,7 +329,9 @@ impl cffs_proto::metadata_server::Metadata for MetadataService {
         match self.propose(Command { kind: Some(command::Kind::AllocateInodes(request)) }).await? {
             CommandOutcome::AllocateInodes(response) => Ok(Response::new(response)),
             CommandOutcome::Rejected(why) => Err(invalid(why)),
-            CommandOutcome::Commit(_) => Err(status(ErrorCode::Internal, "allocation answered as a commit")),
+            CommandOutcome::Commit(_) | CommandOutcome::Settings(_) => {
+                Err(status(ErrorCode::Internal, "allocation answered as another command"))
+            }
         }
     }
 

@@ -40,6 +40,10 @@ pub fn written_keys(request: &CommitRequest) -> BTreeSet<Vec<u8>> {
 
 struct State {
     table: LeaseTable,
+    /// The cluster's stored settings are known here and equal this replica's: until then no
+    /// session opens, no lease is granted and no commit is proposed (a predecessor may have
+    /// leased keys under settings this replica has not applied yet).
+    settings_confirmed: bool,
     streams: BTreeMap<u64, mpsc::Sender<Result<SessionEvent, Status>>>,
     commits_waited: u64,
     commit_wait: Duration,
@@ -92,6 +96,7 @@ impl Sessions {
         Sessions {
             state: Arc::new(Mutex::new(State {
                 table: LeaseTable::new(config, Instant::now()),
+                settings_confirmed: false,
                 streams: BTreeMap::new(),
                 commits_waited: 0,
                 commit_wait: Duration::ZERO,
@@ -101,10 +106,18 @@ impl Sessions {
         }
     }
 
+    /// The cluster's stored settings were applied here and match this replica's.
+    pub fn confirm_settings(&self) {
+        self.lock().settings_confirmed = true;
+    }
+
     /// Opens a session in the table, reserving session numbers on disk first when the term
     /// has none left in memory. The reservation's fsync happens under the lock: once per
     /// `SESSION_IDS_RESERVED_PER_WRITE` sessions.
     fn open_session(&self, state: &mut State, term: Option<u64>, now: Instant) -> Result<u64, Status> {
+        if !state.settings_confirmed {
+            return Err(status(ErrorCode::Unavailable, "the cluster settings are not applied here yet"));
+        }
         loop {
             match state.table.open_session(term, now) {
                 Ok(id) => return Ok(id),
@@ -157,6 +170,9 @@ impl Sessions {
         let now = Instant::now();
         let mut state = self.lock();
         state.sync(term, now);
+        if !state.settings_confirmed {
+            return None;
+        }
         state.table.grant(term, session, &keys, round_start, now).map(|seq| LeaseGrant { seq })
     }
 
@@ -176,6 +192,9 @@ impl Sessions {
                 let term = term();
                 let mut state = self.lock();
                 state.sync(term, now);
+                if !state.settings_confirmed {
+                    return Err(status(ErrorCode::Unavailable, "the cluster settings are not applied here yet"));
+                }
                 state.table.begin_write(term, writer, &keys, now)
             };
             match begun {

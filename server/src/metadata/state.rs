@@ -8,6 +8,14 @@ use prost::Message;
 use crate::storage::keys;
 use crate::storage::{Cf, KvEngine, StorageError};
 
+/// The cluster-wide settings, once the first leader stored them.
+pub fn read_cluster_settings(engine: &dyn KvEngine) -> Result<Option<cffs_proto::ClusterSettings>, StorageError> {
+    match engine.get(Cf::State, keys::SYSTEM_CLUSTER_SETTINGS)? {
+        None => Ok(None),
+        Some(value) => crate::storage::codec::cluster_settings_decode(&value).map(Some),
+    }
+}
+
 pub fn read_inode(engine: &dyn KvEngine, ino: u64) -> Result<(u64, Option<Inode>), StorageError> {
     match engine.get(Cf::State, &keys::inode_key(ino))? {
         None => Ok((0, None)),

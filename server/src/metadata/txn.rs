@@ -33,6 +33,8 @@ use crate::storage::{Cf, KvEngine, StorageError, WriteBatch};
 pub enum CommandOutcome {
     Commit(CommitResponse),
     AllocateInodes(AllocateInodesResponse),
+    /// The cluster settings now stored (the proposed ones, or those stored before).
+    Settings(cffs_proto::ClusterSettings),
     /// The command was malformed; it had no effect. (The leader checks requests before
     /// proposing them, so this is reached only by a bug or a corrupted entry.)
     Rejected(String),
@@ -203,8 +205,29 @@ pub fn apply_command(
     match command.kind.as_ref() {
         Some(command::Kind::Commit(request)) => apply_commit(engine, index, request, batch),
         Some(command::Kind::AllocateInodes(request)) => apply_allocate_inodes(engine, request.count, batch),
+        Some(command::Kind::ClusterSettings(settings)) => apply_cluster_settings(engine, settings, batch),
         None => Ok(CommandOutcome::Rejected("empty command".into())),
     }
+}
+
+/// Stores the cluster settings if none are stored yet; never changes stored ones.
+fn apply_cluster_settings(
+    engine: &dyn KvEngine,
+    settings: &cffs_proto::ClusterSettings,
+    batch: &mut WriteBatch,
+) -> Result<CommandOutcome, StorageError> {
+    if let Some(stored) = crate::metadata::state::read_cluster_settings(engine)? {
+        return Ok(CommandOutcome::Settings(stored));
+    }
+    if settings.lease_ms == 0 {
+        return Ok(CommandOutcome::Rejected("a lease of 0 ms".into()));
+    }
+    batch.put(
+        Cf::State,
+        keys::SYSTEM_CLUSTER_SETTINGS.to_vec(),
+        crate::storage::codec::cluster_settings_encode(settings),
+    );
+    Ok(CommandOutcome::Settings(*settings))
 }
 
 fn apply_allocate_inodes(

@@ -40,11 +40,22 @@ pub struct MetaState {
     /// Where a storage error found above the engine (a record that fails its crc) stops the
     /// replica, as one inside the engine does.
     pub health: Arc<crate::storage::fail_stop::Health>,
+    /// The cluster-wide settings as this replica has applied them (None until the first
+    /// leader's settings entry is applied here).
+    pub settings: Arc<tokio::sync::watch::Sender<Option<cffs_proto::ClusterSettings>>>,
 }
 
 impl MetaState {
     pub fn new(engine: Arc<dyn KvEngine>, health: Arc<crate::storage::fail_stop::Health>) -> Self {
-        MetaState { engine, apply_lock: Arc::new(RwLock::new(())), health }
+        let settings = Arc::new(tokio::sync::watch::Sender::new(None));
+        MetaState { engine, apply_lock: Arc::new(RwLock::new(())), health, settings }
+    }
+
+    /// Publishes the settings stored in the state (after a load or a snapshot install).
+    fn publish_settings(&self) -> Result<(), kv::StorageError> {
+        let stored = crate::metadata::state::read_cluster_settings(self.engine.as_ref())?;
+        self.settings.send_replace(stored);
+        Ok(())
     }
 
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), kv::StorageError> {
@@ -80,7 +91,7 @@ impl StateMachine {
             None => Membership::default(),
             Some(bytes) => codec::membership_decode(&bytes)?,
         };
-        Ok(())
+        self.state.publish_settings()
     }
 
     fn snapshot_file(&self) -> Result<Vec<u8>, kv::StorageError> {
@@ -135,6 +146,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             batch.put(Cf::State, keys::SYSTEM_APPLIED.to_vec(), codec::log_id_encode(&Some(entry.log_id)));
             self.state.write(batch, false).map_err(|e| sm_error(ErrorVerb::Write, e))?;
             self.applied = Some(entry.log_id);
+            if let Some(txn::CommandOutcome::Settings(settings)) = &outcome {
+                self.state.settings.send_replace(Some(settings.clone()));
+            }
             outcomes.push(RaftOutcome(outcome));
         }
         Ok(outcomes)
@@ -180,6 +194,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.state.write(batch, true).map_err(|e| storage_error(subject.clone(), ErrorVerb::Write, e))?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
+        self.state.publish_settings().map_err(|e| storage_error(subject, ErrorVerb::Read, e))?;
         #[cfg(madsim)]
         crate::sim_stats::snapshot_installed();
         Ok(())

@@ -40,6 +40,9 @@ impl fmt::Debug for RaftCommand {
                 write!(f, "Commit(reads={}, writes={})", c.reads.len(), c.writes.len())
             }
             Some(cffs_proto::command::Kind::AllocateInodes(a)) => write!(f, "AllocateInodes({})", a.count),
+            Some(cffs_proto::command::Kind::ClusterSettings(s)) => {
+                write!(f, "ClusterSettings(lease {} ms, drift {} ppm)", s.lease_ms, s.lease_drift_ppm)
+            }
             None => write!(f, "Empty"),
         }
     }
@@ -100,6 +103,7 @@ impl Serialize for RaftOutcome {
             Some(CommandOutcome::Commit(r)) => (1, r.encode_to_vec()),
             Some(CommandOutcome::AllocateInodes(r)) => (2, r.encode_to_vec()),
             Some(CommandOutcome::Rejected(why)) => (3, why.as_bytes().to_vec()),
+            Some(CommandOutcome::Settings(s)) => (4, s.encode_to_vec()),
         };
         (tag, serde_bytes_wrap(bytes)).serialize(serializer)
     }
@@ -123,6 +127,9 @@ impl<'de> Deserialize<'de> for RaftOutcome {
                 AllocateInodesResponse::decode(bytes.as_slice()).map_err(D::Error::custom)?,
             )),
             3 => Some(CommandOutcome::Rejected(String::from_utf8_lossy(&bytes).into_owned())),
+            4 => Some(CommandOutcome::Settings(
+                cffs_proto::ClusterSettings::decode(bytes.as_slice()).map_err(D::Error::custom)?,
+            )),
             _ => return Err(D::Error::custom("unknown outcome tag")),
         };
         Ok(RaftOutcome(outcome))

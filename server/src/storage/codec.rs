@@ -34,6 +34,7 @@ pub enum Kind {
     Versioned = b'v',
     NextIno = b'N',
     SessionIds = b'R',
+    ClusterSettings = b'C',
 }
 
 /// The only format of every kind so far.
@@ -425,6 +426,21 @@ pub fn next_ino_decode(record: &[u8]) -> Result<u64, StorageError> {
     Ok(next)
 }
 
+// The cluster-wide settings (`metadata/settings.rs`): lease_ms:u64 lease_drift_ppm:u32.
+
+pub fn cluster_settings_encode(settings: &cffs_proto::ClusterSettings) -> Vec<u8> {
+    let mut w = Writer::new(Kind::ClusterSettings);
+    w.u64(settings.lease_ms).u32(settings.lease_drift_ppm);
+    w.finish()
+}
+
+pub fn cluster_settings_decode(record: &[u8]) -> Result<cffs_proto::ClusterSettings, StorageError> {
+    let mut r = Reader::open(Kind::ClusterSettings, record)?;
+    let (lease_ms, lease_drift_ppm) = (r.u64()?, r.u32()?);
+    r.end()?;
+    Ok(cffs_proto::ClusterSettings { lease_ms, lease_drift_ppm })
+}
+
 // The session-number reservation (`metadata/session_ids.rs`): term:u64 end:u64.
 
 pub fn session_ids_encode(term: u64, end: u64) -> Vec<u8> {
@@ -519,6 +535,10 @@ mod tests {
         let record = session_ids_encode(7, 4097);
         assert_eq!(session_ids_decode(&record).unwrap(), (7, 4097));
         every_byte_flip_is_caught(&record, session_ids_decode);
+        let settings = cffs_proto::ClusterSettings { lease_ms: 250, lease_drift_ppm: 10_000 };
+        let record = cluster_settings_encode(&settings);
+        assert_eq!(cluster_settings_decode(&record).unwrap(), settings);
+        every_byte_flip_is_caught(&record, cluster_settings_decode);
     }
 
     #[test]

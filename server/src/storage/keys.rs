@@ -10,7 +10,7 @@
 //!   `CommitResponse` (prost)
 //! - `T` index:u64 txn_id:[u8;16] → empty: the dedup records in log order, for pruning
 //! - `s` name                    → system keys: `applied` (last applied log id),
-//!   `membership`, `next_ino`
+//!   `membership`, `next_ino`, `cluster_settings` (set once, by the first leader)
 //!
 //! A versioned value holds `version:u64` and then the payload: the version is the log index
 //! of the commit that last wrote the key; an absent key has version 0.
@@ -34,6 +34,7 @@ pub const PREFIX_SYSTEM: u8 = b's';
 pub const SYSTEM_APPLIED: &[u8] = b"sapplied";
 pub const SYSTEM_MEMBERSHIP: &[u8] = b"smembership";
 pub const SYSTEM_NEXT_INO: &[u8] = b"snext_ino";
+pub const SYSTEM_CLUSTER_SETTINGS: &[u8] = b"scluster_settings";
 
 pub const META_VOTE: &[u8] = b"vote";
 pub const META_COMMITTED: &[u8] = b"committed";
