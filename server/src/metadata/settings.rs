@@ -48,7 +48,7 @@ pub fn watch(raft: MetaRaft, state: MetaState, sessions: Sessions, own: ClusterS
     tokio::spawn(async move {
         let mut stored = state.settings.subscribe();
         loop {
-            let current = stored.borrow_and_update().clone();
+            let current = *stored.borrow_and_update();
             match current {
                 Some(settings) => {
                     if let Some(why) = mismatch(&own, &settings) {
@@ -62,7 +62,7 @@ pub fn watch(raft: MetaRaft, state: MetaState, sessions: Sessions, own: ClusterS
                 None => {
                     let leads = raft.metrics().borrow().state == openraft::ServerState::Leader;
                     if leads {
-                        let command = Command { kind: Some(command::Kind::ClusterSettings(own.clone())) };
+                        let command = Command { kind: Some(command::Kind::ClusterSettings(own)) };
                         if let Err(error) = raft.client_write(RaftCommand(command)).await {
                             tracing::debug!(%error, "proposing the cluster settings failed; retrying");
                         }

@@ -147,7 +147,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.state.write(batch, false).map_err(|e| sm_error(ErrorVerb::Write, e))?;
             self.applied = Some(entry.log_id);
             if let Some(txn::CommandOutcome::Settings(settings)) = &outcome {
-                self.state.settings.send_replace(Some(settings.clone()));
+                self.state.settings.send_replace(Some(*settings));
             }
             outcomes.push(RaftOutcome(outcome));
         }
