@@ -2,7 +2,8 @@
 //! ids it hands out must not be ones its previous process gave to other clients (chaos seed
 //! 4494). The scenario: the leader crashes and restarts at once, keeping its leadership; a
 //! reader caches /f under a lease from the new process; then commits stamped with the ids the
-//! old process handed out first (as a commit retried across the restart is) overwrite /f.
+//! old process handed out first, to clients that warmed up before the restart (as a commit
+//! retried across the restart is), overwrite /f.
 //! Each commit must invalidate the reader's lease, so the reader's next read-only transaction
 //! sees the overwrite. With session numbers reserved on disk that holds; planted away
 //! (`--plant reuse-session-ids`), a stamped commit drops the reader's lease as the writer's
@@ -18,8 +19,9 @@ use cffs_server::raft::network::channel;
 use cffs_sim_tests::cluster::Cluster;
 use cffs_sim_tests::runner::{self, Planted};
 
-const SEEDS: u64 = 8;
-/// The ids stamped on the overwrites: the first ones any process hands out in a term.
+const SEEDS: u64 = 16;
+/// The ids stamped on the overwrites: the first ones the leader's first process handed out
+/// in its term (to the clients that warm up before the restart).
 const STAMPED_SESSION_NUMBERS: u64 = 4;
 
 #[derive(Debug)]
@@ -38,6 +40,22 @@ async fn scenario() -> Run {
         .with_client(|client| async move { client.run(|txn| async move { txn.write_file("/f", b"0").await }).await })
         .await
         .expect("setup");
+    // Clients with sessions on the leader before it restarts: the ids stamped below are ones
+    // its first process really handed out (each client's first cache hit proves its session).
+    for _ in 0..STAMPED_SESSION_NUMBERS {
+        cluster
+            .with_client(|client| async move {
+                for _ in 0..50 {
+                    let _ = client.run(|txn| async move { txn.read_file("/f").await }).await;
+                    if client.cache_stats().hits > 0 {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                panic!("no session opened before the restart");
+            })
+            .await;
+    }
     let status = cluster.with_client(|client| async move { client.cluster_status().await }).await.expect("status");
     let (leader, term) = (status.leader_id, status.term);
     cluster.kill(leader);
