@@ -48,6 +48,16 @@ pub const LEASE_DRIFT_PPM_DEFAULT: u32 = 10_000;
 /// Session numbers a leader reserves on disk with one synced write (`metadata/session_ids.rs`):
 /// one fsync per this many sessions opened.
 pub const SESSION_IDS_RESERVED_PER_WRITE: u64 = 4096;
+/// Most live sessions one leader holds; one more is refused (the client retries, uncached
+/// meanwhile) after a sweep of the expired ones. 64 Ki sessions cost the leader a keepalive
+/// each every quarter lease, far past what one leader serves (README, "Many clients").
+pub const SESSIONS_MAX: usize = 65_536;
+/// Most keys one leader holds leases on; a read that would pass it is served without a
+/// lease (after a sweep of the expired ones).
+pub const LEASED_KEYS_MAX: usize = 1 << 20;
+/// Most keepalives of one session waiting for their read-index rounds; a client that sends
+/// more without waiting for the answers loses its session.
+pub const SESSION_KEEPALIVES_IN_FLIGHT_MAX: usize = 64;
 /// Most events (invalidations, keepalive acks) queued for one session stream; a client that
 /// lets more pile up gets none, and its leases run out instead.
 pub const SESSION_EVENTS_QUEUE_MAX: usize = 1024;

@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::constants::{LEASED_KEYS_MAX, SESSIONS_MAX};
+
 /// Lease settings, the same on the leader and (sent when a session opens) on its clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaseConfig {
@@ -109,6 +111,8 @@ pub enum OpenRefused {
     /// No reserved session number is left for `term`: the caller reserves more durably
     /// (`add_session_ids`) and tries again.
     NeedSessionIds { term: u64 },
+    /// `SESSIONS_MAX` live sessions already.
+    TooManySessions,
 }
 
 #[derive(Debug)]
@@ -176,6 +180,12 @@ impl LeaseTable {
     pub fn open_session(&mut self, term: Option<u64>, now: Instant) -> Result<u64, OpenRefused> {
         self.sync_term(term, now);
         let Some(term) = term else { return Err(OpenRefused::NotLeader) };
+        if self.sessions.len() >= SESSIONS_MAX {
+            self.expire(now);
+            if self.sessions.len() >= SESSIONS_MAX {
+                return Err(OpenRefused::TooManySessions);
+            }
+        }
         let number = match &mut self.session_ids {
             Some(range) if range.term == term && range.next < range.end => {
                 range.next += 1;
@@ -251,6 +261,12 @@ impl LeaseTable {
         }
         if keys.iter().any(|key| self.pending.contains_key(key)) {
             return None;
+        }
+        if self.leases.len() + keys.len() > LEASED_KEYS_MAX {
+            self.expire(now);
+            if self.leases.len() + keys.len() > LEASED_KEYS_MAX {
+                return None;
+            }
         }
         let grant_expiry = round_start + self.config.server_span();
         for key in keys {
@@ -591,6 +607,23 @@ mod tests {
         assert_eq!(table.open_session(Some(4), start), Err(OpenRefused::NeedSessionIds { term: 4 }));
         table.add_session_ids(SessionIdRange { term: 4, next: 1, end: 2 });
         assert_eq!(table.open_session(Some(4), start), Ok((4 << 32) | 1));
+    }
+
+    #[test]
+    fn sessions_and_leased_keys_are_bounded() {
+        let start = Instant::now();
+        let mut table = LeaseTable::new(config(), start);
+        table.add_session_ids(SessionIdRange { term: 3, next: 1, end: SESSIONS_MAX as u64 + 10 });
+        for _ in 0..SESSIONS_MAX {
+            table.open_session(TERM, start).unwrap();
+        }
+        assert_eq!(table.open_session(TERM, start), Err(OpenRefused::TooManySessions));
+        // Once the sessions have expired, a sweep makes room.
+        let later = start + config().server_span() + Duration::from_millis(1);
+        let session = table.open_session(TERM, later).unwrap();
+        let keys: Vec<Vec<u8>> = (0..LEASED_KEYS_MAX as u32).map(|i| i.to_be_bytes().to_vec()).collect();
+        assert!(table.grant(TERM, session, &keys, later, later).is_some());
+        assert_eq!(table.grant(TERM, session, &[b"one more".to_vec()], later, later), None);
     }
 
     #[test]

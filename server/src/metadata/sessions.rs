@@ -23,7 +23,7 @@ use tonic::Status;
 use super::leases::{LeaseConfig, LeaseTable, OpenRefused, WriteRefused};
 use super::read_index::ReadIndex;
 use super::session_ids;
-use crate::constants::{REQUEST_TIMEOUT, SESSION_EVENTS_QUEUE_MAX};
+use crate::constants::{REQUEST_TIMEOUT, SESSION_EVENTS_QUEUE_MAX, SESSION_KEEPALIVES_IN_FLIGHT_MAX};
 use crate::storage::KvEngine;
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<SessionEvent, Status>> + Send>>;
@@ -122,6 +122,9 @@ impl Sessions {
             match state.table.open_session(term, now) {
                 Ok(id) => return Ok(id),
                 Err(OpenRefused::NotLeader) => return Err(status(ErrorCode::NotLeader, "not the leader")),
+                Err(OpenRefused::TooManySessions) => {
+                    return Err(status(ErrorCode::Unavailable, "this leader holds its most sessions (SESSIONS_MAX)"))
+                }
                 Err(OpenRefused::NeedSessionIds { term }) => match session_ids::reserve(self.engine.as_ref(), term) {
                     Ok(Some(range)) => state.table.add_session_ids(range),
                     Ok(None) => {
@@ -324,6 +327,10 @@ impl Sessions {
                         let Some(Ok(request)) = request else { break };
                         match request.msg {
                             Some(session_request::Msg::Keepalive(keepalive)) => {
+                                if rounds.len() >= SESSION_KEEPALIVES_IN_FLIGHT_MAX {
+                                    tracing::warn!(session = id, "keepalives sent faster than answered; closing the session");
+                                    break;
+                                }
                                 let read_index = read_index.clone();
                                 rounds.push_back(async move { (keepalive.seq, read_index.wait().await) });
                             }
