@@ -6,6 +6,7 @@
 //! disk holds. What it must never do is answer from a state that missed a write, or treat a
 //! failed read as an absent key.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::kv_engine::{Cf, KvEngine, KvPair, KvPairs, StorageError, WriteBatch};
@@ -14,6 +15,8 @@ use super::kv_engine::{Cf, KvEngine, KvPair, KvPairs, StorageError, WriteBatch};
 /// decodes what the engine returns (a bad crc is found there, not in the engine).
 #[derive(Default)]
 pub struct Health {
+    /// Set with `failed`: what every engine call checks, without taking the lock.
+    stopped_flag: AtomicBool,
     failed: Mutex<Option<StorageError>>,
     /// Notified once, at the first failure: the replica's node stops its Raft core then (a
     /// leader that only fails its reads would keep heartbeating, and nobody would replace it).
@@ -23,6 +26,9 @@ pub struct Health {
 impl Health {
     /// The error that stopped this replica's storage, if one did.
     pub fn failure(&self) -> Option<StorageError> {
+        if !self.stopped_flag.load(Ordering::Acquire) {
+            return None;
+        }
         self.failed.lock().expect("fail-stop lock").clone()
     }
 
@@ -32,6 +38,7 @@ impl Health {
         if failed.is_none() {
             tracing::error!(%error, "storage failed; this replica stops serving until restarted");
             *failed = Some(error.clone());
+            self.stopped_flag.store(true, Ordering::Release);
             // notify_one keeps the wakeup for a waiter that registers later.
             self.stopped.notify_one();
         }
@@ -64,10 +71,8 @@ impl FailStop {
         self.health.failure()
     }
 
+    /// Records the error of a call made after `stopped` passed.
     fn check<T>(&self, result: Result<T, StorageError>) -> Result<T, StorageError> {
-        if let Some(error) = self.health.failure() {
-            return Err(error);
-        }
         result.map_err(|error| self.health.fail(error))
     }
 
