@@ -55,6 +55,10 @@ pub const SESSIONS_MAX: usize = 65_536;
 /// Most keys one leader holds leases on; a read that would pass it is served without a
 /// lease (after a sweep of the expired ones).
 pub const LEASED_KEYS_MAX: usize = 1 << 20;
+/// Most keys marked pending by the writes in flight on one leader (each commit marks the keys
+/// it writes until it is applied); a commit that would pass it is refused as unavailable, to
+/// be retried by its client.
+pub const PENDING_WRITE_KEYS_MAX: usize = 1 << 20;
 /// Most keepalives of one session waiting for their read-index rounds; a client that sends
 /// more without waiting for the answers loses its session.
 pub const SESSION_KEEPALIVES_IN_FLIGHT_MAX: usize = 64;

@@ -4,6 +4,7 @@
 
 #[cfg(madsim)]
 pub mod buggify;
+pub mod clock;
 pub mod constants;
 pub mod metadata;
 #[cfg(madsim)]

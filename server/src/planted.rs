@@ -32,6 +32,13 @@ pub enum Bug {
     ReadErrorAsAbsent = 9,
     /// Stored records' crcs are not checked (`storage/codec.rs`).
     SkipChecksums = 10,
+    /// A replica that believes it leads serves reads without a read-index round (no quorum
+    /// confirms it still leads): a leader cut off from its peers goes on answering clients.
+    LeaderReadWithoutQuorum = 11,
+    /// A leader sends a write's invalidations and goes on without waiting for their
+    /// acknowledgements or the leases' expiry: a holder that is slow, paused or cut off
+    /// serves the old value from its cache after the write is acknowledged.
+    SkipLeaseWait = 12,
 }
 
 static ARMED: AtomicU8 = AtomicU8::new(0);

@@ -1,6 +1,9 @@
 //! A simulated cluster: metadata replicas as madsim nodes, each with a `SimDisk` that
 //! outlives the node, so a kill and restart is a process crash (the page cache survives) and
 //! `power_loss` drops unsynced writes.
+//!
+//! Replica ids are 1, 2, 3, … in the order replicas are made; a replica removed from the
+//! group by a membership change keeps its id (never reused) and stays down.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -18,15 +21,26 @@ pub const META_PORT: u16 = 7101;
 /// Adjusts a replica's configuration (applied at every start and restart).
 pub type Adjust = Arc<dyn Fn(&mut MetaNodeConfig) + Send + Sync>;
 
+struct Replica {
+    node: NodeHandle,
+    disk: SimDisk,
+    /// Taken out of the group by a membership change (and stopped for good).
+    removed: bool,
+}
+
 pub struct Cluster {
     handle: Handle,
-    pub nodes: Vec<NodeHandle>,
-    pub disks: Vec<SimDisk>,
+    /// Every replica made, by id - 1.
+    replicas: Mutex<Vec<Replica>>,
+    /// Applied to every replica's configuration, including replicas added later.
+    adjust: Adjust,
     clients_made: AtomicU8,
     /// Every client node made, for the nemesis' client faults.
     client_nodes: Mutex<Vec<madsim::task::NodeId>>,
     /// What clients made by `connect` use.
     pub client_options: ClientOptions,
+    /// The client node the nemesis prefers for client faults (the chaos run's lease watcher).
+    watcher: Mutex<Option<madsim::task::NodeId>>,
 }
 
 fn meta_ip(index: usize) -> IpAddr {
@@ -44,26 +58,33 @@ impl Cluster {
         let handle = Handle::current();
         let peers: BTreeMap<u64, String> =
             (0..replicas).map(|i| (i as u64 + 1, format!("{}:{META_PORT}", meta_ip(i)))).collect();
-        let mut cluster = Cluster {
+        let cluster = Cluster {
             handle,
-            nodes: Vec::new(),
-            disks: Vec::new(),
+            replicas: Mutex::new(Vec::new()),
+            adjust: Arc::new(adjust),
             clients_made: AtomicU8::new(0),
             client_nodes: Mutex::new(Vec::new()),
             client_options: ClientOptions::default(),
+            watcher: Mutex::new(None),
         };
-        let adjust: Adjust = Arc::new(adjust);
         for _ in 0..replicas {
-            cluster.add_replica(peers.clone(), adjust.clone());
+            cluster.add_replica(peers.clone());
         }
         cluster.wait_for_leader(Duration::from_secs(30)).await.expect("a leader is elected");
         cluster
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Replica>> {
+        self.replicas.lock().expect("replicas lock")
+    }
+
     /// Starts one more replica, with the next id, on a fresh disk. `peers` is what it is
-    /// started with (`--peers`); only a cluster's lowest id ever bootstraps.
-    pub fn add_replica(&mut self, peers: BTreeMap<u64, String>, adjust: Adjust) -> u64 {
-        let i = self.nodes.len();
+    /// started with (`--peers`, which must include its own id); only a cluster's lowest id
+    /// ever bootstraps.
+    pub fn add_replica(&self, peers: BTreeMap<u64, String>) -> u64 {
+        let adjust = self.adjust.clone();
+        let mut replicas = self.lock();
+        let i = replicas.len();
         let id = i as u64 + 1;
         let disk = SimDisk::new();
         let node_disk = disk.clone();
@@ -92,17 +113,55 @@ impl Cluster {
                 }
             })
             .build();
-        self.nodes.push(node);
-        self.disks.push(disk);
+        replicas.push(Replica { node, disk, removed: false });
         id
+    }
+
+    /// Registers every replica's disk with the disk simulator, so a kill can be a power loss.
+    pub fn attach_disks(&self, disk_sim: &crate::disk::DiskSim) {
+        for replica in self.lock().iter() {
+            disk_sim.attach(replica.node.id(), replica.disk.clone());
+        }
+    }
+
+    /// The madsim node of replica `id`.
+    pub fn node_id(&self, id: u64) -> madsim::task::NodeId {
+        self.lock()[id as usize - 1].node.id()
+    }
+
+    /// The disk of replica `id` (shared with the replica).
+    pub fn disk(&self, id: u64) -> SimDisk {
+        self.lock()[id as usize - 1].disk.clone()
+    }
+
+    /// The replicas in the group (every one made, but those removed), by id.
+    pub fn members(&self) -> Vec<u64> {
+        (1..).zip(self.lock().iter()).filter(|(_, r)| !r.removed).map(|(id, _)| id).collect()
+    }
+
+    /// How many replicas were ever made (the next one gets this plus one as its id).
+    pub fn replicas_made(&self) -> u64 {
+        self.lock().len() as u64
+    }
+
+    /// Stops replica `id` for good: a membership change took it out of the group.
+    pub fn remove(&self, id: u64) {
+        let node = {
+            let mut replicas = self.lock();
+            let replica = &mut replicas[id as usize - 1];
+            replica.removed = true;
+            replica.node.id()
+        };
+        self.handle.kill(node);
     }
 
     /// The address replica `id` listens on.
     pub fn addr_of(id: u64) -> String {
         format!("{}:{META_PORT}", meta_ip(id as usize - 1))
     }
+    /// The addresses of the group's replicas (a client learns of later ones from leader hints).
     pub fn endpoints(&self) -> Vec<String> {
-        (0..self.nodes.len()).map(|i| format!("{}:{META_PORT}", meta_ip(i))).collect()
+        self.members().into_iter().map(Self::addr_of).collect()
     }
 
     /// A new client node (its own address), for running client code.
@@ -116,6 +175,15 @@ impl Cluster {
             .build();
         self.client_nodes.lock().expect("client nodes lock").push(node.id());
         node
+    }
+
+    /// Marks `node` as the client the nemesis prefers for client faults.
+    pub fn set_watcher(&self, node: madsim::task::NodeId) {
+        *self.watcher.lock().expect("watcher lock") = Some(node);
+    }
+
+    pub fn watcher(&self) -> Option<madsim::task::NodeId> {
+        *self.watcher.lock().expect("watcher lock")
     }
 
     /// Every client node made so far.
@@ -184,13 +252,6 @@ impl Cluster {
             .expect("watcher task")
     }
 
-    /// Registers every replica's disk with the disk simulator, so a kill can be a power loss.
-    pub fn attach_disks(&self, disk_sim: &crate::disk::DiskSim) {
-        for (node, disk) in self.nodes.iter().zip(&self.disks) {
-            disk_sim.attach(node.id(), disk.clone());
-        }
-    }
-
     /// The replica that reports itself leader right now, asking each for at most two seconds.
     pub async fn leader_quick(&self) -> Option<u64> {
         let all = self.with_client(|client| async move { client.cluster_status_all().await }).await;
@@ -203,7 +264,7 @@ impl Cluster {
         while tokio::time::Instant::now() < deadline {
             let all = self.with_client(|client| async move { client.cluster_status_all().await }).await;
             let applied: Vec<u64> = all.iter().filter_map(|(_, s)| s.as_ref().ok()).map(|s| s.last_applied).collect();
-            if applied.len() == self.nodes.len() && applied.iter().all(|a| *a == applied[0]) {
+            if applied.len() == self.members().len() && applied.iter().all(|a| *a == applied[0]) {
                 return Some(applied[0]);
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -214,12 +275,12 @@ impl Cluster {
     /// The state machine of replica `id` as its disk holds it: every key and value.
     pub fn state_of(&self, id: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
         use cffs_server::storage::{Cf, KvEngine};
-        self.disks[id as usize - 1].scan(Cf::State, &[], None, usize::MAX).expect("sim disk scan")
+        self.disk(id).scan(Cf::State, &[], None, usize::MAX).expect("sim disk scan")
     }
 
     /// Kills replica `id` (a process crash: its disk keeps every write).
     pub fn kill(&self, id: u64) {
-        self.handle.kill(self.nodes[id as usize - 1].id());
+        self.handle.kill(self.node_id(id));
     }
 
     /// Pauses a node (a frozen process: nothing on it runs, its clock keeps going).
@@ -242,15 +303,15 @@ impl Cluster {
 
     /// Pauses replica `id`: a frozen process, its clock (and everyone else's) going on.
     pub fn pause_replica(&self, id: u64) {
-        self.handle.pause(self.nodes[id as usize - 1].id());
+        self.handle.pause(self.node_id(id));
     }
 
     pub fn resume_replica(&self, id: u64) {
-        self.handle.resume(self.nodes[id as usize - 1].id());
+        self.handle.resume(self.node_id(id));
     }
 
     /// Restarts replica `id` from its disk.
     pub fn restart(&self, id: u64) {
-        self.handle.restart(self.nodes[id as usize - 1].id());
+        self.handle.restart(self.node_id(id));
     }
 }

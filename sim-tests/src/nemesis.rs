@@ -12,7 +12,8 @@
 //! loss and delay. Faults on clients: a client paused past its leases, or cut off from every
 //! replica, while it holds leases and commits. Settings drawn per seed beside the faults:
 //! small snapshot intervals (followers install snapshots while faults run) and small inode
-//! ranges (clients run out and allocate again across failovers).
+//! ranges (clients run out and allocate again across failovers), and a clock of its own for
+//! each replica (a rate within the lease drift bound, and an offset).
 //!
 //! Without `overlap`, every step heals what the last one broke, and at most a minority of
 //! replicas is impaired at once. With it, faults stand until healed at random, and up to all
@@ -24,6 +25,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cffs_server::clock::ClockSkew;
+use cffs_server::constants::LEASE_DRIFT_PPM_DEFAULT;
 use cffs_server::metadata::node::MetaNodeConfig;
 use madsim::net::NetSim;
 use madsim::rand::Rng;
@@ -65,6 +68,14 @@ pub struct NemesisPlan {
     pub snapshots: Option<(u64, u64)>,
     /// Inode numbers a client allocates at once (None: the client's default).
     pub inode_batch: Option<u32>,
+    /// Each replica's clock, by id (`clocks[(id - 1) % len]`): a rate within the lease drift
+    /// bound, fast or slow, and an offset. None: every replica keeps true time.
+    pub clocks: Option<Vec<ClockSkew>>,
+    /// Replace replicas through membership changes while faults run: a new replica (new id,
+    /// empty disk) joins as a learner and takes a voter's place, and the voter is stopped for
+    /// good; half the time the voter's disk was lost first (it is down, and comes back empty,
+    /// under the new id).
+    pub membership: bool,
 }
 
 impl NemesisPlan {
@@ -93,11 +104,14 @@ impl NemesisPlan {
                 (every, rng.gen_range(0..every / 2))
             }),
             inode_batch: rng.gen_bool(0.3).then(|| rng.gen_range(1..8)),
+            clocks: draw_clocks(),
+            membership: seed_hash(SALT_MEMBERSHIP)().is_multiple_of(3),
         }
     }
 
     pub fn is_quiet(&self) -> bool {
         !(self.kill
+            || self.membership
             || self.blackout
             || self.sync_failure
             || self.disk_errors
@@ -112,6 +126,9 @@ impl NemesisPlan {
 
     /// The replicas' settings this plan asks for.
     pub fn adjust(&self, config: &mut MetaNodeConfig) {
+        if let Some(clocks) = &self.clocks {
+            config.clock = clocks[(config.id as usize - 1) % clocks.len()];
+        }
         if let Some((every, keep)) = self.snapshots {
             config.snapshot_every_entries = every;
             config.log_keep_after_snapshot = keep;
@@ -128,6 +145,53 @@ impl NemesisPlan {
     }
 }
 
+/// Replica clocks drawn per seed.
+const CLOCKS_DRAWN: usize = 8;
+/// Replacements per seed at most (each replica made takes an address for good).
+const REPLACEMENTS_MAX: u32 = 2;
+/// How long one step of a membership change (catch-up as a learner, the change of voters)
+/// may take before the nemesis moves on; the change is finished when the faults heal.
+const MEMBERSHIP_STEP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long finishing a pending change may take once everything is healed.
+const MEMBERSHIP_FINISH_TIMEOUT: Duration = Duration::from_secs(60);
+
+const SALT_CLOCKS: u64 = 0x636c_6f63_6b73; // "clocks"
+const SALT_MEMBERSHIP: u64 = 0x6d65_6d62_6572; // "member"
+
+/// A generator drawn from a hash of the seed and `salt` (splitmix64), for plan settings added
+/// after the seeds' plans were fixed: drawing them from the simulation's generator would
+/// change every later draw, so no earlier seed would replay the run it had.
+fn seed_hash(salt: u64) -> impl FnMut() -> u64 {
+    let mut state = madsim::runtime::Handle::current().seed() ^ salt;
+    move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// Half the seeds give every replica a clock of its own: a rate anywhere within the lease
+/// drift bound (the clients' clocks already run at rates within it, `cffs_client::cache`)
+/// and an offset of up to an hour. Drawn from a hash of the seed rather than the simulation's
+/// generator, so that a seed without skewed clocks replays exactly as it did before clocks
+/// were drawn (the regression seeds keep their runs).
+fn draw_clocks() -> Option<Vec<ClockSkew>> {
+    let mut next = seed_hash(SALT_CLOCKS);
+    if next().is_multiple_of(2) {
+        return None;
+    }
+    let bound = i64::from(LEASE_DRIFT_PPM_DEFAULT);
+    let clocks = (0..CLOCKS_DRAWN)
+        .map(|_| ClockSkew {
+            rate_ppm: ((next() % (2 * bound as u64 + 1)) as i64 - bound) as i32,
+            offset: Duration::from_millis(next() % 3_600_000),
+        })
+        .collect();
+    Some(clocks)
+}
+
 /// A fault in place until healed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Standing {
@@ -140,6 +204,9 @@ enum Standing {
     OneWay(u64, u64),
     Paused(u64),
     FailingDisk(u64, DiskFault),
+    /// Its disk was lost: down until a membership change takes it out of the group (it never
+    /// restarts under its id).
+    Lost(u64),
     ClientPaused(NodeId),
     ClientCut(NodeId),
 }
@@ -152,7 +219,8 @@ impl Standing {
             | Standing::Isolated(id)
             | Standing::PeerCut(id)
             | Standing::Paused(id)
-            | Standing::FailingDisk(id, _) => Some(id),
+            | Standing::FailingDisk(id, _)
+            | Standing::Lost(id) => Some(id),
             _ => None,
         }
     }
@@ -211,6 +279,8 @@ pub struct NemesisCounts {
     /// The most replicas impaired at one moment.
     pub impaired_max: u64,
     pub client_faults: u64,
+    /// Replicas replaced through a membership change (the change committed).
+    pub replacements: u64,
 }
 
 /// Runs faults per `plan` until `stop` is set, then heals everything: every replica up, every
@@ -218,9 +288,12 @@ pub struct NemesisCounts {
 pub async fn run(cluster: &Cluster, plan: &NemesisPlan, stop: Arc<AtomicBool>) -> NemesisCounts {
     let net = NetSim::current();
     let disk = DiskSim::current();
-    let replicas = cluster.nodes.len() as u64;
+    let replicas = cluster.members().len() as u64;
     let minority = (replicas - 1) / 2;
     let limit = if plan.overlap { replicas - 1 } else { minority.max(1) };
+    let mut replacements = 0;
+    // A replacement whose change of voters did not commit yet: (old, new).
+    let mut pending: Option<(u64, u64)> = None;
     net.update_config(|config| {
         config.packet_loss_rate = plan.packet_loss;
         config.send_latency = Duration::from_millis(plan.latency_ms.0)..Duration::from_millis(plan.latency_ms.1.max(2));
@@ -228,25 +301,28 @@ pub async fn run(cluster: &Cluster, plan: &NemesisPlan, stop: Arc<AtomicBool>) -
     let mut counts = NemesisCounts::default();
     let mut standing: Vec<Standing> = Vec::new();
     let mut links = Links { net: &net, clogged: BTreeMap::new() };
-    let node_id = |id: u64| cluster.nodes[id as usize - 1].id();
+    let node_id = |id: u64| cluster.node_id(id);
     while !stop.load(Ordering::Relaxed) {
+        let members = cluster.members();
         let (pause, choice, victim, other, coin) = {
             let mut rng = madsim::rand::thread_rng();
             (
                 rng.gen_range(plan.interval_ms.0..=plan.interval_ms.1),
-                rng.gen_range(0..10),
-                rng.gen_range(1..=replicas),
-                rng.gen_range(1..=replicas),
+                // The membership fault widens the draw only where it is on (old seeds replay).
+                rng.gen_range(0..if plan.membership { 11 } else { 10 }),
+                members[rng.gen_range(0..members.len())],
+                members[rng.gen_range(0..members.len())],
                 rng.gen_bool(0.5),
             )
         };
         tokio::time::sleep(Duration::from_millis(pause)).await;
         // Heal what was broken before, all of it or (overlapping) each at random.
+        // A lost replica stays so until a membership change retires it.
         let healed: Vec<Standing> = if plan.overlap {
             let mut rng = madsim::rand::thread_rng();
-            standing.iter().copied().filter(|_| rng.gen_bool(0.5)).collect()
+            standing.iter().copied().filter(|s| !matches!(s, Standing::Lost(_))).filter(|_| rng.gen_bool(0.5)).collect()
         } else {
-            standing.clone()
+            standing.iter().copied().filter(|s| !matches!(s, Standing::Lost(_))).collect()
         };
         for fault in healed {
             standing.retain(|s| *s != fault);
@@ -280,7 +356,7 @@ pub async fn run(cluster: &Cluster, plan: &NemesisPlan, stop: Arc<AtomicBool>) -
                 None
             }
             4 if plan.blackout && standing.is_empty() => {
-                for id in 1..=replicas {
+                for id in members.iter().copied() {
                     disk.arm_power_loss(node_id(id));
                     cluster.kill(id);
                     standing.push(Standing::Down(id));
@@ -300,14 +376,14 @@ pub async fn run(cluster: &Cluster, plan: &NemesisPlan, stop: Arc<AtomicBool>) -
                         _ => DiskFault::Corrupt,
                     },
                 };
-                kind.set(&cluster.disks[victim as usize - 1], true);
+                kind.set(&cluster.disk(victim), true);
                 Some(Standing::FailingDisk(victim, kind))
             }
             6 if plan.peer_partition && coin && room => {
                 // Half the time cut the leader from its followers: it still answers clients.
                 let leader = cluster.leader_quick().await.filter(|id| free(*id));
                 let target = leader.unwrap_or(victim);
-                for peer in (1..=replicas).filter(|p| *p != target) {
+                for peer in members.iter().copied().filter(|p| *p != target) {
                     links.clog(node_id(target), node_id(peer));
                     links.clog(node_id(peer), node_id(target));
                 }
@@ -335,8 +411,20 @@ pub async fn run(cluster: &Cluster, plan: &NemesisPlan, stop: Arc<AtomicBool>) -
                 if candidates.is_empty() {
                     None
                 } else {
-                    let node = candidates[madsim::rand::thread_rng().gen_range(0..candidates.len())];
+                    let watcher = cluster.watcher().filter(|w| candidates.contains(w));
+                    let node = match watcher {
+                        // Three times in four the lease watcher, whose cached reads show a lease
+                        // the leader did not wait out.
+                        Some(watcher) if madsim::rand::thread_rng().gen_bool(0.75) => watcher,
+                        _ => candidates[madsim::rand::thread_rng().gen_range(0..candidates.len())],
+                    };
                     counts.client_faults += 1;
+                    tracing::info!(
+                        ?node,
+                        watcher = cluster.watcher() == Some(node),
+                        pause = choice == 8,
+                        "client fault"
+                    );
                     if choice == 8 {
                         cluster.pause_node(node);
                         Some(Standing::ClientPaused(node))
@@ -345,6 +433,36 @@ pub async fn run(cluster: &Cluster, plan: &NemesisPlan, stop: Arc<AtomicBool>) -
                         Some(Standing::ClientCut(node))
                     }
                 }
+            }
+            10 if pending.is_none() && replacements < REPLACEMENTS_MAX && room => {
+                replacements += 1;
+                let wiped = coin;
+                if wiped {
+                    // The disk is lost: the replica is down, and comes back empty, as a new id.
+                    cluster.kill(victim);
+                    standing.push(Standing::Lost(victim));
+                }
+                let new = join(cluster, victim).await;
+                cluster.attach_disks(&disk);
+                if change_voters(cluster, victim, new, MEMBERSHIP_STEP_TIMEOUT).await {
+                    retire(cluster, &net, &mut links, &mut standing, victim);
+                    counts.replacements += 1;
+                } else {
+                    pending = Some((victim, new));
+                }
+                counts.faults += 1;
+                None
+            }
+            10 if plan.membership => {
+                // A replacement left pending: try to finish it.
+                if let Some((old, new)) = pending {
+                    if change_voters(cluster, old, new, MEMBERSHIP_STEP_TIMEOUT).await {
+                        retire(cluster, &net, &mut links, &mut standing, old);
+                        counts.replacements += 1;
+                        pending = None;
+                    }
+                }
+                None
             }
             _ => {
                 // A quiet step: one-way links open again.
@@ -363,12 +481,20 @@ pub async fn run(cluster: &Cluster, plan: &NemesisPlan, stop: Arc<AtomicBool>) -
         let impaired: std::collections::BTreeSet<u64> = standing.iter().filter_map(Standing::impairs).collect();
         counts.impaired_max = counts.impaired_max.max(impaired.len() as u64);
     }
-    // Heal everything.
+    // Heal everything, then finish a replacement left pending.
     for fault in std::mem::take(&mut standing) {
         heal(cluster, &net, &mut links, fault);
     }
     for ((a, b), _) in std::mem::take(&mut links.clogged) {
         net.unclog_link(a, b);
+    }
+    if let Some((old, new)) = pending {
+        if change_voters(cluster, old, new, MEMBERSHIP_FINISH_TIMEOUT).await {
+            retire(cluster, &net, &mut links, &mut standing, old);
+            counts.replacements += 1;
+        } else {
+            tracing::warn!(old, new, "the replacement did not commit after healing");
+        }
     }
     net.update_config(|config| {
         config.packet_loss_rate = 0.0;
@@ -379,10 +505,10 @@ pub async fn run(cluster: &Cluster, plan: &NemesisPlan, stop: Arc<AtomicBool>) -
 
 /// Clogs every replica link one by one, then opens them again in random order.
 async fn swizzle(cluster: &Cluster, links: &mut Links<'_>) {
-    let replicas = cluster.nodes.len() as u64;
-    let node_id = |id: u64| cluster.nodes[id as usize - 1].id();
+    let members = cluster.members();
+    let node_id = |id: u64| cluster.node_id(id);
     let mut pairs: Vec<(u64, u64)> =
-        (1..=replicas).flat_map(|a| (1..=replicas).filter(move |b| *b != a).map(move |b| (a, b))).collect();
+        members.iter().flat_map(|a| members.iter().filter(move |b| *b != a).map(move |b| (*a, *b))).collect();
     for (a, b) in &pairs {
         links.clog(node_id(*a), node_id(*b));
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -397,16 +523,75 @@ async fn swizzle(cluster: &Cluster, links: &mut Links<'_>) {
     }
 }
 
+/// A new replica (the next id, an empty disk) joins the group as a learner in place of `old`:
+/// started with the group's members as its peers. Returns its id.
+async fn join(cluster: &Cluster, old: u64) -> u64 {
+    let new = cluster.replicas_made() + 1;
+    let peers: BTreeMap<u64, String> =
+        cluster.members().into_iter().chain([new]).map(|id| (id, Cluster::addr_of(id))).collect();
+    assert_eq!(cluster.add_replica(peers), new);
+    tracing::info!(old, new, "replacing a replica");
+    new
+}
+
+/// Adds `new` as a learner (it catches up) and makes the voters those of the group with `new`
+/// in place of `old`; true once the change committed. Each step is bounded by `limit`.
+async fn change_voters(cluster: &Cluster, old: u64, new: u64, limit: Duration) -> bool {
+    let voters: Vec<u64> = cluster.members().into_iter().filter(|id| *id != old).collect();
+    debug_assert!(voters.contains(&new));
+    cluster
+        .with_client(move |client| async move {
+            let addr = Cluster::addr_of(new);
+            let deadline = tokio::time::Instant::now() + limit;
+            while tokio::time::Instant::now() < deadline {
+                let step = async {
+                    client.add_learner(new, &addr).await?;
+                    client.change_membership(&voters).await
+                };
+                match tokio::time::timeout(limit, step).await {
+                    Ok(Ok(())) => return true,
+                    Ok(Err(error)) => tracing::info!(%error, old, new, "membership change failed; retrying"),
+                    Err(_) => tracing::info!(old, new, "membership change timed out; retrying"),
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            false
+        })
+        .await
+}
+
+/// `old` left the group: its standing faults are healed (links opened, nothing restarted)
+/// and it is stopped for good.
+fn retire(cluster: &Cluster, net: &NetSim, links: &mut Links<'_>, standing: &mut Vec<Standing>, old: u64) {
+    cluster.remove(old);
+    let involved = |fault: &Standing| match *fault {
+        Standing::Down(id)
+        | Standing::Isolated(id)
+        | Standing::PeerCut(id)
+        | Standing::Paused(id)
+        | Standing::FailingDisk(id, _)
+        | Standing::Lost(id) => id == old,
+        Standing::Bridge(a, b) | Standing::OneWay(a, b) => a == old || b == old,
+        Standing::ClientPaused(_) | Standing::ClientCut(_) => false,
+    };
+    for fault in standing.iter().copied().filter(involved).collect::<Vec<_>>() {
+        standing.retain(|s| *s != fault);
+        heal(cluster, net, links, fault);
+    }
+}
+
 /// Undoes one fault. A failing disk gets its syncs back and its replica (which stopped
-/// serving) is restarted.
+/// serving) is restarted. A replica out of the group is never restarted or resumed.
 fn heal(cluster: &Cluster, net: &NetSim, links: &mut Links<'_>, fault: Standing) {
-    let node_id = |id: u64| cluster.nodes[id as usize - 1].id();
-    let replicas = cluster.nodes.len() as u64;
+    let node_id = |id: u64| cluster.node_id(id);
+    let members = cluster.members();
+    let member = |id: u64| members.contains(&id);
     match fault {
-        Standing::Down(id) => cluster.restart(id),
+        Standing::Down(id) if member(id) => cluster.restart(id),
+        Standing::Down(_) | Standing::Lost(_) => {}
         Standing::Isolated(id) => net.unclog_node(node_id(id)),
         Standing::PeerCut(id) => {
-            for peer in (1..=replicas).filter(|p| *p != id) {
+            for peer in (1..=cluster.replicas_made()).filter(|p| *p != id) {
                 links.unclog(node_id(id), node_id(peer));
                 links.unclog(node_id(peer), node_id(id));
             }
@@ -416,11 +601,14 @@ fn heal(cluster: &Cluster, net: &NetSim, links: &mut Links<'_>, fault: Standing)
             links.unclog(node_id(b), node_id(a));
         }
         Standing::OneWay(a, b) => links.unclog(node_id(a), node_id(b)),
-        Standing::Paused(id) => cluster.resume_replica(id),
+        Standing::Paused(id) if member(id) => cluster.resume_replica(id),
+        Standing::Paused(_) => {}
         Standing::FailingDisk(id, kind) => {
-            kind.set(&cluster.disks[id as usize - 1], false);
-            cluster.kill(id);
-            cluster.restart(id);
+            kind.set(&cluster.disk(id), false);
+            if member(id) {
+                cluster.kill(id);
+                cluster.restart(id);
+            }
         }
         Standing::ClientPaused(node) => cluster.resume_node(node),
         Standing::ClientCut(node) => net.unclog_node(node),

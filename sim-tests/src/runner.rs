@@ -71,6 +71,12 @@ pub enum Planted {
     ReadErrorAsAbsent,
     /// Stored records' crcs are not checked: a corrupted record is believed.
     SkipChecksums,
+    /// A replica that believes it leads serves reads without confirming it with a quorum (a
+    /// leader cut off from its peers still answers clients).
+    LeaderReadWithoutQuorum,
+    /// A leader sends a write's invalidations and commits it without waiting for their
+    /// acknowledgements or the leases' expiry.
+    SkipLeaseWait,
 }
 
 impl Planted {
@@ -89,6 +95,8 @@ impl Planted {
             Planted::ReuseSessionIds => server(Bug::ReuseSessionIds),
             Planted::ReadErrorAsAbsent => server(Bug::ReadErrorAsAbsent),
             Planted::SkipChecksums => server(Bug::SkipChecksums),
+            Planted::LeaderReadWithoutQuorum => server(Bug::LeaderReadWithoutQuorum),
+            Planted::SkipLeaseWait => server(Bug::SkipLeaseWait),
             Planted::IgnoreInvalidations => cffs_client::planted::arm_ignore_invalidations(on),
             Planted::RenameWithoutAncestorCheck => cffs_client::planted::arm_rename_without_ancestor_check(on),
         }

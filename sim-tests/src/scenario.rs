@@ -28,6 +28,8 @@ pub const COUNTERS: usize = 3;
 pub const LISTING_WRITERS: u64 = 2;
 pub const LISTING_READERS: usize = 2;
 pub const LISTING_OPS: usize = 20;
+/// The pause between the lease watcher's reads (`workload::counter_watcher`).
+pub const WATCHER_PAUSE: Duration = Duration::from_millis(10);
 /// After the faults stop, the cluster must commit again within this long.
 pub const LIVENESS_BOUND: Duration = Duration::from_secs(20);
 /// Clients that must each commit in the liveness phase.
@@ -67,6 +69,12 @@ pub struct Report {
     /// Faults the nemesis injected on clients (pauses, cuts).
     #[serde(default)]
     pub client_faults: u64,
+    /// Replicas replaced through a membership change that committed.
+    #[serde(default)]
+    pub replacements: u64,
+    /// Replicas whose clocks ran at a rate of their own (skewed clocks drawn).
+    #[serde(default)]
+    pub skewed_clocks: bool,
     /// Checks that could not be made, and why (e.g. no final read after a liveness failure).
     /// Every other checker ran on what was recorded.
     #[serde(default)]
@@ -192,8 +200,15 @@ pub async fn run() -> Report {
     for client_id in 1..=3u64 {
         bank.push(spawn_client(&cluster, move |c| workload::bank_client(c, client_id, ACCOUNTS, 40, pause)));
     }
+    // The lease watcher reads while the counter clients write.
+    let writing = Arc::new(std::sync::atomic::AtomicUsize::new(2));
     for _ in 0..2 {
-        counters.push(spawn_client(&cluster, move |c| workload::counter_client(c, COUNTERS, 40, pause)));
+        let writing = writing.clone();
+        counters.push(spawn_client(&cluster, move |c| async move {
+            let history = workload::counter_client(c, COUNTERS, 40, pause).await;
+            writing.fetch_sub(1, Ordering::SeqCst);
+            history
+        }));
         namespace.push(spawn_client(&cluster, move |c| workload::namespace_client(c, 40, pause)));
     }
     // The writers read nothing they could cache: without a cache they hold no session, which
@@ -207,6 +222,12 @@ pub async fn run() -> Report {
     for _ in 0..LISTING_READERS {
         listing_readers
             .push(spawn_client(&cluster, move |c| workload::listing_reader(c, LISTING_WRITERS, LISTING_OPS, pause)));
+    }
+
+    // With client faults, a lease watcher the nemesis prefers to cut off or pause.
+    if plan.client_faults {
+        counters.push(spawn_client(&cluster, move |c| workload::counter_watcher(c, COUNTERS, writing, WATCHER_PAUSE)));
+        cluster.set_watcher(*cluster.client_nodes().last().expect("the watcher's node"));
     }
 
     // Safety phase: faults while the clients run.
@@ -231,6 +252,8 @@ pub async fn run() -> Report {
     report.faults = counts.faults;
     report.impaired_max = counts.impaired_max;
     report.client_faults = counts.client_faults;
+    report.replacements = counts.replacements;
+    report.skewed_clocks = plan.clocks.is_some();
     report.power_losses = DiskSim::current().power_losses();
     report.snapshots_installed = cffs_server::sim_stats::snapshots_installed();
     report.plan = Some(format!("{plan:?}"));
@@ -312,18 +335,19 @@ pub async fn run() -> Report {
         report.check("liveness", vec!["replicas did not converge after healing".into()]);
         report.skipped.push("the replicas did not converge: no replica-divergence check".into());
     }
-    let states: Vec<_> = (1..=3).map(|id| cluster.state_of(id)).collect();
+    let members = cluster.members();
+    let states: Vec<_> = members.iter().map(|id| cluster.state_of(*id)).collect();
     let mut hasher = crc32fast::Hasher::new();
     for (key, value) in states.iter().flatten() {
         hasher.update(key);
         hasher.update(value);
     }
     report.state_digest = hasher.finalize();
-    for (i, state) in states.iter().enumerate() {
+    for (id, state) in members.iter().zip(&states) {
         let problems = checker::fsck::fsck(state);
-        report.check("fsck", problems.into_iter().map(|p| format!("replica {}: {p}", i + 1)).collect());
+        report.check("fsck", problems.into_iter().map(|p| format!("replica {id}: {p}")).collect());
         if converged && *state != states[0] {
-            report.check("replica-divergence", vec![format!("replica {} differs from replica 1", i + 1)]);
+            report.check("replica-divergence", vec![format!("replica {id} differs from replica {}", members[0])]);
         }
     }
     report

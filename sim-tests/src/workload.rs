@@ -108,6 +108,28 @@ pub async fn counter_client(client: Client, files: usize, ops: usize, pause: Dur
     history
 }
 
+/// A lease watcher: read-only reads of counter 0, `pause` apart, for as long as `writing`
+/// (the counter clients still running) is not zero, served from its cache while its leases
+/// hold. The nemesis cuts it off or pauses it more often than other clients
+/// (`Cluster::set_watcher`), so that a write the leader lets through before the watcher's
+/// lease ends shows as a stale read (checked with the counters' real-time order).
+pub async fn counter_watcher(
+    client: Client,
+    files: usize,
+    writing: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pause: Duration,
+) -> CounterHistory {
+    let mut history = CounterHistory { acked: vec![0; files], unknown: vec![0; files], ..Default::default() };
+    while writing.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+        let invoked = tokio::time::Instant::now();
+        if let Ok(value) = client.run(|txn| async move { read_counter(&txn, 0).await }).await {
+            history.reads.push((0, value, invoked));
+        }
+        tokio::time::sleep(pause).await;
+    }
+    history
+}
+
 /// Runs `clients` counter clients on their own nodes; returns their join handles.
 pub fn counter_clients(
     cluster: &Cluster,

@@ -46,7 +46,7 @@ async fn rotted_value_scenario() -> (Option<Vec<u8>>, bool) {
     let leader = cluster.leader().await.expect("a leader");
     // Every replica applied the write before its value is rotted on the leader.
     cluster.wait_converged(Duration::from_secs(10)).await.expect("converged");
-    assert!(cluster.disks[leader as usize - 1].corrupt_stored(Cf::State, &keys::inode_key(ino)));
+    assert!(cluster.disk(leader).corrupt_stored(Cf::State, &keys::inode_key(ino)));
     let read = read_f(&cluster).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let still_leads = cluster.leader_quick().await == Some(leader);
@@ -77,7 +77,7 @@ fn a_rotted_vote_keeps_a_follower_down_and_the_others_serve() {
         let leader = cluster.leader().await.expect("a leader");
         let follower = (1..=3).find(|id| *id != leader).expect("a follower");
         cluster.kill(follower);
-        assert!(cluster.disks[follower as usize - 1].corrupt_stored(Cf::RaftMeta, keys::META_VOTE));
+        assert!(cluster.disk(follower).corrupt_stored(Cf::RaftMeta, keys::META_VOTE));
         cluster.restart(follower);
         tokio::time::sleep(Duration::from_secs(2)).await;
         let all = cluster.with_client(|client| async move { client.cluster_status_all().await }).await;

@@ -101,7 +101,7 @@ async fn overwrite_scenario(cluster: Cluster, fault: Fault) -> Run {
         }
         Fault::IsolateLeader => {
             let net = madsim::net::NetSim::current();
-            let leader_node = cluster.nodes[leader as usize - 1].id();
+            let leader_node = cluster.node_id(leader);
             net.clog_node(leader_node);
             tokio::time::sleep(Duration::from_secs(2)).await;
             net.unclog_node(leader_node);

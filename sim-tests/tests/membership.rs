@@ -12,7 +12,7 @@ fn a_replica_joins_as_learner_then_replaces_a_voter() {
 }
 
 async fn a_replica_joins_as_learner_then_replaces_a_voter_scenario() {
-    let mut cluster = Cluster::start(3).await;
+    let cluster = Cluster::start(3).await;
     cluster
         .with_client(
             |client| async move { client.run(|txn| async move { txn.write_file("/before", b"1").await }).await },
@@ -21,7 +21,7 @@ async fn a_replica_joins_as_learner_then_replaces_a_voter_scenario() {
         .expect("write before the change");
 
     let peers = (1..=4).map(|id| (id, Cluster::addr_of(id))).collect();
-    let new = cluster.add_replica(peers, std::sync::Arc::new(|_: &mut _| {}));
+    let new = cluster.add_replica(peers);
     assert_eq!(new, 4);
     let addr = Cluster::addr_of(new);
     cluster.with_client(move |client| async move { client.add_learner(new, &addr).await }).await.expect("add learner");
@@ -30,7 +30,7 @@ async fn a_replica_joins_as_learner_then_replaces_a_voter_scenario() {
         .await
         .expect("change voters");
 
-    cluster.kill(3);
+    cluster.remove(3);
     let status = cluster.with_client(|client| async move { client.cluster_status().await }).await.expect("status");
     let voters: Vec<u64> = status.members.iter().filter(|m| m.voter).map(|m| m.id).collect();
     assert_eq!(voters, vec![1, 2, 4]);

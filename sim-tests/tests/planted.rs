@@ -80,3 +80,13 @@ fn a_read_error_taken_for_an_absent_key_is_caught() {
 fn unchecked_checksums_are_caught() {
     caught_by("stored records' crcs not checked", Planted::SkipChecksums, "bank");
 }
+
+#[test]
+fn a_leader_that_reads_without_a_quorum_is_caught() {
+    caught_by("leader serves reads without a quorum", Planted::LeaderReadWithoutQuorum, "elle");
+}
+
+#[test]
+fn a_write_that_skips_the_lease_wait_is_caught() {
+    caught_by("commit without waiting for invalidations or lease expiry", Planted::SkipLeaseWait, "stale-read");
+}

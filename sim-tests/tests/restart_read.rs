@@ -48,7 +48,7 @@ async fn scenario() -> Run {
     // this leader) and answers the read rounds' heartbeats long before that stream retries.
     cluster.kill(follower);
     cluster.kill(leader);
-    cluster.disks[leader as usize - 1].power_loss(|_| UnsyncedFate::Dropped);
+    cluster.disk(leader).power_loss(|_| UnsyncedFate::Dropped);
     cluster.restart(leader);
     tokio::time::sleep(Duration::from_millis(50)).await;
     cluster.restart(lagging);

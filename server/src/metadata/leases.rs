@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::constants::{LEASED_KEYS_MAX, SESSIONS_MAX};
+use crate::constants::{LEASED_KEYS_MAX, PENDING_WRITE_KEYS_MAX, SESSIONS_MAX};
 
 /// Lease settings, the same on the leader and (sent when a session opens) on its clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +88,8 @@ pub enum WriteRefused {
     NotLeader,
     /// A new leader's wait: no write before this instant.
     NewLeaderWait(Instant),
+    /// Writes in flight already hold `PENDING_WRITE_KEYS_MAX` pending keys.
+    TooManyPending,
 }
 
 /// Session numbers `next..end` that this table may hand out in `term`, reserved durably by
@@ -298,6 +300,9 @@ impl LeaseTable {
         }
         if now < self.quiet_until {
             return Err(WriteRefused::NewLeaderWait(self.quiet_until));
+        }
+        if self.pending.len() + keys.len() > PENDING_WRITE_KEYS_MAX {
+            return Err(WriteRefused::TooManyPending);
         }
         self.sweep(now);
         let mut to_send: BTreeMap<u64, Vec<Vec<u8>>> = BTreeMap::new();
@@ -624,6 +629,18 @@ mod tests {
         let keys: Vec<Vec<u8>> = (0..LEASED_KEYS_MAX as u32).map(|i| i.to_be_bytes().to_vec()).collect();
         assert!(table.grant(TERM, session, &keys, later, later).is_some());
         assert_eq!(table.grant(TERM, session, &[b"one more".to_vec()], later, later), None);
+    }
+
+    #[test]
+    fn pending_write_keys_are_bounded() {
+        let (mut table, quiet, _) = table();
+        let keys: BTreeSet<Vec<u8>> = (0..PENDING_WRITE_KEYS_MAX as u32).map(|i| i.to_be_bytes().to_vec()).collect();
+        assert!(table.begin_write(TERM, 0, &keys, quiet).is_ok());
+        let more: BTreeSet<Vec<u8>> = [b"one more".to_vec()].into();
+        assert_eq!(table.begin_write(TERM, 0, &more, quiet).err(), Some(WriteRefused::TooManyPending));
+        // A write that ends makes room again.
+        table.end_write(&keys);
+        assert!(table.begin_write(TERM, 0, &more, quiet).is_ok());
     }
 
     #[test]

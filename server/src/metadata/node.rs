@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use super::leases::LeaseConfig;
 use super::read_index::RestartFloor;
 use super::service::MetadataService;
+use crate::clock::{Clock, ClockSkew};
 use crate::constants::*;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{channel, Network, RaftService};
@@ -37,6 +38,9 @@ pub struct MetaNodeConfig {
     pub log_keep_after_snapshot: u64,
     /// Client leases (docs/design/leases.md).
     pub leases: LeaseConfig,
+    /// This replica's clock: the machine's, or (in simulation) one with a rate and offset of
+    /// its own.
+    pub clock: ClockSkew,
 }
 
 impl MetaNodeConfig {
@@ -48,6 +52,7 @@ impl MetaNodeConfig {
             snapshot_every_entries: RAFT_SNAPSHOT_EVERY_ENTRIES,
             log_keep_after_snapshot: RAFT_LOG_KEEP_AFTER_SNAPSHOT,
             leases: LeaseConfig { duration: LEASE_DURATION_DEFAULT, drift_ppm: LEASE_DRIFT_PPM_DEFAULT },
+            clock: ClockSkew::NONE,
         }
     }
 }
@@ -61,11 +66,15 @@ pub fn raft_config(node: &MetaNodeConfig) -> anyhow::Result<Arc<openraft::Config
         node.log_keep_after_snapshot < node.snapshot_every_entries,
         "the log kept after a snapshot must be shorter than the snapshot interval"
     );
+    // openraft's timers run on the machine's clock: a replica whose clock runs fast or slow
+    // fires them after the true time its own clock would take.
+    let clock = Clock::new(node.clock);
+    let millis = |timeout: std::time::Duration| clock.to_real(timeout).as_millis().max(1) as u64;
     let config = openraft::Config {
         cluster_name: "cffs-meta".into(),
-        heartbeat_interval: RAFT_HEARTBEAT_INTERVAL.as_millis() as u64,
-        election_timeout_min: RAFT_ELECTION_TIMEOUT_MIN.as_millis() as u64,
-        election_timeout_max: RAFT_ELECTION_TIMEOUT_MAX.as_millis() as u64,
+        heartbeat_interval: millis(RAFT_HEARTBEAT_INTERVAL),
+        election_timeout_min: millis(RAFT_ELECTION_TIMEOUT_MIN),
+        election_timeout_max: millis(RAFT_ELECTION_TIMEOUT_MAX),
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(node.snapshot_every_entries),
         max_in_snapshot_log_to_keep: node.log_keep_after_snapshot,
         snapshot_max_chunk_size: RAFT_SNAPSHOT_CHUNK_BYTES,
@@ -104,7 +113,8 @@ impl MetaNode {
         if let Some(floor) = floor {
             info!(node_id = config.id, vote = %floor.vote, last_log_index = floor.last_log_index, "restarting as the leader of its stored term; reads wait for the log found at startup");
         }
-        let metadata = MetadataService::new(config.id, raft.clone(), state.clone(), floor, config.leases);
+        let clock = Clock::new(config.clock);
+        let metadata = MetadataService::new(config.id, raft.clone(), state.clone(), floor, config.leases, clock);
         {
             let (raft, node_id) = (raft.clone(), config.id);
             tokio::spawn(async move {
@@ -113,7 +123,7 @@ impl MetaNode {
                 let _ = raft.shutdown().await;
             });
         }
-        let contact = LeaderContact::default();
+        let contact = LeaderContact::new(clock);
         tokio::spawn(prompt_election::watch(raft.clone(), contact.clone()));
         let router = tonic::transport::Server::builder()
             .add_service(

@@ -20,6 +20,7 @@ use openraft::{BasicNode, Vote};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::clock::Clock;
 use crate::raft::MetaRaft;
 
 /// Most reads waiting for a round; beyond it a read fails at once as unavailable.
@@ -79,9 +80,10 @@ pub struct ReadIndex {
 
 impl ReadIndex {
     /// Starts the task that runs the rounds for `raft`, which started with `floor`.
-    pub fn start(raft: MetaRaft, floor: Option<RestartFloor>) -> ReadIndex {
+    /// Round starts are readings of `clock` (the lease table's time line).
+    pub fn start(raft: MetaRaft, floor: Option<RestartFloor>, clock: Clock) -> ReadIndex {
         let (queue, receiver) = mpsc::channel(READ_INDEX_QUEUE_MAX);
-        tokio::spawn(run_rounds(raft, floor, receiver));
+        tokio::spawn(run_rounds(raft, floor, clock, receiver));
         ReadIndex { queue }
     }
 
@@ -97,7 +99,12 @@ impl ReadIndex {
     }
 }
 
-async fn run_rounds(raft: MetaRaft, mut floor: Option<RestartFloor>, mut receiver: mpsc::Receiver<Waiter>) {
+async fn run_rounds(
+    raft: MetaRaft,
+    mut floor: Option<RestartFloor>,
+    clock: Clock,
+    mut receiver: mpsc::Receiver<Waiter>,
+) {
     while let Some(first) = receiver.recv().await {
         // Every read queued now arrived before this round starts.
         let mut waiters = vec![first];
@@ -117,7 +124,7 @@ async fn run_rounds(raft: MetaRaft, mut floor: Option<RestartFloor>, mut receive
                 floor = None;
             }
         }
-        let started = Instant::now();
+        let started = clock.now();
         let result = match raft.ensure_linearizable().await {
             Ok(_) => match floor {
                 None => Ok(started),

@@ -21,6 +21,7 @@ use super::read_index::{ReadIndex, ReadIndexError, RestartFloor};
 use super::sessions::{self, EventStream, Sessions};
 use super::state;
 use super::txn::{self, CommandOutcome};
+use crate::clock::Clock;
 use crate::constants::{INODE_ALLOCATE_MAX, READDIR_PAGE_MAX, REQUEST_TIMEOUT};
 use crate::raft::state_machine::MetaState;
 use crate::raft::type_config::RaftCommand;
@@ -37,6 +38,9 @@ pub struct MetadataService {
     state: MetaState,
     read_index: ReadIndex,
     sessions: Sessions,
+    /// This replica's clock (read only by a planted bug's path today).
+    #[cfg_attr(not(madsim), allow(dead_code))]
+    clock: Clock,
 }
 
 /// The term this replica leads, if it leads.
@@ -53,12 +57,13 @@ impl MetadataService {
         state: MetaState,
         floor: Option<RestartFloor>,
         leases: LeaseConfig,
+        clock: Clock,
     ) -> Self {
-        let read_index = ReadIndex::start(raft.clone(), floor);
-        let sessions = Sessions::new(leases, state.engine.clone());
+        let read_index = ReadIndex::start(raft.clone(), floor, clock);
+        let sessions = Sessions::new(leases, state.engine.clone(), clock, state.health.clone());
         sessions.watch_leadership(raft.clone());
         super::settings::watch(raft.clone(), state.clone(), sessions.clone(), super::settings::from_config(&leases));
-        MetadataService { node_id, raft, state, read_index, sessions }
+        MetadataService { node_id, raft, state, read_index, sessions, clock }
     }
 
     fn term(&self) -> Option<u64> {
@@ -86,8 +91,10 @@ impl MetadataService {
     /// when the read-index round that confirmed it started.
     async fn linearizable(&self) -> Result<tokio::time::Instant, Status> {
         #[cfg(madsim)]
-        if crate::planted::armed(crate::planted::Bug::FollowerRead) {
-            return Ok(tokio::time::Instant::now());
+        if crate::planted::armed(crate::planted::Bug::FollowerRead)
+            || (crate::planted::armed(crate::planted::Bug::LeaderReadWithoutQuorum) && self.term().is_some())
+        {
+            return Ok(self.clock.now());
         }
         match tokio::time::timeout(REQUEST_TIMEOUT, self.read_index.wait()).await {
             Err(_) => Err(status(ErrorCode::Unavailable, "read index timed out")),

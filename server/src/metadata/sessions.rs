@@ -23,7 +23,9 @@ use tonic::Status;
 use super::leases::{LeaseConfig, LeaseTable, OpenRefused, WriteRefused};
 use super::read_index::ReadIndex;
 use super::session_ids;
+use crate::clock::Clock;
 use crate::constants::{REQUEST_TIMEOUT, SESSION_EVENTS_QUEUE_MAX, SESSION_KEEPALIVES_IN_FLIGHT_MAX};
+use crate::storage::fail_stop::Health;
 use crate::storage::KvEngine;
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<SessionEvent, Status>> + Send>>;
@@ -65,6 +67,11 @@ pub struct Sessions {
     acked: Arc<Notify>,
     /// Where session-number reservations are recorded (`session_ids`).
     engine: Arc<dyn KvEngine>,
+    /// This replica's clock: every instant in the table is one of its readings.
+    clock: Clock,
+    /// Tripped by a reservation that fails (an engine error or a record that fails its crc):
+    /// the replica stops serving.
+    health: Arc<Health>,
 }
 
 /// Marks a write's keys pending until dropped.
@@ -92,10 +99,10 @@ impl Drop for WriteGuard {
 }
 
 impl Sessions {
-    pub fn new(config: LeaseConfig, engine: Arc<dyn KvEngine>) -> Self {
+    pub fn new(config: LeaseConfig, engine: Arc<dyn KvEngine>, clock: Clock, health: Arc<Health>) -> Self {
         Sessions {
             state: Arc::new(Mutex::new(State {
-                table: LeaseTable::new(config, Instant::now()),
+                table: LeaseTable::new(config, clock.now()),
                 settings_confirmed: false,
                 streams: BTreeMap::new(),
                 commits_waited: 0,
@@ -103,6 +110,8 @@ impl Sessions {
             })),
             acked: Arc::new(Notify::new()),
             engine,
+            clock,
+            health,
         }
     }
 
@@ -132,7 +141,7 @@ impl Sessions {
                         return Err(status(ErrorCode::Unavailable, "this leader has no session id left in its term"));
                     }
                     Err(error) => {
-                        tracing::error!(%error, "reserving session ids failed");
+                        let error = self.health.fail(error);
                         return Err(status(ErrorCode::Storage, format!("reserve session ids: {error}")));
                     }
                 },
@@ -151,7 +160,7 @@ impl Sessions {
                     let m = metrics.borrow_and_update();
                     (m.state == openraft::ServerState::Leader).then_some(m.current_term)
                 };
-                sessions.lock().sync(term, Instant::now());
+                sessions.lock().sync(term, sessions.clock.now());
                 if metrics.changed().await.is_err() {
                     return; // the replica stopped
                 }
@@ -170,7 +179,7 @@ impl Sessions {
             return None;
         }
         let keys: Vec<Vec<u8>> = keys.iter().map(lease_key).collect();
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut state = self.lock();
         state.sync(term, now);
         if !state.settings_confirmed {
@@ -188,9 +197,9 @@ impl Sessions {
         writer: u64,
         keys: BTreeSet<Vec<u8>>,
     ) -> Result<WriteGuard, Status> {
-        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let deadline = self.clock.now() + REQUEST_TIMEOUT;
         let wait = loop {
-            let now = Instant::now();
+            let now = self.clock.now();
             let begun = {
                 let term = term();
                 let mut state = self.lock();
@@ -203,7 +212,13 @@ impl Sessions {
             match begun {
                 Ok(wait) => break wait,
                 Err(WriteRefused::NotLeader) => return Err(status(ErrorCode::NotLeader, "not the leader")),
-                Err(WriteRefused::NewLeaderWait(until)) if until <= deadline => tokio::time::sleep_until(until).await,
+                Err(WriteRefused::NewLeaderWait(until)) if until <= deadline => self.clock.sleep_until(until).await,
+                Err(WriteRefused::TooManyPending) => {
+                    return Err(status(
+                        ErrorCode::Unavailable,
+                        "too many writes in flight on this leader (PENDING_WRITE_KEYS_MAX)",
+                    ))
+                }
                 Err(WriteRefused::NewLeaderWait(_)) => {
                     return Err(status(ErrorCode::Unavailable, "a new leader is waiting out its predecessor's leases"))
                 }
@@ -235,33 +250,37 @@ impl Sessions {
                 let _ = stream.try_send(Ok(event));
             }
         }
-        let started = Instant::now();
+        let started = self.clock.now();
         let mut waited = false;
+        #[cfg(madsim)]
+        if crate::planted::armed(crate::planted::Bug::SkipLeaseWait) {
+            return Ok(guard);
+        }
         loop {
             let notified = self.acked.notified();
-            let until = self.lock().table.write_blocked_until(&wait.waits, &guard.keys, Instant::now());
+            let until = self.lock().table.write_blocked_until(&wait.waits, &guard.keys, self.clock.now());
             let Some(until) = until else { break };
             waited = true;
             tokio::select! {
                 biased; // deterministic under madsim: no random branch order
                 _ = notified => {}
-                _ = tokio::time::sleep_until(until) => {}
+                _ = self.clock.sleep_until(until) => {}
             }
         }
         tracing::debug!(
             waited,
             waits = wait.waits.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            elapsed_ms = self.clock.since(started).as_millis() as u64,
             "write may proceed"
         );
         if waited {
             let mut state = self.lock();
-            let blocked = state.table.write_blocked_until(&wait.waits, &guard.keys, Instant::now());
+            let blocked = state.table.write_blocked_until(&wait.waits, &guard.keys, self.clock.now());
             debug_assert!(blocked.is_none());
             // Counted as waiting for an expiry only when some holder never answered.
             if wait.waits.iter().any(|(session, seq)| !state.table.acknowledged(*session, *seq)) {
                 state.commits_waited += 1;
-                state.commit_wait += started.elapsed();
+                state.commit_wait += self.clock.since(started);
             }
         }
         Ok(guard)
@@ -289,7 +308,7 @@ impl Sessions {
                 return;
             }
             let opened = {
-                let now = Instant::now();
+                let now = sessions.clock.now();
                 let mut state = sessions.lock();
                 state.sync(term(), now);
                 let config = state.table.config();
@@ -343,7 +362,7 @@ impl Sessions {
                     }
                     Some((seq, round)) = rounds.next(), if !rounds.is_empty() => {
                         let Ok(round_start) = round else { break }; // no longer the leader
-                        let renewed = sessions.lock().table.renew(term(), id, round_start, Instant::now());
+                        let renewed = sessions.lock().table.renew(term(), id, round_start, sessions.clock.now());
                         if !renewed {
                             break;
                         }

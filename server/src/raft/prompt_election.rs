@@ -31,6 +31,7 @@ use tokio::time::Instant;
 
 use super::network::channel;
 use super::MetaRaft;
+use crate::clock::Clock;
 use crate::constants::{
     PROMPT_ELECTION_CHECK, PROMPT_ELECTION_PROBE_TIMEOUT, PROMPT_ELECTION_STAGGER, RAFT_ELECTION_TIMEOUT_MAX,
 };
@@ -38,21 +39,23 @@ use crate::constants::{
 /// When this replica last heard from a leader (an append or snapshot it accepted) or granted
 /// a vote.
 #[derive(Clone)]
-pub struct LeaderContact(Arc<Mutex<Instant>>);
-
-impl Default for LeaderContact {
-    fn default() -> Self {
-        LeaderContact(Arc::new(Mutex::new(Instant::now())))
-    }
+pub struct LeaderContact {
+    last: Arc<Mutex<Instant>>,
+    /// The replica's clock (`last` is one of its readings).
+    clock: Clock,
 }
 
 impl LeaderContact {
+    pub fn new(clock: Clock) -> Self {
+        LeaderContact { last: Arc::new(Mutex::new(clock.now())), clock }
+    }
+
     pub fn touch(&self) {
-        *self.0.lock().expect("leader contact lock") = Instant::now();
+        *self.last.lock().expect("leader contact lock") = self.clock.now();
     }
 
     fn silence(&self) -> Duration {
-        self.0.lock().expect("leader contact lock").elapsed()
+        self.clock.since(*self.last.lock().expect("leader contact lock"))
     }
 }
 
@@ -69,7 +72,7 @@ fn stagger() -> Duration {
 pub async fn watch(raft: MetaRaft, contact: LeaderContact) {
     let mut stagger = stagger();
     loop {
-        tokio::time::sleep(PROMPT_ELECTION_CHECK).await;
+        contact.clock.sleep(PROMPT_ELECTION_CHECK).await;
         let state = raft.metrics().borrow().state;
         let wait = match state {
             // openraft's leader lease is `election_timeout_max` (its EngineConfig).
