@@ -28,6 +28,16 @@ impl ClockSkew {
     /// The slowest rate a clock may run at: a tenth of true time (a clock that stands still
     /// would never expire anything).
     pub const RATE_PPM_MIN: i32 = -900_000;
+
+    /// How long `local` of this clock's time takes in true time.
+    pub fn to_real(self, local: Duration) -> Duration {
+        scale(local, 1_000_000, 1_000_000 + i64::from(self.rate_ppm))
+    }
+
+    /// How much of this clock's time passes in `real` of true time.
+    pub fn to_local(self, real: Duration) -> Duration {
+        scale(real, 1_000_000 + i64::from(self.rate_ppm), 1_000_000)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -45,26 +55,11 @@ impl Clock {
         Clock { skew, origin: Instant::now() }
     }
 
-    /// The machine's clock.
-    pub fn real() -> Clock {
-        Clock::new(ClockSkew::NONE)
-    }
-
     pub fn now(&self) -> Instant {
         if self.skew == ClockSkew::NONE {
             return Instant::now();
         }
-        self.origin + self.skew.offset + self.to_local(self.origin.elapsed())
-    }
-
-    /// How long `local` of this clock's time takes in true time.
-    pub fn to_real(&self, local: Duration) -> Duration {
-        scale(local, 1_000_000, 1_000_000 + i64::from(self.skew.rate_ppm))
-    }
-
-    /// How much of this clock's time passes in `real` of true time.
-    pub fn to_local(&self, real: Duration) -> Duration {
-        scale(real, 1_000_000 + i64::from(self.skew.rate_ppm), 1_000_000)
+        self.origin + self.skew.offset + self.skew.to_local(self.origin.elapsed())
     }
 
     /// This clock's time since `earlier` (one of its own readings).
@@ -74,7 +69,7 @@ impl Clock {
 
     /// Sleeps for `local` of this clock's time.
     pub async fn sleep(&self, local: Duration) {
-        tokio::time::sleep(self.to_real(local)).await
+        tokio::time::sleep(self.skew.to_real(local)).await
     }
 
     /// Sleeps until this clock reads `deadline`.
@@ -97,12 +92,12 @@ mod tests {
 
     #[test]
     fn rates_convert_both_ways() {
-        let fast = Clock::new(ClockSkew { rate_ppm: 500_000, offset: Duration::ZERO });
+        let fast = ClockSkew { rate_ppm: 500_000, offset: Duration::ZERO };
         assert_eq!(fast.to_local(Duration::from_millis(100)), Duration::from_millis(150));
         assert_eq!(fast.to_real(Duration::from_millis(150)), Duration::from_millis(100));
-        let slow = Clock::new(ClockSkew { rate_ppm: -10_000, offset: Duration::ZERO });
+        let slow = ClockSkew { rate_ppm: -10_000, offset: Duration::ZERO };
         assert_eq!(slow.to_local(Duration::from_secs(100)), Duration::from_secs(99));
-        assert_eq!(Clock::real().to_real(Duration::from_millis(7)), Duration::from_millis(7));
+        assert_eq!(ClockSkew::NONE.to_real(Duration::from_millis(7)), Duration::from_millis(7));
     }
 
     // Simulated time only: the real build's tokio has no paused clock.

@@ -68,8 +68,7 @@ pub fn raft_config(node: &MetaNodeConfig) -> anyhow::Result<Arc<openraft::Config
     );
     // openraft's timers run on the machine's clock: a replica whose clock runs fast or slow
     // fires them after the true time its own clock would take.
-    let clock = Clock::new(node.clock);
-    let millis = |timeout: std::time::Duration| clock.to_real(timeout).as_millis().max(1) as u64;
+    let millis = |timeout: std::time::Duration| node.clock.to_real(timeout).as_millis().max(1) as u64;
     let config = openraft::Config {
         cluster_name: "cffs-meta".into(),
         heartbeat_interval: millis(RAFT_HEARTBEAT_INTERVAL),
