@@ -28,6 +28,8 @@ pub const COUNTERS: usize = 3;
 pub const LISTING_WRITERS: u64 = 2;
 pub const LISTING_READERS: usize = 2;
 pub const LISTING_OPS: usize = 20;
+/// Counter clients (and namespace clients: as many) in the safety phase.
+pub const COUNTER_CLIENTS: usize = 2;
 /// The pause between the lease watcher's reads (`workload::counter_watcher`).
 pub const WATCHER_PAUSE: Duration = Duration::from_millis(10);
 /// After the faults stop, the cluster must commit again within this long.
@@ -201,8 +203,8 @@ pub async fn run() -> Report {
         bank.push(spawn_client(&cluster, move |c| workload::bank_client(c, client_id, ACCOUNTS, 40, pause)));
     }
     // The lease watcher reads while the counter clients write.
-    let writing = Arc::new(std::sync::atomic::AtomicUsize::new(2));
-    for _ in 0..2 {
+    let writing = Arc::new(std::sync::atomic::AtomicUsize::new(COUNTER_CLIENTS));
+    for _ in 0..COUNTER_CLIENTS {
         let writing = writing.clone();
         counters.push(spawn_client(&cluster, move |c| async move {
             let history = workload::counter_client(c, COUNTERS, 40, pause).await;
