@@ -47,6 +47,44 @@ impl LogStore {
         }
     }
 
+    /// An append must continue what this replica holds: consecutive entries, the first no
+    /// further than one past the last entry it has (in its log, purged, or covered by its
+    /// snapshot). A hole could never be applied past (chaos seed 13929 made one, through a
+    /// leader's read across a purge); refused, it stops the replica loudly instead of
+    /// stalling it. Costs one seek when the append follows the last entry.
+    fn check_continuous(&self, entries: &[Entry<TypeConfig>]) -> Result<(), kv::StorageError> {
+        let Some(first) = entries.first().map(|e| e.get_log_id().index) else { return Ok(()) };
+        for (i, entry) in entries.iter().enumerate() {
+            if entry.get_log_id().index != first + i as u64 {
+                return Err(kv::StorageError::corruption(format!(
+                    "an append of entries from {first} holds {} at position {i}",
+                    entry.get_log_id().index
+                )));
+            }
+        }
+        let last = match self.engine.last(Cf::RaftLog, &keys::log_key(0), &[0xff; 9])? {
+            Some((key, _)) => Some(keys::log_key_decode(&key)?),
+            None => None,
+        };
+        if last.is_some_and(|last| first <= last + 1) {
+            return Ok(());
+        }
+        let purged = self.get_meta(keys::META_PURGED, codec::log_id_decode)?.flatten().map(|l| l.index);
+        let snapshot = self
+            .get_meta(keys::META_SNAPSHOT_META, codec::snapshot_meta_decode)?
+            .and_then(|meta| meta.last_log_id)
+            .map(|l| l.index);
+        let held = [last, purged, snapshot].into_iter().flatten().max();
+        match held {
+            // Nothing held yet: a new replica's first entries may start anywhere.
+            None => Ok(()),
+            Some(held) if first <= held + 1 => Ok(()),
+            Some(held) => Err(kv::StorageError::corruption(format!(
+                "an append of entries from {first} would leave a hole after entry {held}"
+            ))),
+        }
+    }
+
     /// True when this replica has ever voted or logged: it belongs to an initialized cluster.
     pub fn is_initialized(&self) -> Result<bool, kv::StorageError> {
         let has_vote = self.engine.get(Cf::RaftMeta, keys::META_VOTE)?.is_some();
@@ -155,9 +193,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        if let Err(error) = self.check_continuous(&entries) {
+            tracing::error!(%error, "refusing a log append that would leave a hole; the replica stops");
+            callback.log_io_completed(Err(std::io::Error::other(error.to_string())));
+            return Err(storage_error(ErrorSubject::Logs, ErrorVerb::Write, error));
+        }
         let mut batch = WriteBatch::default();
-        for entry in entries {
-            batch.put(Cf::RaftLog, keys::log_key(entry.get_log_id().index), codec::entry_encode(&entry));
+        for entry in &entries {
+            batch.put(Cf::RaftLog, keys::log_key(entry.get_log_id().index), codec::entry_encode(entry));
         }
         // One synced write for the whole group of entries: the group commit's single fsync.
         // The entries are durable before the callback reports them flushed.
@@ -195,5 +239,54 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         batch.put(Cf::RaftMeta, keys::META_PURGED.to_vec(), codec::log_id_encode(&Some(log_id)));
         batch.delete_range(Cf::RaftLog, keys::log_key(0), keys::log_key(log_id.index + 1));
         self.engine.write(batch, false).map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::sim_disk::SimDisk;
+    use openraft::{CommittedLeaderId, EntryPayload, SnapshotMeta, StoredMembership};
+
+    fn entry(index: u64) -> Entry<TypeConfig> {
+        Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Blank }
+    }
+
+    fn store_with(indexes: impl IntoIterator<Item = u64>) -> LogStore {
+        let disk = Arc::new(SimDisk::new());
+        let mut batch = WriteBatch::default();
+        for index in indexes {
+            batch.put(Cf::RaftLog, keys::log_key(index), codec::entry_encode(&entry(index)));
+        }
+        disk.write(batch, true).unwrap();
+        LogStore::new(disk)
+    }
+
+    #[test]
+    fn an_append_that_would_leave_a_hole_is_refused() {
+        let store = store_with(1..=3);
+        assert!(store.check_continuous(&[entry(4), entry(5)]).is_ok());
+        // Overwriting a suffix (after a truncation openraft did not report) is not a hole.
+        assert!(store.check_continuous(&[entry(3)]).is_ok());
+        let error = store.check_continuous(&[entry(5)]).unwrap_err();
+        assert!(error.to_string().contains("hole after entry 3"), "{error}");
+        assert!(store.check_continuous(&[entry(4), entry(6)]).is_err(), "entries must be consecutive");
+        // A new replica's first entries may start anywhere.
+        assert!(store_with(std::iter::empty()).check_continuous(&[entry(7)]).is_ok());
+    }
+
+    #[test]
+    fn a_snapshot_covers_the_entries_it_replaced() {
+        let store = store_with(1..=3);
+        let meta = SnapshotMeta {
+            last_log_id: Some(entry(10).log_id),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "1-10".into(),
+        };
+        let mut batch = WriteBatch::default();
+        batch.put(Cf::RaftMeta, keys::META_SNAPSHOT_META.to_vec(), codec::snapshot_meta_encode(&meta));
+        store.engine.write(batch, true).unwrap();
+        assert!(store.check_continuous(&[entry(11)]).is_ok());
+        assert!(store.check_continuous(&[entry(12)]).is_err());
     }
 }
