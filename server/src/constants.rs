@@ -62,6 +62,11 @@ pub const PENDING_WRITE_KEYS_MAX: usize = 1 << 20;
 /// Most keepalives of one session waiting for their read-index rounds; a client that sends
 /// more without waiting for the answers loses its session.
 pub const SESSION_KEEPALIVES_IN_FLIGHT_MAX: usize = 64;
+/// Most invalidations one session may leave unacknowledged. A session at it is sent no more,
+/// is renewed and granted nothing, and writes on its keys wait out its leases instead; an
+/// unanswered invalidation already ends a session after one lease, so this bounds what a
+/// client that stops answering can make the leader hold within that lease.
+pub const SESSION_INVALIDATIONS_UNACKED_MAX: usize = 4096;
 /// Most events (invalidations, keepalive acks) queued for one session stream; a client that
 /// lets more pile up gets none, and its leases run out instead.
 pub const SESSION_EVENTS_QUEUE_MAX: usize = 1024;

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::constants::{LEASED_KEYS_MAX, PENDING_WRITE_KEYS_MAX, SESSIONS_MAX};
+use crate::constants::{LEASED_KEYS_MAX, PENDING_WRITE_KEYS_MAX, SESSIONS_MAX, SESSION_INVALIDATIONS_UNACKED_MAX};
 
 /// Lease settings, the same on the leader and (sent when a session opens) on its clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +65,18 @@ struct Session {
     /// those keys only, not the whole table.
     revoking: BTreeMap<u64, Vec<Vec<u8>>>,
 }
+
+impl Session {
+    /// Too many invalidations unanswered (`SESSION_INVALIDATIONS_UNACKED_MAX`): no more are
+    /// sent, and nothing is renewed or granted, until it answers.
+    fn saturated(&self) -> bool {
+        self.revoking.len() >= SESSION_INVALIDATIONS_UNACKED_MAX
+    }
+}
+
+/// What a write waits for on a saturated session: no acknowledgement can match it, so the
+/// write waits for the session's leases on its keys to expire.
+pub const WAIT_FOR_EXPIRY: u64 = u64::MAX;
 
 /// An invalidation to send: `keys` to `session`, numbered `seq`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,7 +244,12 @@ impl LeaseTable {
             // renewal would make its client trust them again.
             // Nor is a session that leaves an invalidation unanswered for a whole lease: its
             // keepalives must not hold a writer back for ever.
-            Some(s) if s.expiry > now && s.unacked_since.is_none_or(|since| now < since + self.config.duration) => {
+            // Nor one with too many invalidations unanswered.
+            Some(s)
+                if s.expiry > now
+                    && !s.saturated()
+                    && s.unacked_since.is_none_or(|since| now < since + self.config.duration) =>
+            {
                 s.expiry = s.expiry.max(round_start + self.config.server_span());
                 true
             }
@@ -259,6 +276,9 @@ impl LeaseTable {
         self.sync_term(term, now);
         term?;
         if session == 0 || now < self.quiet_until || !self.session_live(session, now) {
+            return None;
+        }
+        if self.sessions[&session].saturated() {
             return None;
         }
         if keys.iter().any(|key| self.pending.contains_key(key)) {
@@ -312,7 +332,11 @@ impl LeaseTable {
             let Some(holders) = self.leases.get_mut(key) else { continue };
             holders.remove(&writer);
             for (session, hold) in holders.iter() {
+                let saturated = self.sessions.get(session).is_some_and(Session::saturated);
                 match hold {
+                    Hold::Held { .. } if saturated => {
+                        waits.insert((*session, WAIT_FOR_EXPIRY));
+                    }
                     Hold::Held { .. } => to_send.entry(*session).or_default().push(key.clone()),
                     Hold::Revoking { seq, .. } => {
                         waits.insert((*session, *seq));
@@ -641,6 +665,43 @@ mod tests {
         // A write that ends makes room again.
         table.end_write(&keys);
         assert!(table.begin_write(TERM, 0, &more, quiet).is_ok());
+    }
+
+    #[test]
+    fn a_session_that_leaves_too_many_invalidations_unanswered_gets_no_more() {
+        let (mut table, now, session) = table();
+        let key = |i: usize| format!("k{i}").into_bytes();
+        let max = SESSION_INVALIDATIONS_UNACKED_MAX;
+        for i in 0..max {
+            assert!(table.grant(TERM, session, &[key(i)], now, now).is_some());
+            let wait = table.begin_write(TERM, 0, &[key(i)].into(), now).unwrap();
+            assert_eq!(wait.send.len(), 1, "invalidation {i} is sent");
+            table.end_write(&[key(i)].into());
+        }
+        // At the bound: nothing more is granted, nothing renewed.
+        assert_eq!(table.grant(TERM, session, &[b"fresh".to_vec()], now, now), None);
+        assert!(!table.renew(TERM, session, now, now));
+        // A lease it still holds is waited out, not invalidated.
+        table.acknowledge(session, 1);
+        assert!(table.grant(TERM, session, &[b"held".to_vec()], now, now).is_some());
+        let held: BTreeSet<Vec<u8>> = [b"held".to_vec()].into();
+        // One more unanswered invalidation brings it back to the bound.
+        assert!(table.grant(TERM, session, &[key(max)], now, now).is_some());
+        assert_eq!(table.begin_write(TERM, 0, &[key(max)].into(), now).unwrap().send.len(), 1);
+        table.end_write(&[key(max)].into());
+        let wait = table.begin_write(TERM, 0, &held, now).unwrap();
+        assert!(wait.send.is_empty(), "{wait:?}");
+        assert_eq!(wait.waits, vec![(session, WAIT_FOR_EXPIRY)]);
+        let expiry = table.write_blocked_until(&wait.waits, &held, now).expect("waits for the lease");
+        assert!(expiry > now);
+        // An acknowledgement of everything sent does not release a wait for expiry.
+        table.acknowledge(session, max as u64 + 1);
+        assert_eq!(table.write_blocked_until(&wait.waits, &held, now), Some(expiry));
+        assert_eq!(table.write_blocked_until(&wait.waits, &held, expiry), None);
+        table.end_write(&held);
+        // Answered, the session is served again.
+        assert!(table.renew(TERM, session, now, now));
+        assert!(table.grant(TERM, session, &[b"fresh".to_vec()], now, now).is_some());
     }
 
     #[test]
