@@ -10,6 +10,18 @@ use std::cell::Cell;
 
 thread_local! {
     static ENABLED: Cell<bool> = const { Cell::new(false) };
+    /// Sites a targeted scenario forces on: each fires every time it is reached.
+    static FORCED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Makes `site` fire every time it is reached (or stops forcing it), for the simulation
+/// running on this thread, whether or not the sites are enabled: a targeted scenario lines a
+/// fault up this way (`tests/client_kill.rs`: a slow apply).
+pub fn force(site: Site, on: bool) {
+    FORCED.with(|forced| {
+        let bit = 1u64 << (site as u64);
+        forced.set(if on { forced.get() | bit } else { forced.get() & !bit });
+    });
 }
 
 /// Turns the buggify sites on or off for the simulation running on this thread.
@@ -29,11 +41,18 @@ pub enum Site {
     SnapshotNow = 4,
     /// A follower starts an election now, deposing the leader.
     ForceElection = 5,
+    /// A commit's caller goes away mid-commit (its client dies or its deadline passes):
+    /// tonic then drops the handler's future where it stands, which madsim's tonic never
+    /// does. The caller sees a timeout.
+    CallerGone = 6,
 }
 
 /// True when `site` is armed in this run and fires this time (with probability `p`).
 pub fn fire(site: Site, p: f64) -> bool {
     use rand::Rng;
+    if FORCED.with(|forced| forced.get() & (1u64 << (site as u64)) != 0) {
+        return true;
+    }
     if !ENABLED.with(|enabled| enabled.get()) {
         return false;
     }
@@ -45,7 +64,12 @@ pub fn fire(site: Site, p: f64) -> bool {
 
 /// A short random delay, for the delay sites.
 pub async fn delay() {
+    delay_up_to(50).await
+}
+
+/// A random delay of 1 to `ms_max - 1` ms.
+pub async fn delay_up_to(ms_max: u64) {
     use rand::Rng;
-    let ms = madsim::rand::thread_rng().gen_range(1..50);
+    let ms = madsim::rand::thread_rng().gen_range(1..ms_max);
     madsim::time::sleep(std::time::Duration::from_millis(ms)).await;
 }

@@ -39,6 +39,11 @@ pub enum Bug {
     /// acknowledgements or the leases' expiry: a holder that is slow, paused or cut off
     /// serves the old value from its cache after the write is acknowledged.
     SkipLeaseWait = 12,
+    /// A commit's write runs in the gRPC handler's own future rather than a task of its
+    /// own: a caller that goes away mid-commit drops the write's pending marks while its
+    /// entry may still commit, so a reader is granted a lease on the old value that no
+    /// invalidation will end.
+    WriteInHandler = 13,
 }
 
 static ARMED: AtomicU8 = AtomicU8::new(0);

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::AtomicU8;
+use std::sync::atomic::{AtomicBool, AtomicU8};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +41,11 @@ pub struct Cluster {
     pub client_options: ClientOptions,
     /// The client node the nemesis prefers for client faults (the chaos run's lease watcher).
     watcher: Mutex<Option<madsim::task::NodeId>>,
+    /// Client nodes the nemesis may kill, each with the flag its client sets while a
+    /// transaction runs (`workload::ListRecord`).
+    killable: Mutex<Vec<(madsim::task::NodeId, Arc<AtomicBool>)>>,
+    /// Each client node's address (a killed client's handlers are dropped by address).
+    client_ips: Mutex<BTreeMap<madsim::task::NodeId, IpAddr>>,
 }
 
 fn meta_ip(index: usize) -> IpAddr {
@@ -66,6 +71,8 @@ impl Cluster {
             client_nodes: Mutex::new(Vec::new()),
             client_options: ClientOptions::default(),
             watcher: Mutex::new(None),
+            killable: Mutex::new(Vec::new()),
+            client_ips: Mutex::new(BTreeMap::new()),
         };
         for _ in 0..replicas {
             cluster.add_replica(peers.clone());
@@ -167,13 +174,10 @@ impl Cluster {
     /// A new client node (its own address), for running client code.
     pub fn client_node(&self) -> NodeHandle {
         let n = self.clients_made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let node = self
-            .handle
-            .create_node()
-            .name(format!("client-{n}"))
-            .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 1, n + 1)))
-            .build();
+        let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 1, n + 1));
+        let node = self.handle.create_node().name(format!("client-{n}")).ip(ip).build();
         self.client_nodes.lock().expect("client nodes lock").push(node.id());
+        self.client_ips.lock().expect("client ips lock").insert(node.id(), ip);
         node
     }
 
@@ -184,6 +188,28 @@ impl Cluster {
 
     pub fn watcher(&self) -> Option<madsim::task::NodeId> {
         *self.watcher.lock().expect("watcher lock")
+    }
+
+    /// Lets the nemesis kill `node`, whose client raises `committing` while its commit runs
+    /// and records its history outside the node.
+    pub fn set_killable(&self, node: madsim::task::NodeId, committing: Arc<AtomicBool>) {
+        self.killable.lock().expect("killable lock").push((node, committing));
+    }
+
+    /// The client nodes that may still be killed.
+    pub fn killable(&self) -> Vec<(madsim::task::NodeId, Arc<AtomicBool>)> {
+        self.killable.lock().expect("killable lock").clone()
+    }
+
+    /// Kills a client node for good (a function instance that dies): its tasks are dropped
+    /// where they stand, and no later fault picks it.
+    pub fn kill_client(&self, node: madsim::task::NodeId) {
+        self.handle.kill(node);
+        if let Some(ip) = self.client_ips.lock().expect("client ips lock").get(&node) {
+            cffs_server::sim_stats::kill_caller(*ip);
+        }
+        self.killable.lock().expect("killable lock").retain(|(n, _)| *n != node);
+        self.client_nodes.lock().expect("client nodes lock").retain(|n| *n != node);
     }
 
     /// Every client node made so far.

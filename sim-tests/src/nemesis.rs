@@ -9,8 +9,9 @@
 //! a deposed leader that still answers), a bridge (two replicas cut from each other, both
 //! still reaching the third), a one-way link, swizzle-clogging (clog links one by one, then
 //! unclog them in random order), a pause (a frozen process, for longer than a lease), packet
-//! loss and delay. Faults on clients: a client paused past its leases, or cut off from every
-//! replica, while it holds leases and commits. Settings drawn per seed beside the faults:
+//! loss and delay. Faults on clients: a client paused past its leases, cut off from every
+//! replica, while it holds leases and commits, or killed for good in its commit (a
+//! list-append client, whose history is kept outside its node; `kill_clients`). Settings drawn per seed beside the faults:
 //! small snapshot intervals (followers install snapshots while faults run) and small inode
 //! ranges (clients run out and allocate again across failovers), and a clock of its own for
 //! each replica (a rate within the lease drift bound, and an offset).
@@ -76,6 +77,9 @@ pub struct NemesisPlan {
     /// good; half the time the voter's disk was lost first (it is down, and comes back empty,
     /// under the new id).
     pub membership: bool,
+    /// How many list-append clients to kill for good, each in its commit (0 in two seeds in
+    /// three; drawn from a hash of the seed).
+    pub client_kills: u64,
 }
 
 impl NemesisPlan {
@@ -106,12 +110,18 @@ impl NemesisPlan {
             inode_batch: rng.gen_bool(0.3).then(|| rng.gen_range(1..8)),
             clocks: draw_clocks(),
             membership: seed_hash(SALT_MEMBERSHIP)().is_multiple_of(3),
+            client_kills: match seed_hash(SALT_CLIENT_KILLS)() % 6 {
+                0 => 1,
+                1 => 2,
+                _ => 0,
+            },
         }
     }
 
     pub fn is_quiet(&self) -> bool {
         !(self.kill
             || self.membership
+            || self.client_kills > 0
             || self.blackout
             || self.sync_failure
             || self.disk_errors
@@ -157,6 +167,7 @@ const MEMBERSHIP_FINISH_TIMEOUT: Duration = Duration::from_secs(60);
 
 const SALT_CLOCKS: u64 = 0x636c_6f63_6b73; // "clocks"
 const SALT_MEMBERSHIP: u64 = 0x6d65_6d62_6572; // "member"
+const SALT_CLIENT_KILLS: u64 = 0x6b69_6c6c_6564; // "killed"
 
 /// A generator drawn from a hash of the seed and `salt` (splitmix64), for plan settings added
 /// after the seeds' plans were fixed: drawing them from the simulation's generator would
@@ -270,6 +281,37 @@ impl Links<'_> {
             self.net.unclog_link(a, b);
         }
     }
+}
+
+/// Client kills (`NemesisPlan::client_kills`): up to that many list-append clients killed for
+/// good, each in its commit, at moments drawn from a hash of the seed (so the simulation's own
+/// generator is not drawn from, and seeds without kills replay as before). One is always
+/// left. Returns how many were killed.
+pub async fn kill_clients(cluster: &Cluster, plan: &NemesisPlan, stop: &AtomicBool) -> u64 {
+    let mut next = seed_hash(SALT_CLIENT_KILLS ^ 1);
+    let mut killed = 0;
+    while killed < plan.client_kills {
+        let wait = Duration::from_millis(200 + next() % 2_000);
+        tokio::time::sleep(wait).await;
+        let killable = cluster.killable();
+        if stop.load(Ordering::Relaxed) || killable.len() < 2 {
+            break;
+        }
+        let (node, committing) = &killable[(next() % killable.len() as u64) as usize];
+        // In its commit: the client raises the flag when its transaction's body is done, and
+        // the commit request follows at once; a moment later it is in the server's hands.
+        for _ in 0..500 {
+            if committing.load(Ordering::SeqCst) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tokio::time::sleep(Duration::from_micros(next() % 4_000)).await;
+        tracing::info!(?node, committing = committing.load(Ordering::SeqCst), "client killed");
+        cluster.kill_client(*node);
+        killed += 1;
+    }
+    killed
 }
 
 /// What the nemesis did, for the report.
@@ -386,6 +428,13 @@ pub async fn run(cluster: &Cluster, plan: &NemesisPlan, stop: Arc<AtomicBool>) -
                 for peer in members.iter().copied().filter(|p| *p != target) {
                     links.clog(node_id(target), node_id(peer));
                     links.clog(node_id(peer), node_id(target));
+                }
+                if leader == Some(target) {
+                    // A deposed leader its clients still reach, for long enough that some of
+                    // them go on reading there while others write through the new leader
+                    // (a write on the old one waits 5 s before its client moves on).
+                    let hold = madsim::rand::thread_rng().gen_range(2_000..8_000);
+                    tokio::time::sleep(Duration::from_millis(hold)).await;
                 }
                 Some(Standing::PeerCut(target))
             }

@@ -77,6 +77,9 @@ pub enum Planted {
     /// A leader sends a write's invalidations and commits it without waiting for their
     /// acknowledgements or the leases' expiry.
     SkipLeaseWait,
+    /// A commit's write runs in the gRPC handler's future: a caller that goes away
+    /// mid-commit drops its pending marks while the entry may still commit.
+    WriteInHandler,
 }
 
 impl Planted {
@@ -97,6 +100,7 @@ impl Planted {
             Planted::SkipChecksums => server(Bug::SkipChecksums),
             Planted::LeaderReadWithoutQuorum => server(Bug::LeaderReadWithoutQuorum),
             Planted::SkipLeaseWait => server(Bug::SkipLeaseWait),
+            Planted::WriteInHandler => server(Bug::WriteInHandler),
             Planted::IgnoreInvalidations => cffs_client::planted::arm_ignore_invalidations(on),
             Planted::RenameWithoutAncestorCheck => cffs_client::planted::arm_rename_without_ancestor_check(on),
         }

@@ -30,6 +30,9 @@ pub const LISTING_READERS: usize = 2;
 pub const LISTING_OPS: usize = 20;
 /// Counter clients (and namespace clients: as many) in the safety phase.
 pub const COUNTER_CLIENTS: usize = 2;
+/// Operations of each counter client; more where the lease watcher runs beside them.
+pub const COUNTER_OPS: usize = 40;
+pub const COUNTER_OPS_WATCHED: usize = 120;
 /// The pause between the lease watcher's reads (`workload::counter_watcher`).
 pub const WATCHER_PAUSE: Duration = Duration::from_millis(10);
 /// After the faults stop, the cluster must commit again within this long.
@@ -74,6 +77,9 @@ pub struct Report {
     /// Replicas replaced through a membership change that committed.
     #[serde(default)]
     pub replacements: u64,
+    /// List-append clients killed for good, in their commits.
+    #[serde(default)]
+    pub clients_killed: u64,
     /// Replicas whose clocks ran at a rate of their own (skewed clocks drawn).
     #[serde(default)]
     pub skewed_clocks: bool,
@@ -196,18 +202,28 @@ pub async fn run() -> Report {
     let mut lists = Vec::new();
     let mut listing_writers = Vec::new();
     let mut listing_readers = Vec::new();
+    // The list-append clients record outside their nodes, so the nemesis may kill them.
+    let mut list_records = Vec::new();
     for client_id in 1..=3u64 {
-        lists.push(spawn_client(&cluster, move |c| workload::list_append_client(c, client_id, 40, pause)));
+        let record = Arc::new(workload::ListRecord::default());
+        list_records.push(record.clone());
+        let committing = record.committing.clone();
+        lists.push(spawn_client(&cluster, move |c| workload::list_append_client(c, client_id, 40, pause, record)));
+        cluster.set_killable(*cluster.client_nodes().last().expect("the client's node"), committing);
     }
     for client_id in 1..=3u64 {
         bank.push(spawn_client(&cluster, move |c| workload::bank_client(c, client_id, ACCOUNTS, 40, pause)));
     }
+    // The lease watcher reads while the counter clients write: with client faults, for long
+    // enough that several faults fall on it.
+    let watched = plan.client_faults || plan.peer_partition;
+    let counter_ops = if watched { COUNTER_OPS_WATCHED } else { COUNTER_OPS };
     // The lease watcher reads while the counter clients write.
     let writing = Arc::new(std::sync::atomic::AtomicUsize::new(COUNTER_CLIENTS));
     for _ in 0..COUNTER_CLIENTS {
         let writing = writing.clone();
         counters.push(spawn_client(&cluster, move |c| async move {
-            let history = workload::counter_client(c, COUNTERS, 40, pause).await;
+            let history = workload::counter_client(c, COUNTERS, counter_ops, pause).await;
             writing.fetch_sub(1, Ordering::SeqCst);
             history
         }));
@@ -226,8 +242,9 @@ pub async fn run() -> Report {
             .push(spawn_client(&cluster, move |c| workload::listing_reader(c, LISTING_WRITERS, LISTING_OPS, pause)));
     }
 
-    // With client faults, a lease watcher the nemesis prefers to cut off or pause.
-    if plan.client_faults {
+    // With client faults, a lease watcher the nemesis prefers to cut off or pause; with peer
+    // cuts, one that goes on reading from a leader cut off from its peers.
+    if watched {
         counters.push(spawn_client(&cluster, move |c| workload::counter_watcher(c, COUNTERS, writing, WATCHER_PAUSE)));
         cluster.set_watcher(*cluster.client_nodes().last().expect("the watcher's node"));
     }
@@ -239,11 +256,21 @@ pub async fn run() -> Report {
     let cluster = Arc::new(cluster);
     let nemesis_cluster = cluster.clone();
     let nemesis = madsim::task::spawn(async move { nemesis::run(&nemesis_cluster, &nemesis_plan, nemesis_stop).await });
+    let (killer_cluster, killer_plan, killer_stop) = (cluster.clone(), plan.clone(), stop.clone());
+    let killer =
+        madsim::task::spawn(async move { nemesis::kill_clients(&killer_cluster, &killer_plan, &killer_stop).await });
 
     let bank_histories = join_all(&mut report, bank, "bank").await;
     let counter_histories = join_all(&mut report, counters, "counter").await;
     let namespace_histories = join_all(&mut report, namespace, "namespace").await;
-    let list_history: Vec<_> = join_all(&mut report, lists, "list-append").await.into_iter().flatten().collect();
+    // A killed client's handle ends cancelled; its record is what it left.
+    for handle in lists {
+        if let Ok(((), stats)) = handle.await {
+            report.count_cache(stats);
+        }
+    }
+    let list_history: Vec<_> =
+        list_records.iter().flat_map(|r| std::mem::take(&mut *r.txns.lock().expect("list record lock"))).collect();
     let entry_ops: Vec<_> =
         join_all(&mut report, listing_writers, "listing writer").await.into_iter().flatten().collect();
     let dir_reads: Vec<_> =
@@ -255,6 +282,7 @@ pub async fn run() -> Report {
     report.impaired_max = counts.impaired_max;
     report.client_faults = counts.client_faults;
     report.replacements = counts.replacements;
+    report.clients_killed = killer.await.expect("client killer");
     report.skewed_clocks = plan.clocks.is_some();
     report.power_losses = DiskSim::current().power_losses();
     report.snapshots_installed = cffs_server::sim_stats::snapshots_installed();

@@ -4,6 +4,8 @@
 //! never as a failure. What the checkers decide is theirs (`checker/`); the workloads only
 //! record.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cffs_client::{Client, FsError};
@@ -406,10 +408,9 @@ pub async fn list_setup(client: &Client) -> Result<(), FsError> {
 /// to three files: a read, or a read-modify-write that appends one value (one in four
 /// appends, two values, written one after the other: the first is an intermediate state no
 /// other transaction may see). Every read is recorded, the read half of an append included.
-pub async fn list_append_client(client: Client, client_id: u64, txns: usize, pause: Duration) -> Vec<Txn> {
+pub async fn list_append_client(client: Client, client_id: u64, txns: usize, pause: Duration, record: Arc<ListRecord>) {
     use rand::seq::SliceRandom;
     use rand::Rng;
-    let mut history = Vec::new();
     let mut counter = 0u64;
     for _ in 0..txns {
         let plan: Vec<(usize, Vec<u64>)> = {
@@ -437,10 +438,22 @@ pub async fn list_append_client(client: Client, client_id: u64, txns: usize, pau
                 })
                 .collect()
         };
+        let appends_only = || {
+            plan.iter()
+                .flat_map(|(key, values)| values.iter().map(|value| Op::Append { key: *key, value: *value }))
+                .collect()
+        };
         let invoked = Instant::now();
+        // Entered as unknown before it starts: if the client is killed in it, so it stays.
+        let entry = {
+            let mut txns = record.txns.lock().expect("list record lock");
+            txns.push(Txn { ops: appends_only(), outcome: Outcome::Unknown, invoked, completed: invoked });
+            txns.len() - 1
+        };
         let result = client
             .run(|txn| {
                 let plan = plan.clone();
+                let committing = record.committing.clone();
                 async move {
                     let mut ops = Vec::new();
                     for (key, values) in plan {
@@ -453,25 +466,34 @@ pub async fn list_append_client(client: Client, client_id: u64, txns: usize, pau
                             ops.push(Op::Append { key, value });
                         }
                     }
+                    // The commit follows at once.
+                    committing.store(true, Ordering::SeqCst);
                     Ok(ops)
                 }
             })
             .await;
+        record.committing.store(false, Ordering::SeqCst);
         let completed = Instant::now();
-        let appends_only = || {
-            plan.iter()
-                .flat_map(|(key, values)| values.iter().map(|value| Op::Append { key: *key, value: *value }))
-                .collect()
-        };
         let (ops, outcome) = match result {
             Ok(ops) => (ops, Outcome::Committed),
             Err(FsError::OutcomeUnknown(_)) => (appends_only(), Outcome::Unknown),
             Err(_) => (appends_only(), Outcome::Failed),
         };
-        history.push(Txn { ops, outcome, invoked, completed });
+        record.txns.lock().expect("list record lock")[entry] = Txn { ops, outcome, invoked, completed };
         tokio::time::sleep(pause).await;
     }
-    history
+}
+
+/// A list-append client's history, kept outside its node so that a client the nemesis kills
+/// (`nemesis::kill_clients`) leaves what it did. Each transaction is entered as unknown (its
+/// appends) before it starts and settled when it returns, so one the kill cuts off stays
+/// unknown: it may have committed at any time after it was invoked, as Elle treats it.
+#[derive(Debug, Default)]
+pub struct ListRecord {
+    pub txns: Mutex<Vec<Txn>>,
+    /// Raised when a transaction's body is done and its commit follows, lowered when it
+    /// returns: the nemesis kills a client in its commit.
+    pub committing: Arc<AtomicBool>,
 }
 
 /// Every list, read in one transaction after the run.

@@ -3,8 +3,9 @@
 //!   was acknowledged before its read began, also across a leader kill;
 //! - a paused client does not block a writer beyond one lease span, and a transaction built on
 //!   its reads from before the pause cannot commit after it wakes;
-//! - with leases longer than an election, the new leader's wait is what keeps reads fresh:
-//!   planted away, the same scenario reads stale data.
+//! - with leases longer than an election, the new leader's wait is what keeps reads fresh,
+//!   whether the old leader was cut off or frozen: planted away, the same scenario reads stale
+//!   data.
 #![cfg(madsim)]
 
 use std::sync::{Arc, Mutex};
@@ -34,24 +35,31 @@ struct Run {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fault {
+enum LeaderFault {
     /// The leader is killed for two seconds: its clients' sessions end with it.
-    KillLeader,
+    Kill,
     /// The leader is cut off from everyone for two seconds: its clients hear nothing, and
     /// keep trusting their caches until the leases it granted run out, while a new leader
     /// takes writes.
-    IsolateLeader,
+    Isolate,
+    /// The leader's process is frozen (it answers nobody, renews nothing), then wakes to the
+    /// messages queued for it. A request sent to it meanwhile waits for its client's timeout.
+    Pause,
 }
 
+/// How long the default overwrite scenario runs, and how long its fault lasts.
+const SPAN: Duration = Duration::from_secs(6);
+const FAULT_FOR: Duration = Duration::from_secs(2);
+
 /// One writer overwrites /f with increasing numbers while two readers read it through their
-/// caches; in the middle, the leader fails (`fault`).
-async fn overwrite_scenario(cluster: Cluster, fault: Fault) -> Run {
+/// caches, for `span`; two seconds in, the leader fails (`fault`) for `fault_for`.
+async fn overwrite_scenario(cluster: Cluster, fault: LeaderFault, fault_for: Duration, span: Duration) -> Run {
     cluster
         .with_client(|client| async move { client.run(|txn| async move { txn.write_file("/f", b"0").await }).await })
         .await
         .expect("setup");
     let acks: Acks = Arc::new(Mutex::new(Vec::new()));
-    let stop_at = Instant::now() + Duration::from_secs(6);
+    let stop_at = Instant::now() + span;
 
     let endpoints = cluster.endpoints();
     let writer_acks = acks.clone();
@@ -94,17 +102,22 @@ async fn overwrite_scenario(cluster: Cluster, fault: Fault) -> Run {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let leader = cluster.leader().await.expect("a leader");
     match fault {
-        Fault::KillLeader => {
+        LeaderFault::Kill => {
             cluster.kill(leader);
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            tokio::time::sleep(fault_for).await;
             cluster.restart(leader);
         }
-        Fault::IsolateLeader => {
+        LeaderFault::Isolate => {
             let net = madsim::net::NetSim::current();
             let leader_node = cluster.node_id(leader);
             net.clog_node(leader_node);
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            tokio::time::sleep(fault_for).await;
             net.unclog_node(leader_node);
+        }
+        LeaderFault::Pause => {
+            cluster.pause_replica(leader);
+            tokio::time::sleep(fault_for).await;
+            cluster.resume_replica(leader);
         }
     }
 
@@ -128,8 +141,8 @@ async fn overwrite_scenario(cluster: Cluster, fault: Fault) -> Run {
 
 /// Runs the overwrite scenario under `fault` and checks it: no stale read, at least
 /// `min_overwrites` acknowledged overwrites, and reads committed from the cache.
-async fn overwrites_checked(fault: Fault, label: &'static str, min_overwrites: usize) {
-    let run = overwrite_scenario(Cluster::start(3).await, fault).await;
+async fn overwrites_checked(fault: LeaderFault, label: &'static str, min_overwrites: usize) {
+    let run = overwrite_scenario(Cluster::start(3).await, fault, FAULT_FOR, SPAN).await;
     eprintln!("leases ({label}): {run:?}");
     assert!(run.stale.is_empty(), "stale reads: {:?}", run.stale);
     assert!(run.overwrites >= min_overwrites, "the writer made progress: {run:?}");
@@ -138,12 +151,17 @@ async fn overwrites_checked(fault: Fault, label: &'static str, min_overwrites: u
 
 #[test]
 fn cached_reads_never_miss_an_acknowledged_overwrite_even_with_the_leader_cut_off() {
-    cffs_sim_tests::runner::scenario_seeds(|| overwrites_checked(Fault::IsolateLeader, "leader cut off", 0));
+    cffs_sim_tests::runner::scenario_seeds(|| overwrites_checked(LeaderFault::Isolate, "leader cut off", 0));
+}
+
+#[test]
+fn cached_reads_never_miss_an_acknowledged_overwrite_even_with_the_leader_paused() {
+    cffs_sim_tests::runner::scenario_seeds(|| overwrites_checked(LeaderFault::Pause, "leader paused", 0));
 }
 
 #[test]
 fn cached_reads_never_miss_an_acknowledged_overwrite_even_across_a_leader_kill() {
-    cffs_sim_tests::runner::scenario_seeds(|| overwrites_checked(Fault::KillLeader, "leader killed", 21));
+    cffs_sim_tests::runner::scenario_seeds(|| overwrites_checked(LeaderFault::Kill, "leader killed", 21));
 }
 
 /// Leases longer than an election make the new leader's wait matter: without it the new
@@ -151,27 +169,45 @@ fn cached_reads_never_miss_an_acknowledged_overwrite_even_across_a_leader_kill()
 const LONG_LEASE: Duration = Duration::from_secs(2);
 const LONG_LEASE_SEEDS: u64 = 8;
 
-fn long_lease_runs(plant: Option<Planted>) -> Vec<Run> {
-    runner::planted_seeds(plant, LONG_LEASE_SEEDS, || async {
-        let cluster = Cluster::start_with(3, |config| config.leases.duration = LONG_LEASE).await;
-        overwrite_scenario(cluster, Fault::IsolateLeader).await
+/// With the leader frozen, the writer's request to it waits out the client's RPC timeout
+/// (6 s) before the writer finds the new leader, so the pause runs longer than that, and the
+/// leases longer still: the new leader then takes writes while the readers' leases last.
+const PAUSE_LEASE: Duration = Duration::from_secs(8);
+const PAUSE_FOR: Duration = Duration::from_secs(10);
+const PAUSE_SPAN: Duration = Duration::from_secs(16);
+
+fn long_lease_runs(plant: Option<Planted>, fault: LeaderFault) -> Vec<Run> {
+    runner::planted_seeds(plant, LONG_LEASE_SEEDS, move || async move {
+        let (lease, fault_for, span) = match fault {
+            LeaderFault::Pause => (PAUSE_LEASE, PAUSE_FOR, PAUSE_SPAN),
+            _ => (LONG_LEASE, FAULT_FOR, SPAN),
+        };
+        let cluster = Cluster::start_with(3, move |config| config.leases.duration = lease).await;
+        overwrite_scenario(cluster, fault, fault_for, span).await
     })
 }
 
 #[test]
 fn with_leases_longer_than_an_election_the_new_leaders_wait_keeps_reads_fresh() {
-    for (seed, run) in (1..).zip(long_lease_runs(None)) {
-        assert!(run.stale.is_empty(), "seed {seed}: stale reads: {:?}", run.stale);
-        assert!(run.local_commits > 0, "seed {seed}: {run:?}");
+    for fault in [LeaderFault::Isolate, LeaderFault::Pause] {
+        for (seed, run) in (1..).zip(long_lease_runs(None, fault)) {
+            assert!(run.stale.is_empty(), "{fault:?}, seed {seed}: stale reads: {:?}", run.stale);
+            assert!(run.local_commits > 0, "{fault:?}, seed {seed}: {run:?}");
+        }
     }
 }
 
+/// Without the new leader's wait, readers that cached /f under the old leader's leases read
+/// it stale once the new leader takes writes, whether the old leader was cut off or frozen
+/// (the replica-pause class's twin).
 #[test]
 fn a_new_leader_that_skips_its_wait_is_caught() {
-    let runs = long_lease_runs(Some(Planted::SkipNewLeaderWait));
-    let caught = runs.iter().position(|run| !run.stale.is_empty());
-    eprintln!("planted skip-new-leader-wait: first caught at seed {:?} of {LONG_LEASE_SEEDS}", caught.map(|i| i + 1));
-    assert!(caught.is_some(), "no stale read without the new leader's wait: {runs:?}");
+    for fault in [LeaderFault::Isolate, LeaderFault::Pause] {
+        let runs = long_lease_runs(Some(Planted::SkipNewLeaderWait), fault);
+        let caught = runs.iter().filter(|run| !run.stale.is_empty()).count();
+        eprintln!("planted skip-new-leader-wait, {fault:?}: caught in {caught} of {LONG_LEASE_SEEDS} seeds");
+        assert!(caught > 0, "{fault:?}: no stale read without the new leader's wait: {runs:?}");
+    }
 }
 
 #[test]

@@ -83,7 +83,7 @@ fn unchecked_checksums_are_caught() {
 
 #[test]
 fn a_leader_that_reads_without_a_quorum_is_caught() {
-    caught_by("leader serves reads without a quorum", Planted::LeaderReadWithoutQuorum, "bank");
+    caught_by("leader serves reads without a quorum", Planted::LeaderReadWithoutQuorum, "stale-read");
 }
 
 #[test]

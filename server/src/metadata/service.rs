@@ -168,12 +168,66 @@ fn quorum_matched(
 }
 
 impl MetadataService {
+    /// A commit, checked, validated (read-only) or proposed (with writes).
+    async fn handle_commit(&self, request: CommitRequest) -> Result<Response<CommitResponse>, Status> {
+        if let Err(error) = txn::check_commit_request(&request) {
+            let code = if error.is_too_large() { ErrorCode::TooLarge } else { ErrorCode::InvalidArgument };
+            return Err(status(code, error.to_string()));
+        }
+        if request.writes.is_empty() {
+            // A read-only transaction: validated by a linearizable read, no log entry. It
+            // serializes at the moment of this read.
+            self.linearizable().await?;
+            // All reads are checked against one state: an absent key created and deleted
+            // between two checks would otherwise pass without ever holding with the others.
+            let conflict = {
+                let _guard = self.state.apply_lock.read().expect("apply lock");
+                txn::validate_reads(self.state.engine.as_ref(), &request).map_err(|e| self.storage_failed(e))?
+            };
+            let response = conflict
+                .unwrap_or(CommitResponse { outcome: Some(cffs_proto::commit_response::Outcome::CommittedVersion(0)) });
+            return Ok(Response::new(response));
+        }
+        // In its own task: tonic drops a handler's future when its caller goes away (the
+        // client dies, or its deadline passes), and that must not cut the write short between
+        // its invalidations and the end of its pending marks.
+        let this = self.clone();
+        let write = async move { this.write(request).await };
+        let outcome = if write_in_handler() {
+            write.await?
+        } else {
+            tokio::spawn(write).await.map_err(|e| status(ErrorCode::Internal, format!("commit task: {e}")))??
+        };
+        match outcome {
+            CommandOutcome::Commit(response) => {
+                #[cfg(madsim)]
+                if crate::buggify::fire(crate::buggify::Site::DropCommitReply, 0.05) {
+                    return Err(status(ErrorCode::Timeout, "buggify: reply dropped after the commit"));
+                }
+                Ok(Response::new(response))
+            }
+            CommandOutcome::Rejected(why) => Err(invalid(why)),
+            CommandOutcome::AllocateInodes(_) | CommandOutcome::Settings(_) => {
+                Err(status(ErrorCode::Internal, "commit answered as another command"))
+            }
+        }
+    }
+
     /// A read met a storage error: this replica stops serving (its Raft core stops too), and
     /// the client tries another replica.
     fn storage_failed(&self, error: StorageError) -> Status {
         let error = self.state.health.fail(error);
         status(ErrorCode::Storage, format!("storage: {error}"))
     }
+}
+
+/// Whether a commit's write runs in the handler's own future (the planted bug
+/// `WriteInHandler`) instead of a task of its own.
+fn write_in_handler() -> bool {
+    #[cfg(madsim)]
+    return crate::planted::armed(crate::planted::Bug::WriteInHandler);
+    #[cfg(not(madsim))]
+    false
 }
 
 fn invalid(message: impl Into<String>) -> Status {
@@ -285,44 +339,40 @@ impl cffs_proto::metadata_server::Metadata for MetadataService {
     }
 
     async fn commit(&self, request: Request<CommitRequest>) -> Result<Response<CommitResponse>, Status> {
-        let request = request.into_inner();
-        if let Err(error) = txn::check_commit_request(&request) {
-            let code = if error.is_too_large() { ErrorCode::TooLarge } else { ErrorCode::InvalidArgument };
-            return Err(status(code, error.to_string()));
-        }
-        if request.writes.is_empty() {
-            // A read-only transaction: validated by a linearizable read, no log entry. It
-            // serializes at the moment of this read.
-            self.linearizable().await?;
-            // All reads are checked against one state: an absent key created and deleted
-            // between two checks would otherwise pass without ever holding with the others.
-            let conflict = {
-                let _guard = self.state.apply_lock.read().expect("apply lock");
-                txn::validate_reads(self.state.engine.as_ref(), &request).map_err(|e| self.storage_failed(e))?
-            };
-            let response = conflict
-                .unwrap_or(CommitResponse { outcome: Some(cffs_proto::commit_response::Outcome::CommittedVersion(0)) });
-            return Ok(Response::new(response));
-        }
-        // In its own task: a client that goes away must not cut the write short between its
-        // invalidations and the end of its pending mark.
-        let this = self.clone();
-        let outcome = tokio::spawn(async move { this.write(request).await })
-            .await
-            .map_err(|e| status(ErrorCode::Internal, format!("commit task: {e}")))??;
-        match outcome {
-            CommandOutcome::Commit(response) => {
-                #[cfg(madsim)]
-                if crate::buggify::fire(crate::buggify::Site::DropCommitReply, 0.05) {
-                    return Err(status(ErrorCode::Timeout, "buggify: reply dropped after the commit"));
+        #[cfg(madsim)]
+        let caller = request.remote_addr().map(|addr| addr.ip());
+        let handled = self.handle_commit(request.into_inner());
+        // What real tonic does and madsim's does not: the handler's future is dropped where it
+        // stands when its caller is killed, or (buggify) when it goes away otherwise.
+        #[cfg(madsim)]
+        {
+            let gone = async move {
+                match caller {
+                    Some(ip) => crate::sim_stats::caller_killed(ip).await,
+                    None => std::future::pending().await,
                 }
-                Ok(Response::new(response))
-            }
-            CommandOutcome::Rejected(why) => Err(invalid(why)),
-            CommandOutcome::AllocateInodes(_) | CommandOutcome::Settings(_) => {
-                Err(status(ErrorCode::Internal, "commit answered as another command"))
+            };
+            let cut_short = crate::buggify::fire(crate::buggify::Site::CallerGone, 0.05);
+            let deadline = async move {
+                match cut_short {
+                    // Within a commit's usual span, so the drop lands in its wait or proposal.
+                    true => crate::buggify::delay_up_to(10).await,
+                    false => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased; // deterministic under madsim: no random branch order
+                result = handled => result,
+                _ = gone => {
+                    tracing::info!("commit handler dropped: its caller was killed");
+                    crate::sim_stats::commit_handler_dropped();
+                    Err(status(ErrorCode::Timeout, "the caller was killed mid-commit"))
+                }
+                _ = deadline => Err(status(ErrorCode::Timeout, "buggify: the caller went away mid-commit")),
             }
         }
+        #[cfg(not(madsim))]
+        handled.await
     }
 
     async fn allocate_inodes(

@@ -109,7 +109,7 @@ fn main() -> std::process::ExitCode {
         failed.len()
     );
     println!(
-        "  cache: {} reads served from caches ({} seeds), {} local read-only commits ({} seeds); {} snapshots installed ({} seeds); {} client faults ({} seeds); {} seeds with a majority impaired at once; {} replicas replaced ({} seeds); {} seeds with skewed replica clocks",
+        "  cache: {} reads served from caches ({} seeds), {} local read-only commits ({} seeds); {} snapshots installed ({} seeds); {} client faults ({} seeds, {} clients killed); {} seeds with a majority impaired at once; {} replicas replaced ({} seeds); {} seeds with skewed replica clocks",
         sum(|r| r.cache_hits),
         count(|r| r.cache_hits > 0),
         sum(|r| r.local_commits),
@@ -118,6 +118,7 @@ fn main() -> std::process::ExitCode {
         count(|r| r.snapshots_installed > 0),
         sum(|r| r.client_faults),
         count(|r| r.client_faults > 0),
+        sum(|r| r.clients_killed),
         count(|r| r.impaired_max >= 2),
         sum(|r| r.replacements),
         count(|r| r.replacements > 0),
@@ -163,13 +164,14 @@ fn print_result(
             println!("  plan: {}", report.plan.as_deref().unwrap_or("none"));
             println!("  faults {}, power losses {}, commits {}", report.faults, report.power_losses, report.commits);
             println!(
-                "  cache hits {}, misses {}, local commits {}; snapshots installed {}; most replicas impaired at once {}; client faults {}; replicas replaced {}",
+                "  cache hits {}, misses {}, local commits {}; snapshots installed {}; most replicas impaired at once {}; client faults {} ({} clients killed); replicas replaced {}",
                 report.cache_hits,
                 report.cache_misses,
                 report.local_commits,
                 report.snapshots_installed,
                 report.impaired_max,
                 report.client_faults,
+                report.clients_killed,
                 report.replacements
             );
             for (checker, violation) in &report.violations {
