@@ -76,6 +76,12 @@ pub const SESSION_EVENTS_QUEUE_MAX: usize = 1024;
 pub const RAFT_SNAPSHOT_EVERY_ENTRIES: u64 = 5_000;
 pub const RAFT_LOG_KEEP_AFTER_SNAPSHOT: u64 = 1_000;
 
+/// A snapshot frame holds about this many bytes of state pairs (`raft/snapshot_file.rs`):
+/// what a snapshot's build, send, receipt or install holds in memory at once.
+pub const SNAPSHOT_FRAME_BYTES: usize = 256 * 1024;
+/// The longest snapshot frame record accepted: one pair may pass `SNAPSHOT_FRAME_BYTES`
+/// alone, never this (a length past it in a received stream is corruption).
+pub const SNAPSHOT_FRAME_RECORD_MAX: usize = 64 * 1024 * 1024;
 /// Size of one install-snapshot chunk.
 pub const RAFT_SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
 

@@ -6,6 +6,7 @@ pub mod network;
 pub mod prompt_election;
 #[cfg(madsim)]
 pub mod runtime;
+pub mod snapshot_file;
 pub mod state_machine;
 pub mod type_config;
 

@@ -7,13 +7,14 @@
 //! may then purge the log that the unsynced state depended on.
 //!
 //! A snapshot is the whole `state` family (applied log id and membership included, since they
-//! live there), so installing one replaces the state machine in a single batch. Its bytes are
-//! one `codec` record, crc-checked before it is installed or sent.
+//! live there), streamed through the engine in frames, each crc-checked before it is sent or
+//! installed (`snapshot_file.rs`); installing one replaces the state machine, frame by frame,
+//! under a marker a restart finishes the install from.
 
-use std::io::Cursor;
 use std::sync::{Arc, RwLock};
 
 use super::log_store::storage_error;
+use super::snapshot_file::{self, SnapshotFile, SnapshotStore};
 use super::type_config::RaftOutcome;
 use super::TypeConfig;
 use crate::constants::ROOT_INO;
@@ -66,6 +67,7 @@ impl MetaState {
 
 pub struct StateMachine {
     state: MetaState,
+    snapshots: SnapshotStore,
     applied: Option<LogId<NodeId>>,
     membership: Membership,
 }
@@ -76,9 +78,38 @@ fn sm_error(verb: ErrorVerb, error: kv::StorageError) -> StorageError<NodeId> {
 
 impl StateMachine {
     pub fn open(state: MetaState) -> Result<Self, kv::StorageError> {
-        let mut machine = StateMachine { state, applied: None, membership: Membership::default() };
+        let snapshots = SnapshotStore::open(state.engine.clone())?;
+        let mut machine = StateMachine { state, snapshots, applied: None, membership: Membership::default() };
+        machine.finish_install()?;
+        let current = machine.snapshots.current()?.map(|(_, file, _)| file);
+        machine.snapshots.collect_garbage(&current.into_iter().collect::<Vec<_>>())?;
         machine.load()?;
         Ok(machine)
+    }
+
+    /// An install a crash cut short is done again, from its complete and durable file.
+    fn finish_install(&mut self) -> Result<(), kv::StorageError> {
+        let Some((meta, file, lens)) = snapshot_file::installing(self.state.engine.as_ref())? else {
+            return Ok(());
+        };
+        tracing::warn!(snapshot = %meta.snapshot_id, "finishing a snapshot install cut short");
+        self.install_file(&meta, file, &lens)
+    }
+
+    /// Installs complete snapshot file `file` as the state and makes it the current snapshot,
+    /// durably; the marker written first lets a restart finish it.
+    fn install_file(
+        &self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        file: u64,
+        lens: &[u32],
+    ) -> Result<(), kv::StorageError> {
+        let _guard = self.state.apply_lock.write().expect("apply lock");
+        snapshot_file::mark_installing(self.state.engine.as_ref(), meta, file, lens)?;
+        let last = snapshot_file::install_frames(&self.snapshots, file, lens, meta)?;
+        // Installed state is durable before this returns: the log it replaces may be purged.
+        self.snapshots.make_current(meta, file, lens, last, true)?;
+        Ok(())
     }
 
     fn load(&mut self) -> Result<(), kv::StorageError> {
@@ -92,11 +123,6 @@ impl StateMachine {
             Some(bytes) => codec::membership_decode(&bytes)?,
         };
         self.state.publish_settings()
-    }
-
-    fn snapshot_file(&self) -> Result<Vec<u8>, kv::StorageError> {
-        let pairs = self.state.engine.scan(Cf::State, &[], None, usize::MAX)?;
-        Ok(codec::snapshot_data_encode(&pairs))
     }
 }
 
@@ -155,43 +181,32 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // The copy is taken here, while apply cannot run, so it matches `applied` exactly.
-        let data = self.snapshot_file();
+        // Written here, while apply cannot run, so it matches `applied` exactly; one frame is
+        // in memory at a time.
+        let file = self.snapshots.allocate();
+        let lens = self.snapshots.write_state(file);
         SnapshotBuilder {
-            engine: self.state.engine.clone(),
+            snapshots: self.snapshots.clone(),
+            file,
+            lens,
             applied: self.applied,
             membership: self.membership.clone(),
-            data,
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError<NodeId>> {
+        Ok(Box::new(SnapshotFile::writer(self.snapshots.clone(), self.snapshots.allocate())))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError<NodeId>> {
         let subject = ErrorSubject::Snapshot(Some(meta.signature()));
-        let bytes = snapshot.into_inner();
-        // Checked whole (its crc) before anything is installed.
-        let pairs =
-            codec::snapshot_data_decode(&bytes).map_err(|e| storage_error(subject.clone(), ErrorVerb::Read, e))?;
-        let mut batch = WriteBatch::default();
-        batch.delete_range(Cf::State, Vec::new(), vec![0xff; 16]);
-        for (key, value) in pairs {
-            batch.put(Cf::State, key, value);
-        }
-        // The snapshot's own applied id and membership are in its pairs; write them as the
-        // meta says, so the two can never disagree.
-        batch.put(Cf::State, keys::SYSTEM_APPLIED.to_vec(), codec::log_id_encode(&meta.last_log_id));
-        batch.put(Cf::State, keys::SYSTEM_MEMBERSHIP.to_vec(), codec::membership_encode(&meta.last_membership));
-        batch.put(Cf::RaftMeta, keys::META_SNAPSHOT_META.to_vec(), codec::snapshot_meta_encode(meta));
-        batch.put(Cf::RaftMeta, keys::META_SNAPSHOT_DATA.to_vec(), bytes);
-        // Installed state is durable before this returns: the log it replaces may be purged.
-        self.state.write(batch, true).map_err(|e| storage_error(subject.clone(), ErrorVerb::Write, e))?;
+        // Every frame was checked as it arrived; the trailer says none is missing.
+        let (file, lens) = snapshot.complete().map_err(|e| storage_error(subject.clone(), ErrorVerb::Read, e))?;
+        self.install_file(meta, file, &lens).map_err(|e| storage_error(subject.clone(), ErrorVerb::Write, e))?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.state.publish_settings().map_err(|e| storage_error(subject, ErrorVerb::Read, e))?;
@@ -203,38 +218,36 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     // openraft's StorageError is what the trait returns, large or not.
     #[allow(clippy::result_large_err)]
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        let read = |key| self.state.engine.get(Cf::RaftMeta, key).map_err(|e| sm_error(ErrorVerb::Read, e));
-        let (Some(meta), Some(data)) = (read(keys::META_SNAPSHOT_META)?, read(keys::META_SNAPSHOT_DATA)?) else {
-            return Ok(None);
-        };
-        let meta = codec::snapshot_meta_decode(&meta).map_err(|e| sm_error(ErrorVerb::Read, e))?;
-        // The snapshot's bytes are checked here too: a corrupted copy is never sent.
-        codec::snapshot_data_decode(&data).map_err(|e| sm_error(ErrorVerb::Read, e))?;
-        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        // Each frame's crc is checked as it is read: a corrupted copy is never sent.
+        let current = self.snapshots.current().map_err(|e| sm_error(ErrorVerb::Read, e))?;
+        Ok(current.map(|(meta, file, lens)| Snapshot {
+            meta,
+            snapshot: Box::new(SnapshotFile::reader(self.snapshots.clone(), file, lens)),
+        }))
     }
 }
 
 pub struct SnapshotBuilder {
-    engine: Arc<dyn KvEngine>,
+    snapshots: SnapshotStore,
+    file: u64,
+    lens: Result<Vec<u32>, kv::StorageError>,
     applied: Option<LogId<NodeId>>,
     membership: Membership,
-    data: Result<Vec<u8>, kv::StorageError>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let data = std::mem::replace(&mut self.data, Ok(Vec::new())).map_err(|e| sm_error(ErrorVerb::Read, e))?;
+        let lens = std::mem::replace(&mut self.lens, Ok(Vec::new())).map_err(|e| sm_error(ErrorVerb::Read, e))?;
         let snapshot_id = match self.applied {
             Some(log_id) => format!("{}-{}", log_id.leader_id, log_id.index),
             None => "empty".to_string(),
         };
         let meta = SnapshotMeta { last_log_id: self.applied, last_membership: self.membership.clone(), snapshot_id };
-        let mut batch = WriteBatch::default();
-        batch.put(Cf::RaftMeta, keys::META_SNAPSHOT_META.to_vec(), codec::snapshot_meta_encode(&meta));
-        batch.put(Cf::RaftMeta, keys::META_SNAPSHOT_DATA.to_vec(), data.clone());
         // Synced: the state up to `applied` and the snapshot are durable before openraft may
-        // purge the log they cover.
-        self.engine.write(batch, true).map_err(|e| storage_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        // purge the log they cover. A newer snapshot installed meanwhile stays current.
+        self.snapshots
+            .make_current(&meta, self.file, &lens, WriteBatch::default(), false)
+            .map_err(|e| storage_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(SnapshotFile::reader(self.snapshots.clone(), self.file, lens)) })
     }
 }

@@ -30,7 +30,9 @@ pub enum Kind {
     Entry = b'E',
     Membership = b'M',
     SnapshotMeta = b'S',
-    SnapshotData = b'D',
+    SnapshotFrame = b'F',
+    SnapshotTrailer = b'T',
+    SnapshotFile = b'P',
     Versioned = b'v',
     NextIno = b'N',
     SessionIds = b'R',
@@ -368,12 +370,13 @@ pub fn snapshot_meta_decode(record: &[u8]) -> Result<SnapshotMeta<u64, BasicNode
     Ok(SnapshotMeta { last_log_id, last_membership, snapshot_id })
 }
 
-// Snapshot data: pairs:u64, each (key:bytes value:bytes): the whole `state` family in key
-// order. One crc covers it all; it is checked before anything is installed.
+// Snapshot frame: pairs:u64, each (key:bytes value:bytes): a run of the `state` family in
+// key order (`raft/snapshot_file.rs`). Each frame has its own crc, checked before any of its
+// pairs is used.
 
-pub fn snapshot_data_encode(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+pub fn snapshot_frame_encode(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
     let len: usize = pairs.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
-    let mut w = Writer::with_capacity(Kind::SnapshotData, 8 + len);
+    let mut w = Writer::with_capacity(Kind::SnapshotFrame, 8 + len);
     w.u64(pairs.len() as u64);
     for (key, value) in pairs {
         w.bytes(key).bytes(value);
@@ -381,8 +384,8 @@ pub fn snapshot_data_encode(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
     w.finish()
 }
 
-pub fn snapshot_data_decode(record: &[u8]) -> Result<KvPairs, StorageError> {
-    let mut r = Reader::open(Kind::SnapshotData, record)?;
+pub fn snapshot_frame_decode(record: &[u8]) -> Result<KvPairs, StorageError> {
+    let mut r = Reader::open(Kind::SnapshotFrame, record)?;
     let count = r.count(8)?;
     let mut pairs = Vec::with_capacity(count);
     for _ in 0..count {
@@ -391,6 +394,48 @@ pub fn snapshot_data_decode(record: &[u8]) -> Result<KvPairs, StorageError> {
     }
     r.end()?;
     Ok(pairs)
+}
+
+// Snapshot trailer, a snapshot's last frame: pairs:u64 frames:u64 (the frames before it), so
+// a snapshot cut short or with a frame missing is never taken for whole.
+
+pub fn snapshot_trailer_encode(pairs: u64, frames: u64) -> Vec<u8> {
+    let mut w = Writer::new(Kind::SnapshotTrailer);
+    w.u64(pairs).u64(frames);
+    w.finish()
+}
+
+pub fn snapshot_trailer_decode(record: &[u8]) -> Result<(u64, u64), StorageError> {
+    let mut r = Reader::open(Kind::SnapshotTrailer, record)?;
+    let (pairs, frames) = (r.u64()?, r.u64()?);
+    r.end()?;
+    Ok((pairs, frames))
+}
+
+/// The kind of a frame record (its first byte), to tell a trailer from a frame.
+pub fn record_kind(record: &[u8]) -> Option<u8> {
+    record.first().copied()
+}
+
+// Snapshot file: file:u64 frames:u64, each len:u32 (the length of each stored frame record,
+// the trailer last): where a complete snapshot's frames are and how long each is.
+
+pub fn snapshot_file_encode(file: u64, lens: &[u32]) -> Vec<u8> {
+    let mut w = Writer::with_capacity(Kind::SnapshotFile, 16 + 4 * lens.len());
+    w.u64(file).u64(lens.len() as u64);
+    for len in lens {
+        w.u32(*len);
+    }
+    w.finish()
+}
+
+pub fn snapshot_file_decode(record: &[u8]) -> Result<(u64, Vec<u32>), StorageError> {
+    let mut r = Reader::open(Kind::SnapshotFile, record)?;
+    let file = r.u64()?;
+    let count = r.count(4)?;
+    let lens = (0..count).map(|_| r.u32()).collect::<Result<_, _>>()?;
+    r.end()?;
+    Ok((file, lens))
 }
 
 // A state value: version:u64, then the payload to the end.
@@ -523,11 +568,17 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_data_and_state_values_round_trip_and_corruption_is_caught() {
+    fn snapshot_records_and_state_values_round_trip_and_corruption_is_caught() {
         let pairs = vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), Vec::new())];
-        let record = snapshot_data_encode(&pairs);
-        assert_eq!(snapshot_data_decode(&record).unwrap(), pairs);
-        every_byte_flip_is_caught(&record, snapshot_data_decode);
+        let record = snapshot_frame_encode(&pairs);
+        assert_eq!(snapshot_frame_decode(&record).unwrap(), pairs);
+        every_byte_flip_is_caught(&record, snapshot_frame_decode);
+        let record = snapshot_trailer_encode(2, 1);
+        assert_eq!(snapshot_trailer_decode(&record).unwrap(), (2, 1));
+        every_byte_flip_is_caught(&record, snapshot_trailer_decode);
+        let record = snapshot_file_encode(7, &[120, 20]);
+        assert_eq!(snapshot_file_decode(&record).unwrap(), (7, vec![120, 20]));
+        every_byte_flip_is_caught(&record, snapshot_file_decode);
         let record = versioned_encode(42, b"payload");
         assert_eq!(versioned_decode(&record).unwrap(), (42, &b"payload"[..]));
         every_byte_flip_is_caught(&record, |r| versioned_decode(r).map(|(v, p)| (v, p.to_vec())));
@@ -550,8 +601,11 @@ mod tests {
 
     #[test]
     fn a_corrupted_count_cannot_allocate_without_bound() {
-        let mut w = Writer::new(Kind::SnapshotData);
+        let mut w = Writer::new(Kind::SnapshotFrame);
         w.u64(u64::MAX);
-        assert!(snapshot_data_decode(&w.finish()).is_err());
+        assert!(snapshot_frame_decode(&w.finish()).is_err());
+        let mut w = Writer::new(Kind::SnapshotFile);
+        w.u64(1).u64(u64::MAX);
+        assert!(snapshot_file_decode(&w.finish()).is_err());
     }
 }

@@ -16,8 +16,10 @@
 //! of the commit that last wrote the key; an absent key has version 0.
 //!
 //! Column family `raft_log`: log index:u64 → `Entry` record.
-//! Column family `raft_meta`: `vote`, `committed`, `purged`, `snapshot_meta`, `snapshot_data`
-//! (the snapshot bytes), `session_ids` (the session numbers this replica reserved).
+//! Column family `raft_meta`: `vote`, `committed`, `purged`, `snapshot_meta`, `snapshot_file`
+//! and `snapshot_frame` file n (the current snapshot, in frames; `raft/snapshot_file.rs`),
+//! `snapshot_installing` (an install under way), `session_ids` (the session numbers this
+//! replica reserved).
 //!
 //! Every value is a record of `codec.rs` (kind, format, body, crc32), checked on every read;
 //! docs/design/storage.md has each byte by byte.
@@ -40,7 +42,39 @@ pub const META_VOTE: &[u8] = b"vote";
 pub const META_COMMITTED: &[u8] = b"committed";
 pub const META_PURGED: &[u8] = b"purged";
 pub const META_SNAPSHOT_META: &[u8] = b"snapshot_meta";
-pub const META_SNAPSHOT_DATA: &[u8] = b"snapshot_data";
+/// The current snapshot's file (`SnapshotFile` record): which frames hold it.
+pub const META_SNAPSHOT_FILE: &[u8] = b"snapshot_file";
+/// A snapshot being installed (its `SnapshotFile`, and its meta under the next key): present
+/// only between the install's first and last batch, so a restart finishes the install.
+pub const META_SNAPSHOT_INSTALLING: &[u8] = b"snapshot_installing";
+pub const META_SNAPSHOT_INSTALLING_META: &[u8] = b"snapshot_installing_meta";
+/// The format before frames (one record with the whole state): removed when found.
+pub const META_SNAPSHOT_DATA_OLD: &[u8] = b"snapshot_data";
+/// `snapshot_frame` file:u64 n:u64 → a snapshot's frame `n` (a frame or, last, the trailer).
+pub const META_SNAPSHOT_FRAME_PREFIX: &[u8] = b"snapshot_frame";
+
+pub fn snapshot_frame_key(file: u64, n: u64) -> Vec<u8> {
+    let mut key = META_SNAPSHOT_FRAME_PREFIX.to_vec();
+    key.extend_from_slice(&file.to_be_bytes());
+    key.extend_from_slice(&n.to_be_bytes());
+    key
+}
+
+/// The first key of file `file`'s frames (and, for `file + 1`, the end of them).
+pub fn snapshot_file_start(file: u64) -> Vec<u8> {
+    let mut key = META_SNAPSHOT_FRAME_PREFIX.to_vec();
+    key.extend_from_slice(&file.to_be_bytes());
+    key
+}
+
+pub fn snapshot_frame_key_decode(key: &[u8]) -> Result<(u64, u64), StorageError> {
+    let rest = key
+        .strip_prefix(META_SNAPSHOT_FRAME_PREFIX)
+        .filter(|rest| rest.len() == 16)
+        .ok_or_else(|| StorageError::corruption("a snapshot frame key"))?;
+    let file = u64::from_be_bytes(rest[..8].try_into().expect("8 bytes"));
+    Ok((file, u64::from_be_bytes(rest[8..].try_into().expect("8 bytes"))))
+}
 pub const META_SESSION_IDS: &[u8] = b"session_ids";
 
 pub use cffs_proto::limits::TXN_ID_LEN;

@@ -9,4 +9,4 @@ pub mod kv_engine;
 pub mod rocks;
 pub mod sim_disk;
 
-pub use kv_engine::{Cf, KvEngine, StorageError, WriteBatch};
+pub use kv_engine::{Cf, KvEngine, KvPairs, StorageError, WriteBatch};
