@@ -44,6 +44,12 @@ pub enum Bug {
     /// entry may still commit, so a reader is granted a lease on the old value that no
     /// invalidation will end.
     WriteInHandler = 13,
+    /// Inode ranges overlap by one: the last number of a range is the first of the next, so
+    /// two clients that run out and allocate again create different files on one inode.
+    OverlappingInodeRanges = 14,
+    /// A snapshot install leaves out the snapshot's last frame of pairs (an off-by-one in
+    /// the frame loop): the follower's state lacks what that frame held.
+    SnapshotFrameSkipped = 15,
 }
 
 static ARMED: AtomicU8 = AtomicU8::new(0);

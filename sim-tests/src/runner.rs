@@ -80,6 +80,10 @@ pub enum Planted {
     /// A commit's write runs in the gRPC handler's future: a caller that goes away
     /// mid-commit drops its pending marks while the entry may still commit.
     WriteInHandler,
+    /// Inode ranges that overlap by one number (small ranges: clients allocate often).
+    OverlappingInodeRanges,
+    /// A snapshot install that leaves out the snapshot's last frame of pairs.
+    SnapshotFrameSkipped,
 }
 
 impl Planted {
@@ -101,6 +105,8 @@ impl Planted {
             Planted::LeaderReadWithoutQuorum => server(Bug::LeaderReadWithoutQuorum),
             Planted::SkipLeaseWait => server(Bug::SkipLeaseWait),
             Planted::WriteInHandler => server(Bug::WriteInHandler),
+            Planted::OverlappingInodeRanges => server(Bug::OverlappingInodeRanges),
+            Planted::SnapshotFrameSkipped => server(Bug::SnapshotFrameSkipped),
             Planted::IgnoreInvalidations => cffs_client::planted::arm_ignore_invalidations(on),
             Planted::RenameWithoutAncestorCheck => cffs_client::planted::arm_rename_without_ancestor_check(on),
         }

@@ -90,3 +90,17 @@ fn a_leader_that_reads_without_a_quorum_is_caught() {
 fn a_write_that_skips_the_lease_wait_is_caught() {
     caught_by("commit without waiting for invalidations or lease expiry", Planted::SkipLeaseWait, "stale-read");
 }
+
+#[test]
+fn overlapping_inode_ranges_are_caught() {
+    caught_by("inode ranges that overlap by one (inode-range exhaustion)", Planted::OverlappingInodeRanges, "fsck");
+}
+
+#[test]
+fn a_snapshot_install_that_skips_a_frame_is_caught() {
+    caught_by(
+        "a snapshot install that leaves out its last frame (snapshots in chaos)",
+        Planted::SnapshotFrameSkipped,
+        "replica-divergence",
+    );
+}

@@ -244,6 +244,11 @@ fn apply_allocate_inodes(
     };
     let next =
         first.checked_add(u64::from(count)).ok_or_else(|| StorageError::corruption("inode numbers exhausted"))?;
+    #[cfg(madsim)]
+    let next = match crate::planted::armed(crate::planted::Bug::OverlappingInodeRanges) && count > 1 {
+        true => next - 1,
+        false => next,
+    };
     batch.put(Cf::State, keys::SYSTEM_NEXT_INO.to_vec(), crate::storage::codec::next_ino_encode(next));
     Ok(CommandOutcome::AllocateInodes(AllocateInodesResponse { first, count }))
 }
