@@ -50,6 +50,11 @@ pub enum Bug {
     /// A snapshot install leaves out the snapshot's last frame of pairs (an off-by-one in
     /// the frame loop): the follower's state lacks what that frame held.
     SnapshotFrameSkipped = 15,
+    /// Applying a membership change (after the first membership, the cluster's bootstrap)
+    /// leaves the state machine's membership as it was: a
+    /// snapshot then carries the old voters, and a replica that installs it, or restarts
+    /// from it after the log is purged, counts votes and quorums among them.
+    StaleAppliedMembership = 16,
 }
 
 static ARMED: AtomicU8 = AtomicU8::new(0);

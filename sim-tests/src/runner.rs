@@ -84,6 +84,8 @@ pub enum Planted {
     OverlappingInodeRanges,
     /// A snapshot install that leaves out the snapshot's last frame of pairs.
     SnapshotFrameSkipped,
+    /// Membership changes applied without updating the state machine's membership.
+    StaleAppliedMembership,
 }
 
 impl Planted {
@@ -107,6 +109,7 @@ impl Planted {
             Planted::WriteInHandler => server(Bug::WriteInHandler),
             Planted::OverlappingInodeRanges => server(Bug::OverlappingInodeRanges),
             Planted::SnapshotFrameSkipped => server(Bug::SnapshotFrameSkipped),
+            Planted::StaleAppliedMembership => server(Bug::StaleAppliedMembership),
             Planted::IgnoreInvalidations => cffs_client::planted::arm_ignore_invalidations(on),
             Planted::RenameWithoutAncestorCheck => cffs_client::planted::arm_rename_without_ancestor_check(on),
         }

@@ -104,3 +104,12 @@ fn a_snapshot_install_that_skips_a_frame_is_caught() {
         "replica-divergence",
     );
 }
+
+#[test]
+fn a_membership_change_the_state_machine_forgets_is_caught() {
+    caught_by(
+        "membership changes applied without updating the state machine's membership (membership changes)",
+        Planted::StaleAppliedMembership,
+        "liveness",
+    );
+}

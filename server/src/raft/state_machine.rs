@@ -163,6 +163,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     txn::apply_command(self.state.engine.as_ref(), index, &command.0, &mut batch)
                         .map_err(|e| sm_error(ErrorVerb::Read, e))?,
                 ),
+                #[cfg(madsim)]
+                EntryPayload::Membership(_)
+                    if crate::planted::armed(crate::planted::Bug::StaleAppliedMembership)
+                        && self.membership.log_id().is_some() =>
+                {
+                    None
+                }
                 EntryPayload::Membership(membership) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), membership);
                     batch.put(Cf::State, keys::SYSTEM_MEMBERSHIP.to_vec(), codec::membership_encode(&self.membership));
