@@ -136,6 +136,17 @@ impl SnapshotStore {
         Ok(true)
     }
 
+    /// Drops a file that will never be current (a build that lost to a newer snapshot, a
+    /// receive that was abandoned), once nobody reads it.
+    pub fn discard(&self, file: u64) -> Result<(), StorageError> {
+        let mut files = self.files.lock().expect("snapshot files lock");
+        if files.readers.get(&file).is_some_and(|n| *n > 0) {
+            files.doomed.insert(file);
+            return Ok(());
+        }
+        self.remove(file)
+    }
+
     fn remove(&self, file: u64) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
         batch.delete_range(Cf::RaftMeta, keys::snapshot_file_start(file), keys::snapshot_file_start(file + 1));
@@ -745,11 +756,20 @@ mod tests {
         assert!(store.engine().get(Cf::RaftMeta, &frame).unwrap().is_some(), "still read");
         drop(reading);
         assert!(store.engine().get(Cf::RaftMeta, &frame).unwrap().is_none(), "dropped with its reader");
-        // An older build finishing late does not replace a newer snapshot.
+        // An older build finishing late does not replace a newer snapshot, and is discarded
+        // when its reader goes.
         let late = store.allocate();
         let late_lens = store.write_state(late).unwrap();
         assert!(!store.make_current(&meta(15), late, &late_lens, WriteBatch::default(), false).unwrap());
         assert_eq!(store.current().unwrap().unwrap().1, new);
+        let late_reader = SnapshotFile::reader(store.clone(), late, late_lens.clone());
+        store.discard(late).unwrap();
+        assert!(store.engine().get(Cf::RaftMeta, &keys::snapshot_frame_key(late, 0)).unwrap().is_some());
+        drop(late_reader);
+        assert!(store.engine().get(Cf::RaftMeta, &keys::snapshot_frame_key(late, 0)).unwrap().is_none());
+        // Another late one stays until the start's collection.
+        let late = store.allocate();
+        store.write_state(late).unwrap();
         // At start, files that are not current go.
         store.collect_garbage(&[new]).unwrap();
         assert!(store.engine().get(Cf::RaftMeta, &keys::snapshot_frame_key(late, 0)).unwrap().is_none());

@@ -68,6 +68,9 @@ impl MetaState {
 pub struct StateMachine {
     state: MetaState,
     snapshots: SnapshotStore,
+    /// The file the last snapshot receipt began, until it is installed: a receipt abandoned
+    /// for a newer one is discarded when that one begins.
+    receiving: Option<u64>,
     applied: Option<LogId<NodeId>>,
     membership: Membership,
 }
@@ -79,7 +82,8 @@ fn sm_error(verb: ErrorVerb, error: kv::StorageError) -> StorageError<NodeId> {
 impl StateMachine {
     pub fn open(state: MetaState) -> Result<Self, kv::StorageError> {
         let snapshots = SnapshotStore::open(state.engine.clone())?;
-        let mut machine = StateMachine { state, snapshots, applied: None, membership: Membership::default() };
+        let mut machine =
+            StateMachine { state, snapshots, receiving: None, applied: None, membership: Membership::default() };
         machine.finish_install()?;
         let current = machine.snapshots.current()?.map(|(_, file, _)| file);
         machine.snapshots.collect_garbage(&current.into_iter().collect::<Vec<_>>())?;
@@ -202,7 +206,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError<NodeId>> {
-        Ok(Box::new(SnapshotFile::writer(self.snapshots.clone(), self.snapshots.allocate())))
+        if let Some(abandoned) = self.receiving.take() {
+            self.snapshots.discard(abandoned).map_err(|e| sm_error(ErrorVerb::Delete, e))?;
+        }
+        let file = self.snapshots.allocate();
+        self.receiving = Some(file);
+        Ok(Box::new(SnapshotFile::writer(self.snapshots.clone(), file)))
     }
 
     async fn install_snapshot(
@@ -213,6 +222,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let subject = ErrorSubject::Snapshot(Some(meta.signature()));
         // Every frame was checked as it arrived; the trailer says none is missing.
         let (file, lens) = snapshot.complete().map_err(|e| storage_error(subject.clone(), ErrorVerb::Read, e))?;
+        if self.receiving == Some(file) {
+            self.receiving = None;
+        }
         self.install_file(meta, file, &lens).map_err(|e| storage_error(subject.clone(), ErrorVerb::Write, e))?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
@@ -252,9 +264,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let meta = SnapshotMeta { last_log_id: self.applied, last_membership: self.membership.clone(), snapshot_id };
         // Synced: the state up to `applied` and the snapshot are durable before openraft may
         // purge the log they cover. A newer snapshot installed meanwhile stays current.
-        self.snapshots
-            .make_current(&meta, self.file, &lens, WriteBatch::default(), false)
-            .map_err(|e| storage_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
-        Ok(Snapshot { meta, snapshot: Box::new(SnapshotFile::reader(self.snapshots.clone(), self.file, lens)) })
+        let error = |e| storage_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e);
+        let current =
+            self.snapshots.make_current(&meta, self.file, &lens, WriteBatch::default(), false).map_err(error)?;
+        let snapshot = Box::new(SnapshotFile::reader(self.snapshots.clone(), self.file, lens));
+        if !current {
+            // Lost to a newer snapshot: gone once openraft lets go of it.
+            self.snapshots.discard(self.file).map_err(error)?;
+        }
+        Ok(Snapshot { meta, snapshot })
     }
 }
