@@ -41,8 +41,8 @@ pub struct Cluster {
     pub client_options: ClientOptions,
     /// The client node the nemesis prefers for client faults (the chaos run's lease watcher).
     watcher: Mutex<Option<madsim::task::NodeId>>,
-    /// Client nodes the nemesis may kill, each with the flag its client sets while a
-    /// transaction runs (`workload::ListRecord`).
+    /// Client nodes the nemesis may kill, each with the flag its client raises while its
+    /// commit runs (`workload::ListRecord::committing`).
     killable: Mutex<Vec<(madsim::task::NodeId, Arc<AtomicBool>)>>,
     /// Each client node's address (a killed client's handlers are dropped by address).
     client_ips: Mutex<BTreeMap<madsim::task::NodeId, IpAddr>>,

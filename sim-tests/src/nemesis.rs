@@ -11,7 +11,8 @@
 //! unclog them in random order), a pause (a frozen process, for longer than a lease), packet
 //! loss and delay. Faults on clients: a client paused past its leases, cut off from every
 //! replica, while it holds leases and commits, or killed for good in its commit (a
-//! list-append client, whose history is kept outside its node; `kill_clients`). Settings drawn per seed beside the faults:
+//! list-append client, whose history is kept outside its node; `kill_clients`). Settings
+//! drawn per seed beside the faults:
 //! small snapshot intervals (followers install snapshots while faults run) and small inode
 //! ranges (clients run out and allocate again across failovers), and a clock of its own for
 //! each replica (a rate within the lease drift bound, and an offset).

@@ -214,8 +214,8 @@ pub async fn run() -> Report {
     for client_id in 1..=3u64 {
         bank.push(spawn_client(&cluster, move |c| workload::bank_client(c, client_id, ACCOUNTS, 40, pause)));
     }
-    // The lease watcher reads while the counter clients write: with client faults, for long
-    // enough that several faults fall on it.
+    // The lease watcher reads while the counter clients write: with client faults or peer
+    // cuts, for long enough that several faults fall on it.
     let watched = plan.client_faults || plan.peer_partition;
     let counter_ops = if watched { COUNTER_OPS_WATCHED } else { COUNTER_OPS };
     // The lease watcher reads while the counter clients write.
@@ -265,8 +265,10 @@ pub async fn run() -> Report {
     let namespace_histories = join_all(&mut report, namespace, "namespace").await;
     // A killed client's handle ends cancelled; its record is what it left.
     for handle in lists {
-        if let Ok(((), stats)) = handle.await {
-            report.count_cache(stats);
+        match handle.await {
+            Ok(((), stats)) => report.count_cache(stats),
+            Err(error) if error.is_cancelled() => {}
+            Err(error) => panic!("list-append client: {error}"),
         }
     }
     let list_history: Vec<_> =

@@ -73,9 +73,10 @@ impl SnapshotStore {
     }
 
     /// Writes the whole `state` family as file `file` (unsynced: the batch that makes it
-    /// current is synced), one frame in memory at a time. Returns its frame lengths.
+    /// current is synced), with one scan page and one frame in memory at a time. Returns its
+    /// frame lengths.
     pub fn write_state(&self, file: u64) -> Result<Vec<u32>, StorageError> {
-        let mut frames = FrameWriter::new(self.engine.clone(), file);
+        let mut frames = FrameWriter::new(self.clone(), file);
         let mut start = Vec::new();
         loop {
             let page = self.engine.scan(Cf::State, &start, None, SCAN_PAGE_PAIRS)?;
@@ -145,6 +146,14 @@ impl SnapshotStore {
             return Ok(());
         }
         self.remove(file)
+    }
+
+    /// Stores frame `n` of `file` (unsynced: the batch that makes the file current, or marks
+    /// its install, is synced after it).
+    fn put_frame(&self, file: u64, n: usize, record: Vec<u8>) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        batch.put(Cf::RaftMeta, keys::snapshot_frame_key(file, n as u64), record);
+        self.engine.write(batch, false)
     }
 
     fn remove(&self, file: u64) -> Result<(), StorageError> {
@@ -230,7 +239,7 @@ impl SnapshotStore {
 
 /// Cuts pairs into frames and stores each as it fills.
 struct FrameWriter {
-    engine: Arc<dyn KvEngine>,
+    store: SnapshotStore,
     file: u64,
     frame: Vec<(Vec<u8>, Vec<u8>)>,
     frame_bytes: usize,
@@ -239,8 +248,8 @@ struct FrameWriter {
 }
 
 impl FrameWriter {
-    fn new(engine: Arc<dyn KvEngine>, file: u64) -> Self {
-        FrameWriter { engine, file, frame: Vec::new(), frame_bytes: 0, pairs: 0, lens: Vec::new() }
+    fn new(store: SnapshotStore, file: u64) -> Self {
+        FrameWriter { store, file, frame: Vec::new(), frame_bytes: 0, pairs: 0, lens: Vec::new() }
     }
 
     fn push(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), StorageError> {
@@ -268,9 +277,7 @@ impl FrameWriter {
             .ok()
             .filter(|len| *len as usize <= SNAPSHOT_FRAME_RECORD_MAX)
             .ok_or_else(|| StorageError::corruption(format!("a snapshot frame of {} bytes", record.len())))?;
-        let mut batch = WriteBatch::default();
-        batch.put(Cf::RaftMeta, keys::snapshot_frame_key(self.file, self.lens.len() as u64), record);
-        self.engine.write(batch, false)?;
+        self.store.put_frame(self.file, self.lens.len(), record)?;
         self.lens.push(len);
         Ok(())
     }
@@ -310,14 +317,7 @@ enum Mode {
         lens: Vec<u32>,
         complete: bool,
         pos: u64,
-        /// Stored frames, as they come.
-        stored: FrameSink,
     },
-}
-
-struct FrameSink {
-    engine: Arc<dyn KvEngine>,
-    file: u64,
 }
 
 fn invalid(what: impl Into<String>) -> io::Error {
@@ -343,16 +343,7 @@ impl SnapshotFile {
 
     /// Receives a stream into new file `file`.
     pub fn writer(store: SnapshotStore, file: u64) -> Self {
-        let stored = FrameSink { engine: store.engine.clone(), file };
-        let mode = Mode::Writing {
-            taken: 0,
-            partial: Vec::new(),
-            pairs: 0,
-            lens: Vec::new(),
-            complete: false,
-            pos: 0,
-            stored,
-        };
+        let mode = Mode::Writing { taken: 0, partial: Vec::new(), pairs: 0, lens: Vec::new(), complete: false, pos: 0 };
         SnapshotFile { store, file, mode }
     }
 
@@ -371,14 +362,6 @@ impl Drop for SnapshotFile {
         if matches!(self.mode, Mode::Reading { .. }) {
             self.store.closed(self.file);
         }
-    }
-}
-
-impl FrameSink {
-    fn store(&self, n: usize, record: &[u8]) -> Result<(), StorageError> {
-        let mut batch = WriteBatch::default();
-        batch.put(Cf::RaftMeta, keys::snapshot_frame_key(self.file, n as u64), record.to_vec());
-        self.engine.write(batch, false)
     }
 }
 
@@ -414,7 +397,8 @@ impl AsyncRead for SnapshotFile {
 
 impl AsyncWrite for SnapshotFile {
     fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let Mode::Writing { taken, partial, pairs, lens, complete, pos, stored } = &mut self.get_mut().mode else {
+        let this = self.get_mut();
+        let Mode::Writing { taken, partial, pairs, lens, complete, pos } = &mut this.mode else {
             return Poll::Ready(Err(io::Error::other("a stored snapshot is not written")));
         };
         // A chunk sent again (after a lost reply) repeats bytes already taken: the same
@@ -456,7 +440,7 @@ impl AsyncWrite for SnapshotFile {
                 Ok(frame_pairs) => frame_pairs,
                 Err(error) => return Poll::Ready(Err(invalid(error.to_string()))),
             };
-            if let Err(error) = stored.store(lens.len(), record) {
+            if let Err(error) = this.store.put_frame(this.file, lens.len(), record.to_vec()) {
                 return Poll::Ready(Err(storage_io(error)));
             }
             lens.push(len as u32);
