@@ -34,6 +34,8 @@ impl ErrorCode {
             ErrorCode::Timeout => tonic::Code::DeadlineExceeded,
             ErrorCode::LeaderChanged => tonic::Code::Aborted,
             ErrorCode::Internal | ErrorCode::Unspecified => tonic::Code::Internal,
+            ErrorCode::Checksum => tonic::Code::DataLoss,
+            ErrorCode::BlockMissing => tonic::Code::NotFound,
         }
     }
 }

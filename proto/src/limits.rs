@@ -4,9 +4,36 @@
 /// Longest name of a directory entry, in bytes (POSIX NAME_MAX).
 pub const NAME_LEN_MAX: usize = 255;
 
-/// Largest file content kept inline in its inode. Until the block service exists a larger
-/// write fails with EFBIG. 64 KiB keeps one inode record well under the commit bound.
+/// Largest file content kept inline in its inode; a larger file keeps its data in blocks.
+/// A file is inline exactly when its size is at most this (the server checks it), so small
+/// files cost one key and no block server. 64 KiB keeps one inode record well under the
+/// commit bound.
 pub const INLINE_DATA_MAX: usize = 64 * 1024;
+
+/// Block size of new files when the cluster does not set one.
+pub const BLOCK_SIZE_DEFAULT: u32 = 4 * 1024 * 1024;
+/// Smallest block size a cluster may set (the simulation uses small blocks).
+pub const BLOCK_SIZE_MIN: u32 = 4 * 1024;
+/// Largest block size, and the largest block a block server stores: one block and its
+/// framing fit one RPC message.
+pub const BLOCK_SIZE_MAX: u32 = 8 * 1024 * 1024;
+/// Length of a block id.
+pub const BLOCK_ID_LEN: usize = 16;
+/// Largest file size.
+pub const FILE_SIZE_MAX: u64 = 64 * 1024 * 1024 * 1024;
+/// Most entries of one block map: with small blocks, this bounds the file size before
+/// `FILE_SIZE_MAX` does. 65,536 entries are about 2.3 MB encoded, under the commit bound.
+pub const BLOCK_MAP_ENTRIES_MAX: u64 = 65_536;
+
+/// True when `size` is a valid block size: a power of two in BLOCK_SIZE_MIN..=BLOCK_SIZE_MAX.
+pub fn is_valid_block_size(size: u32) -> bool {
+    size.is_power_of_two() && (BLOCK_SIZE_MIN..=BLOCK_SIZE_MAX).contains(&size)
+}
+
+/// The largest size of a file with blocks of `block_size` bytes.
+pub fn file_size_max(block_size: u32) -> u64 {
+    FILE_SIZE_MAX.min(BLOCK_MAP_ENTRIES_MAX * u64::from(block_size))
+}
 
 /// Longest symlink target, in bytes (POSIX PATH_MAX).
 pub const SYMLINK_TARGET_MAX: usize = 4096;
@@ -32,6 +59,8 @@ pub const TXN_ID_LEN: usize = 16;
 
 const _: () = assert!(TXN_BYTES_MAX + 1024 * 1024 <= RPC_MESSAGE_BYTES_MAX);
 const _: () = assert!(INLINE_DATA_MAX * 4 < TXN_BYTES_MAX);
+const _: () = assert!(BLOCK_SIZE_MAX as usize + 64 * 1024 <= RPC_MESSAGE_BYTES_MAX);
+const _: () = assert!(BLOCK_SIZE_MIN as usize <= INLINE_DATA_MAX);
 
 /// Why a name is not a valid directory entry name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

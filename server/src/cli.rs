@@ -9,6 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use cffs_server::block::file_store::FileBlockStore;
+use cffs_server::block::node::BlockNode;
+use cffs_server::block::service::BlockService;
 use cffs_server::constants::{LEASE_DRIFT_PPM_DEFAULT, LEASE_DURATION_DEFAULT};
 use cffs_server::metadata::leases::LeaseConfig;
 use cffs_server::metadata::node::{MetaNode, MetaNodeConfig};
@@ -16,7 +19,7 @@ use cffs_server::storage::rocks::RocksEngine;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cffs-server", version, about = "CFFS server: metadata replicas of a CFFS cluster")]
+#[command(name = "cffs-server", version, about = "CFFS server: metadata replicas and block servers of a CFFS cluster")]
 struct Cli {
     #[command(subcommand)]
     command: Role,
@@ -51,18 +54,51 @@ enum Role {
         #[arg(long, default_value_t = LEASE_DRIFT_PPM_DEFAULT,
               value_parser = clap::value_parser!(u32).range(0..=500_000))]
         lease_drift_ppm: u32,
+        /// Also serve as a block server (block server id = --id), on the same address, with
+        /// its blocks in this directory. Add it to a block group with `cffs cluster
+        /// add-block-group`.
+        #[arg(long)]
+        block_dir: Option<PathBuf>,
     },
-    /// Run a local three-replica cluster on loopback, as three `meta` processes.
+    /// Run one block server: stores file data as immutable, checksummed blocks.
     ///
-    /// Data goes under --data-dir (one folder per replica, and their logs); starting again
-    /// keeps the data. Ctrl-C stops all three.
+    /// A block server joins the cluster when a block group naming it is added
+    /// (`cffs cluster add-block-group ID=HOST:PORT,ID=HOST:PORT,ID=HOST:PORT`).
+    Block {
+        /// This block server's id: a positive integer, unique among block servers.
+        #[arg(long)]
+        id: u64,
+        /// Address to listen on, HOST:PORT.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Directory of this server's blocks (created if missing).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Run a local cluster on loopback: three metadata replicas that are also block servers
+    /// (block group 1), and three more block servers (block group 2), as six processes.
+    ///
+    /// Data goes under --data-dir (one folder per process, and their logs); starting again
+    /// keeps the data. Ctrl-C stops them all.
     Dev {
         #[arg(long, default_value = "./cffs-data")]
         data_dir: PathBuf,
-        /// The replicas listen on 127.0.0.1 at this port and the next two.
+        /// The replicas listen on 127.0.0.1 at this port and the next two, the other block
+        /// servers on the three after.
         #[arg(long, default_value_t = 7101)]
         base_port: u16,
+        /// Block size of the cluster's files, in bytes (set when the cluster is created).
+        #[arg(long, default_value_t = cffs_proto::limits::BLOCK_SIZE_DEFAULT, value_parser = parse_block_size)]
+        block_size: u32,
     },
+}
+
+fn parse_block_size(text: &str) -> Result<u32, String> {
+    let size: u32 = text.parse().map_err(|_| format!("'{text}' is not a number of bytes"))?;
+    if !cffs_proto::limits::is_valid_block_size(size) {
+        return Err(format!("{size} is not a power of two from 4096 to 8388608"));
+    }
+    Ok(size)
 }
 
 fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, String> {
@@ -98,11 +134,12 @@ pub fn main() -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Role::Meta { id, listen, peers, data_dir, lease_ms, lease_drift_ppm } => {
+            Role::Meta { id, listen, peers, data_dir, lease_ms, lease_drift_ppm, block_dir } => {
                 let leases = LeaseConfig { duration: Duration::from_millis(lease_ms), drift_ppm: lease_drift_ppm };
-                run_meta(id, listen, peers, &data_dir, leases).await
+                run_meta(id, listen, peers, &data_dir, leases, block_dir.as_deref()).await
             }
-            Role::Dev { data_dir, base_port } => run_dev(&data_dir, base_port).await,
+            Role::Block { id, listen, data_dir } => run_block(id, listen, &data_dir).await,
+            Role::Dev { data_dir, base_port, block_size } => run_dev(&data_dir, base_port, block_size).await,
         }
     });
     match result {
@@ -120,6 +157,7 @@ async fn run_meta(
     peers: BTreeMap<u64, String>,
     data_dir: &Path,
     leases: LeaseConfig,
+    block_dir: Option<&Path>,
 ) -> anyhow::Result<()> {
     if !peers.contains_key(&id) {
         bail!("--peers does not list this replica's id {id}");
@@ -129,10 +167,28 @@ async fn run_meta(
         .with_context(|| format!("open data directory {}", data_dir.display()))?;
     let mut config = MetaNodeConfig::new(id, listen, peers);
     config.leases = leases;
+    if let Some(block_dir) = block_dir {
+        config.block_service = Some(BlockService::new(id, open_block_store(block_dir)?));
+    }
     let node = MetaNode::start(config, Arc::new(engine)).await?;
     shutdown_signal().await;
     tracing::info!(node_id = id, "shutting down");
     node.raft.shutdown().await.ok();
+    Ok(())
+}
+
+fn open_block_store(dir: &Path) -> anyhow::Result<Arc<FileBlockStore>> {
+    let store = FileBlockStore::open(dir).with_context(|| format!("open block directory {}", dir.display()))?;
+    Ok(Arc::new(store))
+}
+
+async fn run_block(id: u64, listen: SocketAddr, data_dir: &Path) -> anyhow::Result<()> {
+    if id == 0 {
+        bail!("block server ids start at 1");
+    }
+    BlockNode::start(id, listen, open_block_store(data_dir)?).await?;
+    shutdown_signal().await;
+    tracing::info!(server_id = id, "shutting down");
     Ok(())
 }
 
@@ -145,44 +201,83 @@ async fn shutdown_signal() {
     }
 }
 
-async fn run_dev(data_dir: &Path, base_port: u16) -> anyhow::Result<()> {
+async fn run_dev(data_dir: &Path, base_port: u16, block_size: u32) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir).with_context(|| format!("create {}", data_dir.display()))?;
     let exe = std::env::current_exe().context("find the cffs-server executable")?;
-    let ports: Vec<u16> = (0..3).map(|i| base_port + i).collect();
-    let peers =
-        ports.iter().enumerate().map(|(i, port)| format!("{}=127.0.0.1:{port}", i + 1)).collect::<Vec<_>>().join(",");
-    let mut children: Vec<Child> = Vec::new();
-    for (i, port) in ports.iter().enumerate() {
-        let id = i + 1;
-        let node_dir = data_dir.join(format!("meta{id}"));
-        let log_path = data_dir.join(format!("meta{id}.log"));
+    let meta_ports: Vec<u16> = (0..3).map(|i| base_port + i).collect();
+    let block_ports: Vec<u16> = (3..6).map(|i| base_port + i).collect();
+    let peers = meta_ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| format!("{}=127.0.0.1:{port}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut children: Vec<(String, Child)> = Vec::new();
+    let spawn = |name: String, args: Vec<String>, children: &mut Vec<(String, Child)>| -> anyhow::Result<()> {
+        let log_path = data_dir.join(format!("{name}.log"));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
             .with_context(|| format!("open {}", log_path.display()))?;
         let child = Command::new(&exe)
-            .args(["meta", "--id", &id.to_string(), "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--peers", &peers, "--data-dir"])
-            .arg(&node_dir)
-            // Own process group: Ctrl-C reaches `dev`, which then stops the replicas in order.
+            .args(&args)
+            // Own process group: Ctrl-C reaches `dev`, which then stops the others in order.
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .with_context(|| format!("start replica {id}"))?;
-        children.push(child);
+            .with_context(|| format!("start {name}"))?;
+        children.push((name, child));
+        Ok(())
+    };
+    for (i, port) in meta_ports.iter().enumerate() {
+        let id = i + 1;
+        let dir = |sub: &str| data_dir.join(format!("meta{id}")).join(sub).display().to_string();
+        let args = vec![
+            "meta".into(),
+            "--id".into(),
+            id.to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--peers".into(),
+            peers.clone(),
+            "--data-dir".into(),
+            data_dir.join(format!("meta{id}")).display().to_string(),
+            "--block-dir".into(),
+            dir("blocks"),
+        ];
+        spawn(format!("meta{id}"), args, &mut children)?;
     }
-    let endpoints = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
-    let ready = wait_for_leader(&endpoints, &mut children).await;
-    match ready {
+    for (i, port) in block_ports.iter().enumerate() {
+        let id = i + 4;
+        let args = vec![
+            "block".into(),
+            "--id".into(),
+            id.to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--data-dir".into(),
+            data_dir.join(format!("block{id}")).display().to_string(),
+        ];
+        spawn(format!("block{id}"), args, &mut children)?;
+    }
+    let endpoints = meta_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+    let ready = match wait_for_leader(&endpoints, &mut children).await {
         Ok(leader) => {
-            println!("CFFS dev cluster: 3 metadata replicas, leader is replica {leader}");
+            add_dev_block_groups(&endpoints, &meta_ports, &block_ports, block_size).await.map(|map| (leader, map))
+        }
+        Err(error) => Err(error),
+    };
+    match ready {
+        Ok((leader, map)) => {
+            println!("CFFS dev cluster: 3 metadata replicas (leader: replica {leader}), {} block groups of 3 servers, {} KiB blocks", map.groups.len(), map.block_size / 1024);
             println!("data and logs: {}", data_dir.display());
             println!();
             println!("  export CFFS_ENDPOINTS={endpoints}");
             println!("  cffs mkdir /hello && cffs ls -l /");
+            println!("  cffs put ./some-big-file /hello/big && cffs get /hello/big - | sha256sum");
             println!();
             println!("Ctrl-C stops the cluster.");
         }
@@ -199,11 +294,49 @@ async fn run_dev(data_dir: &Path, base_port: u16) -> anyhow::Result<()> {
     outcome
 }
 
-async fn wait_for_leader(endpoints: &str, children: &mut [Child]) -> anyhow::Result<u64> {
+/// Adds the dev cluster's two block groups, unless an earlier start added them.
+async fn add_dev_block_groups(
+    endpoints: &str,
+    meta_ports: &[u16],
+    block_ports: &[u16],
+    block_size: u32,
+) -> anyhow::Result<cffs_proto::ClusterMap> {
+    let groups: [Vec<cffs_proto::BlockMember>; 2] = [
+        meta_ports.iter().enumerate().map(|(i, p)| member(i as u64 + 1, *p)).collect(),
+        block_ports.iter().enumerate().map(|(i, p)| member(i as u64 + 4, *p)).collect(),
+    ];
+    let mut last_error = None;
+    for _ in 0..100 {
+        for addr in endpoints.split(',') {
+            let Ok(channel) = cffs_server::raft::network::channel(addr) else { continue };
+            let mut client = cffs_proto::metadata_client::MetadataClient::new(channel);
+            let map = match client.get_cluster_map(cffs_proto::GetClusterMapRequest {}).await {
+                Ok(map) => map.into_inner(),
+                Err(error) => {
+                    last_error = Some(error.message().to_string());
+                    continue;
+                }
+            };
+            let Some(next) = groups.get(map.groups.len()) else { return Ok(map) };
+            let request = cffs_proto::AddBlockGroupRequest { members: next.clone(), block_size };
+            if let Err(error) = client.add_block_group(request).await {
+                last_error = Some(error.message().to_string());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("could not add the block groups: {}", last_error.unwrap_or_default())
+}
+
+fn member(id: u64, port: u16) -> cffs_proto::BlockMember {
+    cffs_proto::BlockMember { id, addr: format!("127.0.0.1:{port}") }
+}
+
+async fn wait_for_leader(endpoints: &str, children: &mut [(String, Child)]) -> anyhow::Result<u64> {
     for _ in 0..300 {
-        for (i, child) in children.iter_mut().enumerate() {
+        for (name, child) in children.iter_mut() {
             if let Some(status) = child.try_wait()? {
-                bail!("replica {} exited during startup ({status}); see its log in the data directory", i + 1);
+                bail!("{name} exited during startup ({status}); see {name}.log in the data directory");
             }
         }
         for addr in endpoints.split(',') {
@@ -223,31 +356,31 @@ async fn wait_for_leader(endpoints: &str, children: &mut [Child]) -> anyhow::Res
     bail!("the cluster elected no leader within 30 seconds")
 }
 
-async fn watch_children(children: &mut [Child]) -> anyhow::Error {
+async fn watch_children(children: &mut [(String, Child)]) -> anyhow::Error {
     loop {
-        for (i, child) in children.iter_mut().enumerate() {
+        for (name, child) in children.iter_mut() {
             if let Ok(Some(status)) = child.try_wait() {
-                return anyhow::anyhow!("replica {} exited ({status}); stopping the cluster", i + 1);
+                return anyhow::anyhow!("{name} exited ({status}); stopping the cluster");
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-/// Asks every replica to stop (SIGTERM), then kills what is left after five seconds.
-async fn stop_children(children: &mut [Child]) {
-    for child in children.iter() {
+/// Asks every process to stop (SIGTERM), then kills what is left after five seconds.
+async fn stop_children(children: &mut [(String, Child)]) {
+    for (_, child) in children.iter() {
         // The child may have exited already; then there is nothing to signal. kill(2)
         // directly: a minimal image may have no `kill` program.
         let _ = rustix::process::kill_process(rustix::process::Pid::from_child(child), rustix::process::Signal::TERM);
     }
     for _ in 0..50 {
-        if children.iter_mut().all(|c| matches!(c.try_wait(), Ok(Some(_)))) {
+        if children.iter_mut().all(|(_, c)| matches!(c.try_wait(), Ok(Some(_)))) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for child in children.iter_mut() {
+    for (_, child) in children.iter_mut() {
         let _ = child.kill();
         let _ = child.wait();
     }

@@ -1,7 +1,8 @@
-//! `cffs-server`: the CFFS metadata replica (and later the block server). The binary in
-//! `main.rs` is a thin shell over `metadata::node::MetaNode`; the simulation tests start the
-//! same node on a simulated disk.
+//! `cffs-server`: the CFFS metadata replica and block server. The binary in `main.rs` is a
+//! thin shell over `metadata::node::MetaNode` and `block::node::BlockNode`; the simulation
+//! tests start the same nodes on simulated disks.
 
+pub mod block;
 #[cfg(madsim)]
 pub mod buggify;
 pub mod clock;

@@ -55,6 +55,15 @@ pub enum Bug {
     /// snapshot then carries the old voters, and a replica that installs it, or restarts
     /// from it after the log is purged, counts votes and quorums among them.
     StaleAppliedMembership = 16,
+    /// A block server acknowledges a block before it is durable (no fsync): a power loss
+    /// of a majority of its group loses a block a committed file references.
+    BlockAckBeforeDurable = 17,
+    /// Block crcs are trusted, not checked: neither the block server before it answers a
+    /// read nor the client after it, so a corrupted copy is served as the file's data.
+    TrustBlockCrc = 18,
+    /// Copy-on-write of a block map loses a range: a write that spans several blocks keeps
+    /// the old block for the last one it touches.
+    BlockMapLosesRange = 19,
 }
 
 static ARMED: AtomicU8 = AtomicU8::new(0);

@@ -41,6 +41,9 @@ pub struct MetaNodeConfig {
     /// This replica's clock: the machine's, or (in simulation) one with a rate and offset of
     /// its own.
     pub clock: ClockSkew,
+    /// A block service this process also serves, on the same address (`cffs-server meta
+    /// --block-dir`, and `dev`).
+    pub block_service: Option<crate::block::service::BlockService>,
 }
 
 impl MetaNodeConfig {
@@ -53,6 +56,7 @@ impl MetaNodeConfig {
             log_keep_after_snapshot: RAFT_LOG_KEEP_AFTER_SNAPSHOT,
             leases: LeaseConfig { duration: LEASE_DURATION_DEFAULT, drift_ppm: LEASE_DRIFT_PPM_DEFAULT },
             clock: ClockSkew::NONE,
+            block_service: None,
         }
     }
 }
@@ -134,7 +138,8 @@ impl MetaNode {
                 cffs_proto::raft_server::RaftServer::new(RaftService::new(raft.clone(), contact.clone()))
                     .max_decoding_message_size(RPC_MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(RPC_MESSAGE_BYTES_MAX),
-            );
+            )
+            .add_optional_service(config.block_service.clone().map(|service| service.server()));
         let listen = config.listen;
         tokio::spawn(async move {
             if let Err(error) = router.serve(listen).await {

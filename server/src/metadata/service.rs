@@ -38,6 +38,8 @@ pub struct MetadataService {
     state: MetaState,
     read_index: ReadIndex,
     sessions: Sessions,
+    /// Checks a commit's new blocks on their block servers (connections kept).
+    blocks: std::sync::Arc<crate::block::check::BlockCheck>,
     /// This replica's clock (read only by a planted bug's path today).
     #[cfg_attr(not(madsim), allow(dead_code))]
     clock: Clock,
@@ -63,7 +65,7 @@ impl MetadataService {
         let sessions = Sessions::new(leases, state.engine.clone(), clock, state.health.clone());
         sessions.watch_leadership(raft.clone());
         super::settings::watch(raft.clone(), state.clone(), sessions.clone(), super::settings::from_config(&leases));
-        MetadataService { node_id, raft, state, read_index, sessions, clock }
+        MetadataService { node_id, raft, state, read_index, sessions, blocks: Default::default(), clock }
     }
 
     fn term(&self) -> Option<u64> {
@@ -188,6 +190,7 @@ impl MetadataService {
                 .unwrap_or(CommitResponse { outcome: Some(cffs_proto::commit_response::Outcome::CommittedVersion(0)) });
             return Ok(Response::new(response));
         }
+        self.check_new_blocks(&request).await?;
         // In its own task: tonic drops a handler's future when its caller goes away (the
         // client dies, or its deadline passes), and that must not cut the write short between
         // its invalidations and the end of its pending marks.
@@ -207,10 +210,32 @@ impl MetadataService {
                 Ok(Response::new(response))
             }
             CommandOutcome::Rejected(why) => Err(invalid(why)),
-            CommandOutcome::AllocateInodes(_) | CommandOutcome::Settings(_) => {
+            CommandOutcome::AllocateInodes(_) | CommandOutcome::Settings(_) | CommandOutcome::ClusterMap(_) => {
                 Err(status(ErrorCode::Internal, "commit answered as another command"))
             }
         }
+    }
+
+    /// Refuses a commit that references a block not stored on a majority of its group
+    /// (`block/check.rs`); blocks the committed inodes reference already are not checked.
+    async fn check_new_blocks(&self, request: &CommitRequest) -> Result<(), Status> {
+        let has_blocks = request
+            .writes
+            .iter()
+            .any(|w| matches!(&w.op, Some(cffs_proto::write_op::Op::PutInode(i)) if !i.blocks.is_empty()));
+        if !has_blocks {
+            return Ok(());
+        }
+        let (fresh, map) = {
+            let _guard = self.state.apply_lock.read().expect("apply lock");
+            let engine = self.state.engine.as_ref();
+            let fresh = crate::block::check::new_blocks(engine, request).map_err(|e| self.storage_failed(e))?;
+            (fresh, state::read_cluster_map(engine).map_err(|e| self.storage_failed(e))?)
+        };
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        self.blocks.check(&map, &fresh).await
     }
 
     /// A read met a storage error: this replica stops serving (its Raft core stops too), and
@@ -386,7 +411,7 @@ impl cffs_proto::metadata_server::Metadata for MetadataService {
         match self.propose(Command { kind: Some(command::Kind::AllocateInodes(request)) }).await? {
             CommandOutcome::AllocateInodes(response) => Ok(Response::new(response)),
             CommandOutcome::Rejected(why) => Err(invalid(why)),
-            CommandOutcome::Commit(_) | CommandOutcome::Settings(_) => {
+            CommandOutcome::Commit(_) | CommandOutcome::Settings(_) | CommandOutcome::ClusterMap(_) => {
                 Err(status(ErrorCode::Internal, "allocation answered as another command"))
             }
         }
@@ -406,6 +431,33 @@ impl cffs_proto::metadata_server::Metadata for MetadataService {
         }
         let result = self.raft.add_learner(member.id, BasicNode { addr: member.addr }, true).await;
         self.membership_result(result)
+    }
+
+    async fn get_cluster_map(
+        &self,
+        _request: Request<cffs_proto::GetClusterMapRequest>,
+    ) -> Result<Response<cffs_proto::ClusterMap>, Status> {
+        self.linearizable().await?;
+        let _guard = self.state.apply_lock.read().expect("apply lock");
+        let map = state::read_cluster_map(self.state.engine.as_ref()).map_err(|e| self.storage_failed(e))?;
+        Ok(Response::new(map))
+    }
+
+    async fn add_block_group(
+        &self,
+        request: Request<cffs_proto::AddBlockGroupRequest>,
+    ) -> Result<Response<cffs_proto::AddBlockGroupResponse>, Status> {
+        let request = request.into_inner();
+        {
+            let _guard = self.state.apply_lock.read().expect("apply lock");
+            let map = state::read_cluster_map(self.state.engine.as_ref()).map_err(|e| self.storage_failed(e))?;
+            txn::check_add_block_group(&map, &request).map_err(invalid)?;
+        }
+        match self.propose(Command { kind: Some(command::Kind::AddBlockGroup(request)) }).await? {
+            CommandOutcome::ClusterMap(map) => Ok(Response::new(cffs_proto::AddBlockGroupResponse { map: Some(map) })),
+            CommandOutcome::Rejected(why) => Err(invalid(why)),
+            _ => Err(status(ErrorCode::Internal, "a block group answered as another command")),
+        }
     }
 
     async fn change_membership(

@@ -16,6 +16,14 @@ pub fn read_cluster_settings(engine: &dyn KvEngine) -> Result<Option<cffs_proto:
     }
 }
 
+/// The cluster map (an empty one, version 0, before the first block group is added).
+pub fn read_cluster_map(engine: &dyn KvEngine) -> Result<cffs_proto::ClusterMap, StorageError> {
+    match engine.get(Cf::State, crate::storage::keys::SYSTEM_CLUSTER_MAP)? {
+        None => Ok(cffs_proto::ClusterMap::default()),
+        Some(value) => crate::storage::codec::cluster_map_decode(&value),
+    }
+}
+
 pub fn read_inode(engine: &dyn KvEngine, ino: u64) -> Result<(u64, Option<Inode>), StorageError> {
     match engine.get(Cf::State, &keys::inode_key(ino))? {
         None => Ok((0, None)),

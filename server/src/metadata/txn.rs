@@ -16,10 +16,13 @@
 
 use std::collections::BTreeMap;
 
-use cffs_proto::limits::{check_name, INLINE_DATA_MAX, SYMLINK_TARGET_MAX, TXN_BYTES_MAX, TXN_ID_LEN, TXN_KEYS_MAX};
+use cffs_proto::limits::{
+    check_name, file_size_max, is_valid_block_size, BLOCK_ID_LEN, BLOCK_SIZE_DEFAULT, INLINE_DATA_MAX,
+    SYMLINK_TARGET_MAX, TXN_BYTES_MAX, TXN_ID_LEN, TXN_KEYS_MAX,
+};
 use cffs_proto::{
-    command, commit_response, write_op, AllocateInodesResponse, Command, CommitRequest, CommitResponse, Conflict,
-    FileKind, Inode, Key,
+    command, commit_response, write_op, AddBlockGroupRequest, AllocateInodesResponse, BlockGroup, ClusterMap, Command,
+    CommitRequest, CommitResponse, Conflict, FileKind, Inode, Key,
 };
 use prost::Message;
 
@@ -35,6 +38,8 @@ pub enum CommandOutcome {
     AllocateInodes(AllocateInodesResponse),
     /// The cluster settings now stored (the proposed ones, or those stored before).
     Settings(cffs_proto::ClusterSettings),
+    /// The cluster map after a block group was added.
+    ClusterMap(ClusterMap),
     /// The command was malformed; it had no effect. (The leader checks requests before
     /// proposing them, so this is reached only by a bug or a corrupted entry.)
     Rejected(String),
@@ -51,11 +56,18 @@ pub enum CommitRequestError {
     TooManyBytes(usize),
     #[error("malformed transaction: {0}")]
     Malformed(String),
+    #[error("a file of {0} bytes is over the file size limit")]
+    FileTooLarge(u64),
 }
 
 impl CommitRequestError {
     pub fn is_too_large(&self) -> bool {
-        matches!(self, CommitRequestError::TooManyKeys(_) | CommitRequestError::TooManyBytes(_))
+        matches!(
+            self,
+            CommitRequestError::TooManyKeys(_)
+                | CommitRequestError::TooManyBytes(_)
+                | CommitRequestError::FileTooLarge(_)
+        )
     }
 }
 
@@ -94,8 +106,99 @@ fn check_inode(inode: &Inode) -> Result<(), CommitRequestError> {
     if inode.symlink_target.len() > SYMLINK_TARGET_MAX {
         return Err(malformed("symlink target too long"));
     }
-    if kind == FileKind::Regular && inode.size != inode.data.len() as u64 {
-        return Err(malformed("inline file size differs from its data"));
+    if kind != FileKind::Regular {
+        if inode.block_size != 0 || !inode.blocks.is_empty() {
+            return Err(malformed("only regular files have blocks"));
+        }
+        return Ok(());
+    }
+    if inode.block_size == 0 {
+        if !inode.blocks.is_empty() {
+            return Err(malformed("blocks without a block size"));
+        }
+        if inode.size != inode.data.len() as u64 {
+            return Err(malformed("inline file size differs from its data"));
+        }
+        return Ok(());
+    }
+    check_block_map(inode)
+}
+
+/// A block-mapped file: a valid block size, no inline data, a size over the inline limit and
+/// within the file size limit, and a map sorted by index whose blocks lie within the size.
+fn check_block_map(inode: &Inode) -> Result<(), CommitRequestError> {
+    let block_size = inode.block_size;
+    if !is_valid_block_size(block_size) {
+        return Err(malformed(format!("block size {block_size}")));
+    }
+    if !inode.data.is_empty() {
+        return Err(malformed("a file with both inline data and blocks"));
+    }
+    if inode.size <= INLINE_DATA_MAX as u64 {
+        return Err(malformed(format!("a file of at most {INLINE_DATA_MAX} bytes keeps its data inline")));
+    }
+    if inode.size > file_size_max(block_size) {
+        return Err(CommitRequestError::FileTooLarge(inode.size));
+    }
+    let mut previous: Option<u64> = None;
+    for block in &inode.blocks {
+        if previous.is_some_and(|p| p >= block.index) {
+            return Err(malformed("block map not sorted by index, or an index twice"));
+        }
+        previous = Some(block.index);
+        if block.id.len() != BLOCK_ID_LEN {
+            return Err(malformed(format!("a block id is {BLOCK_ID_LEN} bytes")));
+        }
+        if block.group == 0 {
+            return Err(malformed("block group 0"));
+        }
+        if block.len == 0 || block.len > block_size {
+            return Err(malformed(format!("block length {} with block size {block_size}", block.len)));
+        }
+        let end =
+            block.index.checked_mul(u64::from(block_size)).and_then(|start| start.checked_add(u64::from(block.len)));
+        if end.is_none_or(|end| end > inode.size) {
+            return Err(malformed(format!("block {} lies past the file's size {}", block.index, inode.size)));
+        }
+    }
+    Ok(())
+}
+
+/// Block servers per block group.
+pub const BLOCK_GROUP_REPLICAS: usize = 3;
+
+/// Checks a request to add a block group to `map`: three distinct servers (ids and
+/// addresses) that no group has yet, and a block size that is valid and, after the first
+/// group, the cluster's.
+pub fn check_add_block_group(map: &ClusterMap, request: &AddBlockGroupRequest) -> Result<(), String> {
+    if request.members.len() != BLOCK_GROUP_REPLICAS {
+        return Err(format!("a block group has {BLOCK_GROUP_REPLICAS} servers, not {}", request.members.len()));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    let mut addrs = std::collections::BTreeSet::new();
+    for member in &request.members {
+        if member.id == 0 || member.addr.is_empty() || !member.addr.contains(':') {
+            return Err(format!(
+                "block server {} at '{}': ids start at 1, addresses are HOST:PORT",
+                member.id, member.addr
+            ));
+        }
+        if !ids.insert(member.id) || !addrs.insert(member.addr.as_str()) {
+            return Err(format!("block server {} ({}) is named twice", member.id, member.addr));
+        }
+    }
+    for group in &map.groups {
+        for member in &group.members {
+            if ids.contains(&member.id) || addrs.contains(member.addr.as_str()) {
+                return Err(format!("block server {} ({}) is in group {} already", member.id, member.addr, group.id));
+            }
+        }
+    }
+    if request.block_size != 0 && !is_valid_block_size(request.block_size) {
+        return Err(format!("block size {} is not a power of two in 4 KiB..=8 MiB", request.block_size));
+    }
+    if !map.groups.is_empty() && request.block_size != 0 && request.block_size != map.block_size {
+        return Err(format!("the cluster's block size is {} already", map.block_size));
     }
     Ok(())
 }
@@ -206,6 +309,7 @@ pub fn apply_command(
         Some(command::Kind::Commit(request)) => apply_commit(engine, index, request, batch),
         Some(command::Kind::AllocateInodes(request)) => apply_allocate_inodes(engine, request.count, batch),
         Some(command::Kind::ClusterSettings(settings)) => apply_cluster_settings(engine, settings, batch),
+        Some(command::Kind::AddBlockGroup(request)) => apply_add_block_group(engine, index, request, batch),
         None => Ok(CommandOutcome::Rejected("empty command".into())),
     }
 }
@@ -228,6 +332,30 @@ fn apply_cluster_settings(
         crate::storage::codec::cluster_settings_encode(settings),
     );
     Ok(CommandOutcome::Settings(*settings))
+}
+
+/// Adds a block group to the cluster map (the first one also sets the block size).
+fn apply_add_block_group(
+    engine: &dyn KvEngine,
+    index: u64,
+    request: &AddBlockGroupRequest,
+    batch: &mut WriteBatch,
+) -> Result<CommandOutcome, StorageError> {
+    let mut map = state::read_cluster_map(engine)?;
+    if let Err(why) = check_add_block_group(&map, request) {
+        return Ok(CommandOutcome::Rejected(why));
+    }
+    if map.groups.is_empty() {
+        map.block_size = match request.block_size {
+            0 => BLOCK_SIZE_DEFAULT,
+            size => size,
+        };
+    }
+    let id = map.groups.iter().map(|g| g.id).max().unwrap_or(0) + 1;
+    map.groups.push(BlockGroup { id, members: request.members.clone() });
+    map.version = index;
+    batch.put(Cf::State, keys::SYSTEM_CLUSTER_MAP.to_vec(), crate::storage::codec::cluster_map_encode(&map));
+    Ok(CommandOutcome::ClusterMap(map))
 }
 
 fn apply_allocate_inodes(

@@ -43,6 +43,9 @@ impl fmt::Debug for RaftCommand {
             Some(cffs_proto::command::Kind::ClusterSettings(s)) => {
                 write!(f, "ClusterSettings(lease {} ms, drift {} ppm)", s.lease_ms, s.lease_drift_ppm)
             }
+            Some(cffs_proto::command::Kind::AddBlockGroup(g)) => {
+                write!(f, "AddBlockGroup({} servers)", g.members.len())
+            }
             None => write!(f, "Empty"),
         }
     }
@@ -104,6 +107,7 @@ impl Serialize for RaftOutcome {
             Some(CommandOutcome::AllocateInodes(r)) => (2, r.encode_to_vec()),
             Some(CommandOutcome::Rejected(why)) => (3, why.as_bytes().to_vec()),
             Some(CommandOutcome::Settings(s)) => (4, s.encode_to_vec()),
+            Some(CommandOutcome::ClusterMap(m)) => (5, m.encode_to_vec()),
         };
         (tag, serde_bytes_wrap(bytes)).serialize(serializer)
     }
@@ -129,6 +133,9 @@ impl<'de> Deserialize<'de> for RaftOutcome {
             3 => Some(CommandOutcome::Rejected(String::from_utf8_lossy(&bytes).into_owned())),
             4 => Some(CommandOutcome::Settings(
                 cffs_proto::ClusterSettings::decode(bytes.as_slice()).map_err(D::Error::custom)?,
+            )),
+            5 => Some(CommandOutcome::ClusterMap(
+                cffs_proto::ClusterMap::decode(bytes.as_slice()).map_err(D::Error::custom)?,
             )),
             _ => return Err(D::Error::custom("unknown outcome tag")),
         };

@@ -37,6 +37,7 @@ pub enum Kind {
     NextIno = b'N',
     SessionIds = b'R',
     ClusterSettings = b'C',
+    ClusterMap = b'B',
 }
 
 /// The only format of every kind so far.
@@ -484,6 +485,23 @@ pub fn cluster_settings_decode(record: &[u8]) -> Result<cffs_proto::ClusterSetti
     let (lease_ms, lease_drift_ppm) = (r.u64()?, r.u32()?);
     r.end()?;
     Ok(cffs_proto::ClusterSettings { lease_ms, lease_drift_ppm })
+}
+
+// The cluster map (`ClusterMap`, prost): where file data lives.
+
+pub fn cluster_map_encode(map: &cffs_proto::ClusterMap) -> Vec<u8> {
+    let body = map.encode_to_vec();
+    let mut w = Writer::with_capacity(Kind::ClusterMap, body.len());
+    w.rest(&body);
+    w.finish()
+}
+
+pub fn cluster_map_decode(record: &[u8]) -> Result<cffs_proto::ClusterMap, StorageError> {
+    let mut r = Reader::open(Kind::ClusterMap, record)?;
+    let map =
+        cffs_proto::ClusterMap::decode(r.rest()).map_err(|e| corruption(Kind::ClusterMap, format!("map: {e}")))?;
+    r.end()?;
+    Ok(map)
 }
 
 // The session-number reservation (`metadata/session_ids.rs`): term:u64 end:u64.

@@ -10,7 +10,8 @@
 //!   `CommitResponse` (prost)
 //! - `T` index:u64 txn_id:[u8;16] → empty: the dedup records in log order, for pruning
 //! - `s` name                    → system keys: `applied` (last applied log id),
-//!   `membership`, `next_ino`, `cluster_settings` (set once, by the first leader)
+//!   `membership`, `next_ino`, `cluster_settings` (set once, by the first leader),
+//!   `cluster_map` (the block groups; changed by `AddBlockGroup` entries)
 //!
 //! A versioned value holds `version:u64` and then the payload: the version is the log index
 //! of the commit that last wrote the key; an absent key has version 0.
@@ -37,6 +38,8 @@ pub const SYSTEM_APPLIED: &[u8] = b"sapplied";
 pub const SYSTEM_MEMBERSHIP: &[u8] = b"smembership";
 pub const SYSTEM_NEXT_INO: &[u8] = b"snext_ino";
 pub const SYSTEM_CLUSTER_SETTINGS: &[u8] = b"scluster_settings";
+/// The cluster map (block groups, block size): `codec::cluster_map_encode`.
+pub const SYSTEM_CLUSTER_MAP: &[u8] = b"scluster_map";
 
 pub const META_VOTE: &[u8] = b"vote";
 pub const META_COMMITTED: &[u8] = b"committed";

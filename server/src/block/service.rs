@@ -1,0 +1,207 @@
+//! The block server's gRPC service (`cffs.v1.Block`): stores and serves immutable blocks,
+//! checking every block's crc32 when it arrives and again before it is sent.
+//!
+//! A block server knows nothing of files, groups or references: the metadata group holds
+//! the cluster map and the block maps, the client chooses where a block goes, and the
+//! collector decides what is garbage (docs/design/blocks.md).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use cffs_proto::error_code::status;
+use cffs_proto::limits::BLOCK_SIZE_MAX;
+use cffs_proto::{
+    BlockInfo as WireInfo, BlockStatusRequest, BlockStatusResponse, ErrorCode, GetBlockRequest, GetBlockResponse,
+    ListBlocksRequest, ListBlocksResponse, PutBlockRequest, PutBlockResponse, StatBlocksRequest, StatBlocksResponse,
+};
+use tonic::{Request, Response, Status};
+
+use super::store::{block_id, block_id_hex, BlockId, BlockInfo, BlockStore};
+use crate::storage::StorageError;
+
+/// Most ids one `StatBlocks` request may name.
+pub const STAT_IDS_MAX: usize = 65_536;
+/// Page size of `ListBlocks` (the default, and the most one page may hold).
+pub const LIST_PAGE_MAX: usize = 4_096;
+
+#[derive(Default)]
+struct Counters {
+    puts: AtomicU64,
+    gets: AtomicU64,
+    checksum_refusals: AtomicU64,
+    checksum_failures: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct BlockService {
+    server_id: u64,
+    store: Arc<dyn BlockStore>,
+    counters: Arc<Counters>,
+    /// Blocks already logged as corrupt: each is logged once, counted every time.
+    logged_bad: Arc<Mutex<BTreeSet<BlockId>>>,
+}
+
+fn wire(info: &BlockInfo) -> WireInfo {
+    WireInfo { id: info.id.to_vec(), len: info.len, crc: info.crc, stored_at_ms: info.stored_at_ms }
+}
+
+fn storage_status(error: StorageError) -> Status {
+    status(ErrorCode::Storage, error.to_string())
+}
+
+fn parse_id(bytes: &[u8]) -> Result<BlockId, Status> {
+    block_id(bytes).ok_or_else(|| status(ErrorCode::InvalidArgument, "a block id is 16 bytes"))
+}
+
+/// Wall-clock milliseconds (madsim's clock in simulation): when a block was stored, for the
+/// collector's grace period.
+fn now_ms() -> i64 {
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(since) => i64::try_from(since.as_millis()).unwrap_or(i64::MAX),
+        Err(_) => 0,
+    }
+}
+
+/// True when the block's crc is checked (always, but for the planted bug that trusts it).
+pub fn crc_checked() -> bool {
+    #[cfg(madsim)]
+    if crate::planted::armed(crate::planted::Bug::TrustBlockCrc) {
+        return false;
+    }
+    true
+}
+
+/// Runs a store call off the async workers: a real put writes and fsyncs megabytes. In
+/// simulation the store is memory, and madsim has no blocking pool.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    #[cfg(not(madsim))]
+    {
+        tokio::task::spawn_blocking(work).await.expect("block store task panicked")
+    }
+    #[cfg(madsim)]
+    {
+        work()
+    }
+}
+
+impl BlockService {
+    pub fn new(server_id: u64, store: Arc<dyn BlockStore>) -> Self {
+        BlockService { server_id, store, counters: Arc::default(), logged_bad: Arc::default() }
+    }
+
+    pub fn server(self) -> cffs_proto::block_server::BlockServer<BlockService> {
+        cffs_proto::block_server::BlockServer::new(self)
+            .max_decoding_message_size(cffs_proto::limits::RPC_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(cffs_proto::limits::RPC_MESSAGE_BYTES_MAX)
+    }
+
+    /// (blocks, bytes) stored.
+    pub fn totals(&self) -> (u64, u64) {
+        self.store.totals()
+    }
+
+    fn bad_copy(&self, id: &BlockId, why: &str) -> Status {
+        self.counters.checksum_failures.fetch_add(1, Ordering::Relaxed);
+        if self.logged_bad.lock().expect("logged set").insert(*id) {
+            tracing::error!(server_id = self.server_id, block = %block_id_hex(id), why, "stored block copy is bad");
+        }
+        status(ErrorCode::Checksum, format!("block {}: stored copy is bad ({why})", block_id_hex(id)))
+    }
+}
+
+#[tonic::async_trait]
+impl cffs_proto::block_server::Block for BlockService {
+    async fn put_block(&self, request: Request<PutBlockRequest>) -> Result<Response<PutBlockResponse>, Status> {
+        let request = request.into_inner();
+        let id = parse_id(&request.id)?;
+        if request.data.is_empty() {
+            return Err(status(ErrorCode::InvalidArgument, "a block holds at least one byte"));
+        }
+        if request.data.len() > BLOCK_SIZE_MAX as usize {
+            return Err(status(
+                ErrorCode::TooLarge,
+                format!("a block of {} bytes is over the limit of {BLOCK_SIZE_MAX}", request.data.len()),
+            ));
+        }
+        if crc_checked() && crc32fast::hash(&request.data) != request.crc {
+            self.counters.checksum_refusals.fetch_add(1, Ordering::Relaxed);
+            return Err(status(ErrorCode::Checksum, "the block's bytes do not match its crc32"));
+        }
+        let info = BlockInfo { id, len: request.data.len() as u32, crc: request.crc, stored_at_ms: now_ms() };
+        #[cfg(madsim)]
+        let durable = !crate::planted::armed(crate::planted::Bug::BlockAckBeforeDurable);
+        #[cfg(not(madsim))]
+        let durable = true;
+        let store = self.store.clone();
+        blocking(move || store.put(info, &request.data, durable)).await.map_err(storage_status)?;
+        self.counters.puts.fetch_add(1, Ordering::Relaxed);
+        Ok(Response::new(PutBlockResponse {}))
+    }
+
+    async fn get_block(&self, request: Request<GetBlockRequest>) -> Result<Response<GetBlockResponse>, Status> {
+        let id = parse_id(&request.into_inner().id)?;
+        let store = self.store.clone();
+        let found = match blocking(move || store.get(&id)).await {
+            Ok(found) => found,
+            Err(StorageError::Corruption(why)) => return Err(self.bad_copy(&id, &why)),
+            Err(error) => return Err(storage_status(error)),
+        };
+        let Some((info, data)) = found else {
+            return Err(status(ErrorCode::BlockMissing, format!("block {} is not stored here", block_id_hex(&id))));
+        };
+        if crc_checked() && crc32fast::hash(&data) != info.crc {
+            return Err(self.bad_copy(&id, "crc mismatch"));
+        }
+        self.counters.gets.fetch_add(1, Ordering::Relaxed);
+        Ok(Response::new(GetBlockResponse { crc: info.crc, data: data.into() }))
+    }
+
+    async fn stat_blocks(&self, request: Request<StatBlocksRequest>) -> Result<Response<StatBlocksResponse>, Status> {
+        let request = request.into_inner();
+        if request.ids.len() > STAT_IDS_MAX {
+            return Err(status(ErrorCode::TooLarge, format!("more than {STAT_IDS_MAX} ids")));
+        }
+        let mut blocks = Vec::new();
+        for id in &request.ids {
+            let id = parse_id(id)?;
+            if let Some(info) = self.store.stat(&id).map_err(storage_status)? {
+                blocks.push(wire(&info));
+            }
+        }
+        Ok(Response::new(StatBlocksResponse { blocks }))
+    }
+
+    async fn list_blocks(&self, request: Request<ListBlocksRequest>) -> Result<Response<ListBlocksResponse>, Status> {
+        let request = request.into_inner();
+        let after = match request.start_after.is_empty() {
+            true => None,
+            false => Some(parse_id(&request.start_after)?),
+        };
+        let limit = match request.limit as usize {
+            0 => LIST_PAGE_MAX,
+            n => n.min(LIST_PAGE_MAX),
+        };
+        let mut page = self.store.list(after.as_ref(), limit + 1).map_err(storage_status)?;
+        let more = page.len() > limit;
+        page.truncate(limit);
+        Ok(Response::new(ListBlocksResponse { blocks: page.iter().map(wire).collect(), more }))
+    }
+
+    async fn block_status(
+        &self,
+        _request: Request<BlockStatusRequest>,
+    ) -> Result<Response<BlockStatusResponse>, Status> {
+        let (blocks, bytes) = self.store.totals();
+        let c = &self.counters;
+        Ok(Response::new(BlockStatusResponse {
+            server_id: self.server_id,
+            blocks,
+            bytes,
+            puts: c.puts.load(Ordering::Relaxed),
+            gets: c.gets.load(Ordering::Relaxed),
+            checksum_refusals: c.checksum_refusals.load(Ordering::Relaxed),
+            checksum_failures: c.checksum_failures.load(Ordering::Relaxed),
+        }))
+    }
+}
