@@ -43,7 +43,7 @@ pub const RUN_BACKOFF_MAX: Duration = Duration::from_millis(100);
 /// A connection to one CFFS cluster. Cheap to clone; clones share connections.
 #[derive(Clone)]
 pub struct Client {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 /// How a client caches (docs/design/leases.md).
@@ -56,11 +56,18 @@ pub struct ClientOptions {
     /// Inode numbers fetched per allocation (1..=the server's `INODE_ALLOCATE_MAX`): fewer
     /// wastes fewer numbers when a client ends, more costs fewer allocation round trips.
     pub inode_batch: u32,
+    /// Most bytes of file blocks the client caches (blocks are immutable: no lease).
+    pub block_cache_bytes: usize,
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        ClientOptions { cache: true, cache_bytes: CACHE_BYTES_DEFAULT, inode_batch: INODE_BATCH }
+        ClientOptions {
+            cache: true,
+            cache_bytes: CACHE_BYTES_DEFAULT,
+            inode_batch: INODE_BATCH,
+            block_cache_bytes: crate::blocks::BLOCK_CACHE_BYTES_DEFAULT,
+        }
     }
 }
 
@@ -76,6 +83,8 @@ pub(crate) struct Inner {
     txn_seq: AtomicU64,
     options: ClientOptions,
     pub(crate) cache: Arc<Mutex<Cache>>,
+    /// Block servers, the cluster map and the block cache.
+    pub(crate) blocks: crate::blocks::BlockIo,
     session_started: AtomicBool,
     /// Requests sent by transactions and administrative calls (every attempt; the session
     /// stream's messages are not counted).
@@ -149,6 +158,7 @@ impl Client {
                 txn_seq: AtomicU64::new(1),
                 options,
                 cache: Arc::new(Mutex::new(Cache::new(options.cache_bytes))),
+                blocks: crate::blocks::BlockIo::new(options.block_cache_bytes),
                 session_started: AtomicBool::new(false),
                 requests: AtomicU64::new(0),
             }),
@@ -211,12 +221,19 @@ impl Client {
         for _ in 0..RUN_ATTEMPTS_MAX {
             let txn = self.begin();
             let retry = match function(txn.clone()).await {
-                Ok(value) => match txn.commit().await? {
-                    Outcome::Committed { .. } => return Ok(value),
-                    Outcome::Conflict { key } => {
+                Ok(value) => match txn.commit().await {
+                    Ok(Outcome::Committed { .. }) => return Ok(value),
+                    Ok(Outcome::Conflict { key }) => {
                         last_conflict = key;
                         true
                     }
+                    // Blocks it wrote were lost (or collected) before the commit: nothing was
+                    // applied; a new run writes them again.
+                    Err(FsError::BlockMissing(why)) => {
+                        last_conflict = why;
+                        true
+                    }
+                    Err(error) => return Err(error),
                 },
                 Err(error) if error.is_transient() => return Err(error),
                 Err(error) => match txn.validate().await? {
@@ -298,7 +315,13 @@ impl Client {
             // leader that proposed the entry and then lost its leadership.
             outcome_unknown |= code.is_outcome_unknown()
                 || (mutates
-                    && !matches!(code, ErrorCode::InvalidArgument | ErrorCode::TooLarge | ErrorCode::Unavailable));
+                    && !matches!(
+                        code,
+                        ErrorCode::InvalidArgument
+                            | ErrorCode::TooLarge
+                            | ErrorCode::Unavailable
+                            | ErrorCode::BlockMissing
+                    ));
             let hint = detail.leader_addr;
             if code == ErrorCode::NotLeader && !hint.is_empty() && hint != addr && !unreachable.contains(&hint) {
                 *self.inner.leader.lock().expect("leader lock") = Some(hint);
@@ -321,7 +344,10 @@ impl Client {
                 backoff = (backoff * 2).min(RPC_BACKOFF_MAX);
             }
         }
-        if mutates && outcome_unknown && !matches!(last_error, FsError::Invalid(_) | FsError::TooLarge(_)) {
+        if mutates
+            && outcome_unknown
+            && !matches!(last_error, FsError::Invalid(_) | FsError::TooLarge(_) | FsError::BlockMissing(_))
+        {
             return Err(FsError::OutcomeUnknown(format!("{what}: {last_error}")));
         }
         Err(last_error)

@@ -38,6 +38,15 @@ pub enum FsError {
     /// taken effect (it was retried with the same transaction id, so at most once).
     #[error("Commit outcome unknown: {0}")]
     OutcomeUnknown(String),
+    /// File data could not be read intact from any replica of its block (every copy
+    /// reached was missing or failed its crc32).
+    #[error("Input/output error: {0}")]
+    DataLost(String),
+    /// A commit named a block that is not stored on a majority of its group (it was lost, or
+    /// collected while the transaction ran): nothing was applied, and `run` re-runs the
+    /// function, which writes its blocks again.
+    #[error("Block missing: {0}")]
+    BlockMissing(String),
     #[error("Internal error: {0}")]
     Internal(String),
 }
@@ -60,6 +69,8 @@ impl FsError {
             FsError::TooLarge(_) => 7,       // E2BIG
             FsError::Unavailable(_) => 107,  // ENOTCONN
             FsError::OutcomeUnknown(_) => 5, // EIO
+            FsError::DataLost(_) => 5,       // EIO
+            FsError::BlockMissing(_) => 5,   // EIO
             FsError::Internal(_) => 5,       // EIO
         }
     }
@@ -78,6 +89,8 @@ impl FsError {
             ErrorCode::Timeout | ErrorCode::LeaderChanged => FsError::OutcomeUnknown(message),
             ErrorCode::NotLeader | ErrorCode::Unavailable | ErrorCode::Storage => FsError::Unavailable(message),
             ErrorCode::Internal | ErrorCode::Unspecified => FsError::Internal(message),
+            ErrorCode::Checksum => FsError::DataLost(message),
+            ErrorCode::BlockMissing => FsError::BlockMissing(message),
         }
     }
 }

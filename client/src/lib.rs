@@ -17,14 +17,17 @@
 //! # Ok(()) }
 //! ```
 
+pub mod blocks;
 pub mod cache;
 pub mod client;
 pub mod error;
+mod file_data;
 #[cfg(madsim)]
 pub mod planted;
 mod session;
 pub mod txn;
 
+pub use blocks::BlockStats;
 pub use cache::CacheStats;
 pub use client::{Client, ClientOptions};
 pub use error::FsError;

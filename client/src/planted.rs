@@ -24,3 +24,27 @@ pub fn arm_ignore_invalidations(armed: bool) {
 pub fn ignore_invalidations() -> bool {
     IGNORE_INVALIDATIONS.load(Ordering::Relaxed)
 }
+
+static TRUST_BLOCK_CRC: AtomicBool = AtomicBool::new(false);
+
+/// Arms (or disarms) a client that takes a block's bytes without checking their crc32 (the
+/// server's `TrustBlockCrc` is the other half).
+pub fn arm_trust_block_crc(armed: bool) {
+    TRUST_BLOCK_CRC.store(armed, Ordering::SeqCst);
+}
+
+pub fn trust_block_crc() -> bool {
+    TRUST_BLOCK_CRC.load(Ordering::Relaxed)
+}
+
+static BLOCK_MAP_LOSES_RANGE: AtomicBool = AtomicBool::new(false);
+
+/// Arms (or disarms) a copy-on-write of the block map that loses a range: a write that
+/// spans several blocks leaves the old block in place of the last one it touches.
+pub fn arm_block_map_loses_range(armed: bool) {
+    BLOCK_MAP_LOSES_RANGE.store(armed, Ordering::SeqCst);
+}
+
+pub fn block_map_loses_range() -> bool {
+    BLOCK_MAP_LOSES_RANGE.load(Ordering::Relaxed)
+}

@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-use cffs_proto::limits::{check_name, INLINE_DATA_MAX, LOOKUP_PATH_COMPONENTS_MAX, ROOT_INO, SYMLINK_TARGET_MAX};
+use cffs_proto::limits::{check_name, LOOKUP_PATH_COMPONENTS_MAX, ROOT_INO, SYMLINK_TARGET_MAX};
 use cffs_proto::{
     commit_response, write_op, AdjustDir, CommitRequest, Dentry, DentryKey, FileKind, GetInodeRequest, Inode,
     LookupPathRequest, LookupRequest, PutDentry, ReadDirRequest, ReadEntry, WriteOp,
@@ -117,7 +117,7 @@ fn attr_of(inode: &Inode) -> Result<Attr, FsError> {
 
 /// Wall-clock time for inode timestamps: the one clock read of the client (madsim replaces
 /// the clock in simulation).
-fn now_ns() -> i64 {
+pub(crate) fn now_ns() -> i64 {
     match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
         Ok(since) => i64::try_from(since.as_nanos()).unwrap_or(i64::MAX),
         Err(_) => 0,
@@ -156,7 +156,7 @@ struct View<T> {
 type Prefetched = (u64, Option<Dentry>, Option<u64>);
 
 #[derive(Default)]
-struct TxnState {
+pub(crate) struct TxnState {
     /// Inodes read or written, shared with the cache where they came from it.
     inodes: BTreeMap<u64, View<Arc<Inode>>>,
     /// Dentries read or written, by parent then name (a lookup borrows the name).
@@ -172,7 +172,7 @@ struct TxnState {
     created: BTreeSet<u64>,
     /// Files opened through `open`, and unlinked ones kept readable through their handle.
     open: BTreeSet<u64>,
-    orphans: BTreeMap<u64, Inode>,
+    pub(crate) orphans: BTreeMap<u64, Inode>,
     finished: bool,
     /// Bumped by every write to the view (puts and deletes): a resolution remembered at
     /// another value is stale, and a transaction at 0 with no directory update is read-only.
@@ -272,7 +272,7 @@ impl TxnState {
 /// the function and keeps one to commit).
 #[derive(Clone)]
 pub struct Transaction {
-    client: Client,
+    pub(crate) client: Client,
     txn_id: [u8; 16],
     state: Arc<Mutex<TxnState>>,
 }
@@ -338,7 +338,7 @@ impl Transaction {
         self.txn_id
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, TxnState> {
+    pub(crate) fn state(&self) -> std::sync::MutexGuard<'_, TxnState> {
         self.state.lock().expect("transaction lock")
     }
 
@@ -411,7 +411,7 @@ impl Transaction {
         }
     }
 
-    async fn existing_inode(&self, ino: u64) -> Result<Arc<Inode>, FsError> {
+    pub(crate) async fn existing_inode(&self, ino: u64) -> Result<Arc<Inode>, FsError> {
         // A dentry whose inode is gone means a concurrent change we raced with: the commit
         // will conflict, and `run` re-runs the function.
         self.inode(ino).await?.ok_or(FsError::NotFound)
@@ -601,7 +601,7 @@ impl Transaction {
     // ----------------------------------------------------------------------------------
     // Writes to the view
 
-    fn put_inode(&self, inode: Inode) {
+    pub(crate) fn put_inode(&self, inode: Inode) {
         let mut state = self.state();
         state.view_changes += 1;
         let read = state.inodes.get(&inode.ino).and_then(|view| view.read);
@@ -753,7 +753,7 @@ impl Transaction {
     }
 
     /// The regular file `path` names (following symlinks), created when missing if `create`.
-    async fn file_inode(&self, path: &str, create: bool) -> Result<Arc<Inode>, FsError> {
+    pub(crate) async fn file_inode(&self, path: &str, create: bool) -> Result<Arc<Inode>, FsError> {
         let resolved = self.resolve(path, true).await?;
         let ino = match resolved.ino() {
             Some(ino) => ino,
@@ -766,86 +766,6 @@ impl Transaction {
             Kind::Dir => Err(FsError::IsDir),
             Kind::Symlink => Err(FsError::Loop),
         }
-    }
-
-    /// Writes `inode` back with `data` as its content (its old content is not copied).
-    fn set_data(&self, inode: &Inode, data: Vec<u8>) -> Result<(), FsError> {
-        if data.len() > INLINE_DATA_MAX {
-            return Err(FsError::FileTooLarge);
-        }
-        let now = now_ns();
-        let inode = Inode {
-            size: data.len() as u64,
-            data,
-            mtime_ns: now,
-            ctime_ns: now,
-            symlink_target: inode.symlink_target.clone(),
-            ..*inode
-        };
-        let mut state = self.state();
-        if let Some(orphan) = state.orphans.get_mut(&inode.ino) {
-            *orphan = inode;
-            return Ok(());
-        }
-        drop(state);
-        self.put_inode(inode);
-        Ok(())
-    }
-
-    /// The whole content of the file at `path`.
-    pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, FsError> {
-        Ok(self.file_inode(path, false).await?.data.clone())
-    }
-
-    /// Up to `len` bytes of the file at `path` from `offset`.
-    pub async fn read_at(&self, path: &str, offset: u64, len: usize) -> Result<Vec<u8>, FsError> {
-        let inode = self.file_inode(path, false).await?;
-        let data = &inode.data;
-        let start = (offset as usize).min(data.len());
-        let end = start.saturating_add(len).min(data.len());
-        Ok(data[start..end].to_vec())
-    }
-
-    /// Replaces the content of the file at `path`, creating it if missing.
-    pub async fn write_file(&self, path: &str, data: &[u8]) -> Result<(), FsError> {
-        if data.len() > INLINE_DATA_MAX {
-            return Err(FsError::FileTooLarge);
-        }
-        let inode = self.file_inode(path, true).await?;
-        self.set_data(&inode, data.to_vec())
-    }
-
-    /// Writes `data` at `offset` (pwrite), extending the file with zeros if needed.
-    pub async fn write_at(&self, path: &str, offset: u64, data: &[u8]) -> Result<(), FsError> {
-        let end = offset.checked_add(data.len() as u64).ok_or(FsError::FileTooLarge)?;
-        if end > INLINE_DATA_MAX as u64 {
-            return Err(FsError::FileTooLarge);
-        }
-        let inode = self.file_inode(path, true).await?;
-        let mut content = inode.data.clone();
-        if content.len() < end as usize {
-            content.resize(end as usize, 0);
-        }
-        content[offset as usize..end as usize].copy_from_slice(data);
-        self.set_data(&inode, content)
-    }
-
-    /// Appends `data` to the file at `path`, creating it if missing.
-    pub async fn append(&self, path: &str, data: &[u8]) -> Result<(), FsError> {
-        let inode = self.file_inode(path, true).await?;
-        let mut content = inode.data.clone();
-        content.extend_from_slice(data);
-        self.set_data(&inode, content)
-    }
-
-    pub async fn truncate(&self, path: &str, size: u64) -> Result<(), FsError> {
-        if size > INLINE_DATA_MAX as u64 {
-            return Err(FsError::FileTooLarge);
-        }
-        let inode = self.file_inode(path, false).await?;
-        let mut content = inode.data.clone();
-        content.resize(size as usize, 0);
-        self.set_data(&inode, content)
     }
 
     pub async fn chmod(&self, path: &str, mode: u32) -> Result<(), FsError> {
@@ -1143,13 +1063,6 @@ impl Transaction {
         let inode = self.file_inode(path, false).await?;
         self.state().open.insert(inode.ino);
         Ok(FileHandle { ino: inode.ino })
-    }
-
-    pub async fn read_handle(&self, handle: FileHandle) -> Result<Vec<u8>, FsError> {
-        if let Some(orphan) = self.state().orphans.get(&handle.ino) {
-            return Ok(orphan.data.clone());
-        }
-        Ok(self.existing_inode(handle.ino).await?.data.clone())
     }
 
     // ----------------------------------------------------------------------------------

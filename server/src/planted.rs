@@ -60,10 +60,8 @@ pub enum Bug {
     BlockAckBeforeDurable = 17,
     /// Block crcs are trusted, not checked: neither the block server before it answers a
     /// read nor the client after it, so a corrupted copy is served as the file's data.
+    /// (With the client's twin, `cffs_client::planted::arm_trust_block_crc`.)
     TrustBlockCrc = 18,
-    /// Copy-on-write of a block map loses a range: a write that spans several blocks keeps
-    /// the old block for the last one it touches.
-    BlockMapLosesRange = 19,
 }
 
 static ARMED: AtomicU8 = AtomicU8::new(0);

@@ -3,8 +3,9 @@
 //! (`cffs: cannot remove '/a': Directory not empty`, exit status 1).
 
 mod bench;
+mod transfer;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -59,16 +60,35 @@ enum Command {
     },
     /// Show a file's attributes.
     Stat { path: String },
-    /// Copy a local file into CFFS (at most 64 KiB until the block service exists).
-    Put { local: PathBuf, remote: String },
-    /// Copy a CFFS file to a local file.
-    Get { remote: String, local: PathBuf },
+    /// Copy a local file (or `-`: standard input) into CFFS, replacing REMOTE.
+    ///
+    /// Streams: memory stays at a few blocks whatever the file's size. The whole copy is
+    /// one transaction: REMOTE is replaced at once or not at all. Shows progress on a
+    /// terminal and prints size and throughput at the end.
+    Put {
+        local: PathBuf,
+        remote: String,
+        /// Print nothing but errors.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Copy a CFFS file to a local file (or `-`: standard output).
+    ///
+    /// Streams, fetching a few blocks ahead; every block's crc32 is checked. Fails, rather
+    /// than writing a torn copy, if the file changed while it was read.
+    Get {
+        remote: String,
+        local: PathBuf,
+        /// Print nothing but errors.
+        #[arg(short, long)]
+        quiet: bool,
+    },
     /// Print files' contents.
     Cat {
         #[arg(required = true)]
         paths: Vec<String>,
     },
-    /// Write standard input to a CFFS file (replacing it).
+    /// Write standard input to a CFFS file (replacing it); `put - REMOTE` with no output.
     Write { remote: String },
     /// Remove files (and, with -r, directories and their contents).
     Rm {
@@ -133,6 +153,18 @@ enum ClusterCommand {
         #[arg(required = true, value_delimiter = ',')]
         voters: Vec<u64>,
     },
+    /// Add a block group: three block servers (started with `cffs-server block`, or a
+    /// replica with `--block-dir`) that will hold file data. Prints the cluster map.
+    AddBlockGroup {
+        /// The group's servers: ID=HOST:PORT,ID=HOST:PORT,ID=HOST:PORT.
+        members: String,
+        /// The cluster's block size in bytes, set by the first group (later groups keep it).
+        #[arg(long)]
+        block_size: Option<u32>,
+    },
+    /// Show the cluster map: block groups, their servers, and each server's blocks and
+    /// bytes.
+    Blocks,
 }
 
 /// A failed command: coreutils-style message, exit status 1.
@@ -188,14 +220,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .map_err(|e| fail("stat", &path, e))?;
             print_stat(&path, &attr, json);
         }
-        Command::Put { local, remote } => {
-            let data = std::fs::read(&local).map_err(|e| Failure(format!("cannot read '{}': {e}", local.display())))?;
-            write_remote(&client, &remote, data).await?;
-        }
-        Command::Get { remote, local } => {
-            let data = read_remote(&client, &remote).await?;
-            std::fs::write(&local, data).map_err(|e| Failure(format!("cannot write '{}': {e}", local.display())))?;
-        }
+        Command::Put { local, remote, quiet } => transfer::put(&client, &local, &remote, quiet).await?,
+        Command::Get { remote, local, quiet } => transfer::get(&client, &remote, &local, quiet).await?,
         Command::Cat { paths } => {
             let mut stdout = std::io::stdout().lock();
             for path in paths {
@@ -203,15 +229,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 stdout.write_all(&data).map_err(|e| Failure(format!("write standard output: {e}")))?;
             }
         }
-        Command::Write { remote } => {
-            let mut data = Vec::new();
-            let limit = cffs_proto::limits::INLINE_DATA_MAX as u64 + 1;
-            std::io::stdin()
-                .take(limit)
-                .read_to_end(&mut data)
-                .map_err(|e| Failure(format!("read standard input: {e}")))?;
-            write_remote(&client, &remote, data).await?;
-        }
+        Command::Write { remote } => transfer::put(&client, std::path::Path::new("-"), &remote, true).await?,
         Command::Rm { recursive, force, paths } => {
             for path in paths {
                 let p = path.clone();
@@ -292,7 +310,77 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .map_err(|e| Failure(format!("cannot change the voters to {voters:?}: {e}")))?;
             cluster_status(&client, json).await?;
         }
+        Command::Cluster { command: ClusterCommand::AddBlockGroup { members, block_size } } => {
+            let members = parse_block_members(&members).map_err(|e| Failure(format!("add-block-group: {e}")))?;
+            client
+                .add_block_group(members, block_size.unwrap_or(0))
+                .await
+                .map_err(|e| Failure(format!("cannot add the block group: {e}")))?;
+            block_status(&client, json).await?;
+        }
+        Command::Cluster { command: ClusterCommand::Blocks } => block_status(&client, json).await?,
         Command::Bench(args) => bench::run(&client, args, json).await.map_err(|e| Failure(format!("bench: {e}")))?,
+    }
+    Ok(())
+}
+
+fn parse_block_members(text: &str) -> Result<Vec<cffs_proto::BlockMember>, String> {
+    text.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|part| {
+            let (id, addr) = part.split_once('=').ok_or_else(|| format!("'{part}' is not ID=HOST:PORT"))?;
+            let id = id.trim().parse().map_err(|_| format!("'{id}' is not a block server id"))?;
+            Ok(cffs_proto::BlockMember { id, addr: addr.trim().to_string() })
+        })
+        .collect()
+}
+
+/// The cluster map, with each block server's own figures.
+async fn block_status(client: &Client, json: bool) -> Result<(), Failure> {
+    let map = client.cluster_map(true).await.map_err(|e| Failure(format!("cluster map: {e}")))?;
+    let servers = client.block_server_status(&map).await;
+    if json {
+        let groups: Vec<serde_json::Value> = map
+            .groups
+            .iter()
+            .map(|group| {
+                let members: Vec<serde_json::Value> = group
+                    .members
+                    .iter()
+                    .map(|m| {
+                        let status = servers.get(&m.addr).and_then(|s| s.as_ref().ok());
+                        serde_json::json!({
+                            "id": m.id, "addr": m.addr, "up": status.is_some(),
+                            "blocks": status.map(|s| s.blocks), "bytes": status.map(|s| s.bytes),
+                            "checksum_failures": status.map(|s| s.checksum_failures),
+                        })
+                    })
+                    .collect();
+                serde_json::json!({ "group": group.id, "members": members })
+            })
+            .collect();
+        let out = serde_json::json!({ "version": map.version, "block_size": map.block_size, "groups": groups });
+        println!("{out}");
+        return Ok(());
+    }
+    println!(
+        "cluster map version {}, block size {} bytes, {} block groups",
+        map.version,
+        map.block_size,
+        map.groups.len()
+    );
+    for group in &map.groups {
+        println!("group {}:", group.id);
+        for member in &group.members {
+            match servers.get(&member.addr) {
+                Some(Ok(s)) => println!(
+                    "  server {} {}: {} blocks, {} bytes, {} bad copies found",
+                    member.id, member.addr, s.blocks, s.bytes, s.checksum_failures
+                ),
+                Some(Err(e)) => println!("  server {} {}: unreachable ({e})", member.id, member.addr),
+                None => println!("  server {} {}: not asked", member.id, member.addr),
+            }
+        }
     }
     Ok(())
 }
@@ -306,20 +394,6 @@ async fn read_remote(client: &Client, path: &str) -> Result<Vec<u8>, Failure> {
         })
         .await
         .map_err(|e| fail("read", path, e))
-}
-
-async fn write_remote(client: &Client, path: &str, data: Vec<u8>) -> Result<(), Failure> {
-    if data.len() > cffs_proto::limits::INLINE_DATA_MAX {
-        return Err(fail("write", path, FsError::FileTooLarge));
-    }
-    let p = path.to_string();
-    client
-        .run(|txn| {
-            let (p, data) = (p.clone(), data.clone());
-            async move { txn.write_file(&p, &data).await }
-        })
-        .await
-        .map_err(|e| fail("write", path, e))
 }
 
 /// Removes `path`; with `recursive`, a directory and everything under it, in this one
