@@ -1,5 +1,6 @@
 //! Starts real `cffs-server meta` processes on loopback ports, each with its own data
-//! directory, and stops them (SIGKILL) when dropped.
+//! directory (and, for a cluster with block groups, `cffs-server block` processes), and
+//! stops them (SIGKILL) when dropped.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -12,6 +13,11 @@ pub struct ProcessCluster {
     children: Vec<Option<Child>>,
     pub dir: tempfile::TempDir,
     peers: String,
+    /// Replicas serve block group 1 too (`--block-dir`).
+    with_blocks: bool,
+    /// Block-only servers (ids 4, 5, 6: block group 2).
+    pub block_ports: Vec<u16>,
+    block_children: Vec<Option<Child>>,
 }
 
 fn free_port() -> u16 {
@@ -25,12 +31,101 @@ impl ProcessCluster {
         let peers =
             ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect::<Vec<_>>().join(",");
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut cluster = ProcessCluster { ports, children: Vec::new(), dir, peers };
+        let mut cluster = ProcessCluster {
+            ports,
+            children: Vec::new(),
+            dir,
+            peers,
+            with_blocks: false,
+            block_ports: Vec::new(),
+            block_children: Vec::new(),
+        };
         for id in 1..=replicas as u64 {
             let child = cluster.spawn(id);
             cluster.children.push(Some(child));
         }
         cluster
+    }
+
+    /// Three replicas that are also block servers 1-3 (group 1) and block servers 4-6
+    /// (group 2), with `block_size` bytes per block; returns once both groups are added.
+    pub async fn start_with_blocks(block_size: u32) -> ProcessCluster {
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let peers =
+            ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect::<Vec<_>>().join(",");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let block_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut cluster = ProcessCluster {
+            ports,
+            children: Vec::new(),
+            dir,
+            peers,
+            with_blocks: true,
+            block_ports,
+            block_children: Vec::new(),
+        };
+        for id in 1..=3 {
+            let child = cluster.spawn(id);
+            cluster.children.push(Some(child));
+        }
+        for id in 4..=6 {
+            let child = cluster.spawn_block(id);
+            cluster.block_children.push(Some(child));
+        }
+        cluster.wait_for_leader(Duration::from_secs(30)).await;
+        let client = cluster.client();
+        let member = |id: u64, port: u16| cffs_proto::BlockMember { id, addr: format!("127.0.0.1:{port}") };
+        let first: Vec<_> = cluster.ports.iter().enumerate().map(|(i, p)| member(i as u64 + 1, *p)).collect();
+        let second: Vec<_> = cluster.block_ports.iter().enumerate().map(|(i, p)| member(i as u64 + 4, *p)).collect();
+        client.add_block_group(first, block_size).await.expect("add block group 1");
+        client.add_block_group(second, 0).await.expect("add block group 2");
+        cluster
+    }
+
+    /// The directory of block server `id`'s blocks (1-3: in a replica's folder).
+    pub fn block_dir(&self, id: u64) -> PathBuf {
+        match id {
+            1..=3 => self.data_dir(id).join("blocks"),
+            _ => self.dir.path().join(format!("block{id}")),
+        }
+    }
+
+    /// The address of block server `id`.
+    pub fn block_addr(&self, id: u64) -> String {
+        match id {
+            1..=3 => format!("127.0.0.1:{}", self.ports[id as usize - 1]),
+            _ => format!("127.0.0.1:{}", self.block_ports[id as usize - 4]),
+        }
+    }
+
+    fn spawn_block(&self, id: u64) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("block{id}.log")))
+            .expect("open log");
+        Command::new(env!("CARGO_BIN_EXE_cffs-server"))
+            .args(["block", "--id", &id.to_string(), "--listen", &self.block_addr(id), "--data-dir"])
+            .arg(self.block_dir(id))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start cffs-server block")
+    }
+
+    /// SIGKILL of block-only server `id` (4-6).
+    pub fn kill_block(&mut self, id: u64) {
+        if let Some(mut child) = self.block_children[id as usize - 4].take() {
+            child.kill().expect("kill block server");
+            child.wait().expect("reap block server");
+        }
+    }
+
+    pub fn restart_block(&mut self, id: u64) {
+        assert!(self.block_children[id as usize - 4].is_none(), "block server {id} is running");
+        let child = self.spawn_block(id);
+        self.block_children[id as usize - 4] = Some(child);
     }
 
     fn data_dir(&self, id: u64) -> PathBuf {
@@ -43,10 +138,15 @@ impl ProcessCluster {
             .append(true)
             .open(self.dir.path().join(format!("meta{id}.log")))
             .expect("open log");
-        Command::new(env!("CARGO_BIN_EXE_cffs-server"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cffs-server"));
+        command
             .args(["meta", "--id", &id.to_string(), "--listen", &format!("127.0.0.1:{}", self.ports[id as usize - 1])])
             .args(["--peers", &self.peers, "--data-dir"])
-            .arg(self.data_dir(id))
+            .arg(self.data_dir(id));
+        if self.with_blocks {
+            command.arg("--block-dir").arg(self.block_dir(id));
+        }
+        command
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -105,7 +205,7 @@ impl ProcessCluster {
 
 impl Drop for ProcessCluster {
     fn drop(&mut self) {
-        for child in self.children.iter_mut().flatten() {
+        for child in self.children.iter_mut().chain(self.block_children.iter_mut()).flatten() {
             let _ = child.kill();
             let _ = child.wait();
         }
