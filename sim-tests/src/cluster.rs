@@ -12,11 +12,25 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cffs_client::{Client, ClientOptions};
+use cffs_server::block::node::BlockNode;
+use cffs_server::block::service::BlockService;
+use cffs_server::block::sim_store::SimBlockStore;
 use cffs_server::metadata::node::{MetaNode, MetaNodeConfig};
 use cffs_server::storage::sim_disk::SimDisk;
 use madsim::runtime::{Handle, NodeHandle};
 
 pub const META_PORT: u16 = 7101;
+pub const BLOCK_PORT: u16 = 7201;
+/// The block size of simulated clusters: small, so that files of a few hundred KiB span
+/// many blocks.
+pub const SIM_BLOCK_SIZE: u32 = 16 * 1024;
+
+/// A block-only server (ids 4, 5, 6: block group 2; group 1 is served by replicas 1-3).
+pub struct BlockServer {
+    pub id: u64,
+    node: NodeHandle,
+    pub store: SimBlockStore,
+}
 
 /// Adjusts a replica's configuration (applied at every start and restart).
 pub type Adjust = Arc<dyn Fn(&mut MetaNodeConfig) + Send + Sync>;
@@ -24,6 +38,8 @@ pub type Adjust = Arc<dyn Fn(&mut MetaNodeConfig) + Send + Sync>;
 struct Replica {
     node: NodeHandle,
     disk: SimDisk,
+    /// The block store it serves as a member of block group 1 (clusters with blocks).
+    blocks: Option<SimBlockStore>,
     /// Taken out of the group by a membership change (and stopped for good).
     removed: bool,
 }
@@ -46,6 +62,14 @@ pub struct Cluster {
     killable: Mutex<Vec<(madsim::task::NodeId, Arc<AtomicBool>)>>,
     /// Each client node's address (a killed client's handlers are dropped by address).
     client_ips: Mutex<BTreeMap<madsim::task::NodeId, IpAddr>>,
+    /// Replicas 1-3 serve block group 1 (set before they are made).
+    with_blocks: bool,
+    /// The block-only servers of group 2, when the cluster has blocks.
+    pub block_servers: Vec<BlockServer>,
+}
+
+fn block_ip(id: u64) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 2, id as u8))
 }
 
 fn meta_ip(index: usize) -> IpAddr {
@@ -60,6 +84,16 @@ impl Cluster {
 
     /// Like `start`, with `adjust` applied to every replica's configuration.
     pub async fn start_with(replicas: usize, adjust: impl Fn(&mut MetaNodeConfig) + Send + Sync + 'static) -> Cluster {
+        Self::start_full(replicas, adjust, false).await
+    }
+
+    /// Like `start_with`; with `blocks`, replicas 1-3 also serve block group 1 and three
+    /// block-only servers (4-6) form group 2, with `SIM_BLOCK_SIZE` blocks.
+    pub async fn start_full(
+        replicas: usize,
+        adjust: impl Fn(&mut MetaNodeConfig) + Send + Sync + 'static,
+        blocks: bool,
+    ) -> Cluster {
         let handle = Handle::current();
         let peers: BTreeMap<u64, String> =
             (0..replicas).map(|i| (i as u64 + 1, format!("{}:{META_PORT}", meta_ip(i)))).collect();
@@ -73,12 +107,86 @@ impl Cluster {
             watcher: Mutex::new(None),
             killable: Mutex::new(Vec::new()),
             client_ips: Mutex::new(BTreeMap::new()),
+            with_blocks: blocks,
+            block_servers: Vec::new(),
         };
+        let mut cluster = cluster;
         for _ in 0..replicas {
             cluster.add_replica(peers.clone());
         }
+        if blocks {
+            cluster.block_servers = (4..=6).map(|id| cluster.make_block_server(id)).collect();
+        }
         cluster.wait_for_leader(Duration::from_secs(30)).await.expect("a leader is elected");
+        if blocks {
+            let groups: Vec<Vec<cffs_proto::BlockMember>> = vec![
+                (1..=3).map(|id| cffs_proto::BlockMember { id, addr: Self::addr_of(id) }).collect(),
+                (4..=6).map(|id| cffs_proto::BlockMember { id, addr: Self::block_addr_of(id) }).collect(),
+            ];
+            cluster
+                .with_client(|client| async move {
+                    for (i, members) in groups.into_iter().enumerate() {
+                        let size = if i == 0 { SIM_BLOCK_SIZE } else { 0 };
+                        client.add_block_group(members, size).await.expect("add a block group");
+                    }
+                })
+                .await;
+        }
         cluster
+    }
+
+    fn make_block_server(&self, id: u64) -> BlockServer {
+        let store = SimBlockStore::new();
+        let node_store = store.clone();
+        let node = self
+            .handle
+            .create_node()
+            .name(format!("block-{id}"))
+            .ip(block_ip(id))
+            .init(move || {
+                let store = node_store.clone();
+                async move {
+                    let listen = SocketAddr::new(block_ip(id), BLOCK_PORT);
+                    let _node = BlockNode::start(id, listen, Arc::new(store)).await.expect("block server starts");
+                    futures::future::pending::<()>().await;
+                }
+            })
+            .build();
+        BlockServer { id, node, store }
+    }
+
+    /// The address block-only server `id` listens on.
+    pub fn block_addr_of(id: u64) -> String {
+        format!("{}:{BLOCK_PORT}", block_ip(id))
+    }
+
+    /// The store of block server `id` (1-3: a replica's), if the cluster has blocks.
+    pub fn block_store(&self, id: u64) -> Option<SimBlockStore> {
+        match id {
+            1..=3 => self.lock().get(id as usize - 1).and_then(|r| r.blocks.clone()),
+            _ => self.block_servers.iter().find(|s| s.id == id).map(|s| s.store.clone()),
+        }
+    }
+
+    /// The madsim node of block-only server `id`.
+    pub fn block_node_id(&self, id: u64) -> madsim::task::NodeId {
+        self.block_servers.iter().find(|s| s.id == id).expect("a block server").node.id()
+    }
+
+    pub fn kill_block(&self, id: u64) {
+        self.handle.kill(self.block_node_id(id));
+    }
+
+    pub fn restart_block(&self, id: u64) {
+        self.handle.restart(self.block_node_id(id));
+    }
+
+    pub fn pause_block(&self, id: u64) {
+        self.handle.pause(self.block_node_id(id));
+    }
+
+    pub fn resume_block(&self, id: u64) {
+        self.handle.resume(self.block_node_id(id));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Replica>> {
@@ -95,6 +203,8 @@ impl Cluster {
         let id = i as u64 + 1;
         let disk = SimDisk::new();
         let node_disk = disk.clone();
+        let blocks = (self.with_blocks && id <= 3).then(SimBlockStore::new);
+        let node_blocks = blocks.clone();
         let node = self
             .handle
             .create_node()
@@ -104,9 +214,11 @@ impl Cluster {
                 let disk = node_disk.clone();
                 let peers = peers.clone();
                 let adjust = adjust.clone();
+                let blocks = node_blocks.clone();
                 async move {
                     let mut config = MetaNodeConfig::new(id, SocketAddr::new(meta_ip(i), META_PORT), peers);
                     adjust(&mut config);
+                    config.block_service = blocks.map(|store| BlockService::new(id, Arc::new(store)));
                     // A replica whose disk fails while it starts stays down, as a process that
                     // exits would, until the nemesis restarts it.
                     let _node = match MetaNode::start(config, Arc::new(disk)).await {
@@ -120,7 +232,7 @@ impl Cluster {
                 }
             })
             .build();
-        replicas.push(Replica { node, disk, removed: false });
+        replicas.push(Replica { node, disk, blocks, removed: false });
         id
     }
 
@@ -128,6 +240,12 @@ impl Cluster {
     pub fn attach_disks(&self, disk_sim: &crate::disk::DiskSim) {
         for replica in self.lock().iter() {
             disk_sim.attach(replica.node.id(), replica.disk.clone());
+            if let Some(blocks) = &replica.blocks {
+                disk_sim.attach_blocks(replica.node.id(), blocks.clone());
+            }
+        }
+        for server in &self.block_servers {
+            disk_sim.attach_blocks(server.node.id(), server.store.clone());
         }
     }
 

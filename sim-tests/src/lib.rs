@@ -9,6 +9,8 @@ pub mod cluster;
 #[cfg(madsim)]
 pub mod disk;
 #[cfg(madsim)]
+pub mod file_workload;
+#[cfg(madsim)]
 pub mod nemesis;
 #[cfg(madsim)]
 pub mod runner;

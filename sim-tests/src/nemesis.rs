@@ -81,12 +81,20 @@ pub struct NemesisPlan {
     /// How many list-append clients to kill for good, each in its commit (0 in two seeds in
     /// three; drawn from a hash of the seed).
     pub client_kills: u64,
+    /// File data on block servers (half the seeds, drawn from a hash of the seed): replicas
+    /// 1-3 also serve block group 1, three block-only servers form group 2, file clients
+    /// run, and `block_faults` kills, pauses and powers off block servers (group 2 all at
+    /// once, too) and corrupts or loses stored copies on one of them. Replacements of
+    /// replicas are off in these seeds: a replaced replica would take its block-group
+    /// membership with it, and moving a block server's membership is not built yet.
+    pub blocks: bool,
 }
 
 impl NemesisPlan {
     /// Draws a plan from the simulation's RNG: every fault is on or off per seed (swarm
     /// testing), so that some runs stress one fault hard and others mix them.
     pub fn draw() -> NemesisPlan {
+        let blocks = seed_hash(SALT_BLOCKS)().is_multiple_of(2);
         let mut rng = madsim::rand::thread_rng();
         NemesisPlan {
             kill: rng.gen_bool(0.7),
@@ -110,17 +118,19 @@ impl NemesisPlan {
             }),
             inode_batch: rng.gen_bool(0.3).then(|| rng.gen_range(1..8)),
             clocks: draw_clocks(),
-            membership: seed_hash(SALT_MEMBERSHIP)().is_multiple_of(3),
+            membership: seed_hash(SALT_MEMBERSHIP)().is_multiple_of(3) && !blocks,
             client_kills: match seed_hash(SALT_CLIENT_KILLS)() % 6 {
                 0 => 1,
                 1 => 2,
                 _ => 0,
             },
+            blocks,
         }
     }
 
     pub fn is_quiet(&self) -> bool {
         !(self.kill
+            || self.blocks
             || self.membership
             || self.client_kills > 0
             || self.blackout
@@ -169,6 +179,7 @@ const MEMBERSHIP_FINISH_TIMEOUT: Duration = Duration::from_secs(60);
 const SALT_CLOCKS: u64 = 0x636c_6f63_6b73; // "clocks"
 const SALT_MEMBERSHIP: u64 = 0x6d65_6d62_6572; // "member"
 const SALT_CLIENT_KILLS: u64 = 0x6b69_6c6c_6564; // "killed"
+const SALT_BLOCKS: u64 = 0x626c_6f63_6b73; // "blocks"
 
 /// A generator drawn from a hash of the seed and `salt` (splitmix64), for plan settings added
 /// after the seeds' plans were fixed: drawing them from the simulation's generator would
@@ -313,6 +324,88 @@ pub async fn kill_clients(cluster: &Cluster, plan: &NemesisPlan, stop: &AtomicBo
         killed += 1;
     }
     killed
+}
+
+/// The block server whose stored copies `block_faults` damages: one server of group 2, so
+/// that no block ever has two damaged copies (a majority of each group stays intact, as
+/// the durability promise requires of the disks under it).
+pub const DAMAGED_BLOCK_SERVER: u64 = 6;
+
+/// Block faults (`NemesisPlan::blocks`) until `stop` is set, then every block server up:
+/// a block-only server killed (a crash, or a power loss of its unsynced blocks) or paused,
+/// all of group 2 powered off at once, and copies on `DAMAGED_BLOCK_SERVER` corrupted
+/// (a byte flipped) or lost. Returns how many faults it injected.
+pub async fn block_faults(cluster: &Cluster, stop: &AtomicBool) -> u64 {
+    let disk = DiskSim::current();
+    let servers: Vec<u64> = cluster.block_servers.iter().map(|s| s.id).collect();
+    let mut down: Vec<u64> = Vec::new();
+    let mut paused: Vec<u64> = Vec::new();
+    let mut faults = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let (wait, choice, victim, at) = {
+            let mut rng = madsim::rand::thread_rng();
+            (
+                rng.gen_range(200..1_500),
+                rng.gen_range(0..6),
+                servers[rng.gen_range(0..servers.len())],
+                rng.gen_range(0..usize::MAX),
+            )
+        };
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        for id in down.drain(..) {
+            cluster.restart_block(id);
+        }
+        for id in paused.drain(..) {
+            cluster.resume_block(id);
+        }
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let damaged = cluster.block_store(DAMAGED_BLOCK_SERVER).expect("a block server's store");
+        match choice {
+            0 => {
+                if at % 2 == 0 {
+                    disk.arm_power_loss(cluster.block_node_id(victim));
+                }
+                cluster.kill_block(victim);
+                down.push(victim);
+            }
+            1 => {
+                for id in servers.iter().copied() {
+                    disk.arm_power_loss(cluster.block_node_id(id));
+                    cluster.kill_block(id);
+                    down.push(id);
+                }
+            }
+            2 | 3 => {
+                let ids = damaged.ids();
+                if ids.is_empty() {
+                    continue;
+                }
+                for k in 0..3 {
+                    let id = ids[(at / (k + 1)) % ids.len()];
+                    match choice {
+                        2 => damaged.corrupt(&id, at),
+                        _ => damaged.lose(&id),
+                    };
+                }
+            }
+            4 => {
+                cluster.pause_block(victim);
+                paused.push(victim);
+            }
+            _ => continue,
+        }
+        tracing::info!(choice, victim, "block fault");
+        faults += 1;
+    }
+    for id in down {
+        cluster.restart_block(id);
+    }
+    for id in paused {
+        cluster.resume_block(id);
+    }
+    faults
 }
 
 /// What the nemesis did, for the report.

@@ -86,6 +86,12 @@ pub enum Planted {
     SnapshotFrameSkipped,
     /// Membership changes applied without updating the state machine's membership.
     StaleAppliedMembership,
+    /// Block servers acknowledge blocks before they are durable.
+    BlockAckBeforeDurable,
+    /// Block crcs are trusted by the block servers and the client, not checked.
+    TrustBlockCrc,
+    /// A copy-on-write write over several blocks keeps the old block for the last one.
+    BlockMapLosesRange,
 }
 
 impl Planted {
@@ -110,6 +116,12 @@ impl Planted {
             Planted::OverlappingInodeRanges => server(Bug::OverlappingInodeRanges),
             Planted::SnapshotFrameSkipped => server(Bug::SnapshotFrameSkipped),
             Planted::StaleAppliedMembership => server(Bug::StaleAppliedMembership),
+            Planted::BlockAckBeforeDurable => server(Bug::BlockAckBeforeDurable),
+            Planted::TrustBlockCrc => {
+                server(Bug::TrustBlockCrc);
+                cffs_client::planted::arm_trust_block_crc(on);
+            }
+            Planted::BlockMapLosesRange => cffs_client::planted::arm_block_map_loses_range(on),
             Planted::IgnoreInvalidations => cffs_client::planted::arm_ignore_invalidations(on),
             Planted::RenameWithoutAncestorCheck => cffs_client::planted::arm_rename_without_ancestor_check(on),
         }

@@ -35,6 +35,9 @@ pub const COUNTER_OPS: usize = 40;
 pub const COUNTER_OPS_WATCHED: usize = 120;
 /// The pause between the lease watcher's reads (`workload::counter_watcher`).
 pub const WATCHER_PAUSE: Duration = Duration::from_millis(10);
+/// File clients (seeds with block servers) and the operations each runs.
+pub const FILE_CLIENTS: u64 = 2;
+pub const FILE_OPS: usize = 30;
 /// After the faults stop, the cluster must commit again within this long.
 pub const LIVENESS_BOUND: Duration = Duration::from_secs(20);
 /// Clients that must each commit in the liveness phase.
@@ -83,6 +86,18 @@ pub struct Report {
     /// Replicas whose clocks ran at a rate of their own (skewed clocks drawn).
     #[serde(default)]
     pub skewed_clocks: bool,
+    /// Seeds with file data on block servers: block faults injected, file writes committed,
+    /// file reads checked, and referenced blocks found under-replicated at the end.
+    #[serde(default)]
+    pub block_faults: u64,
+    #[serde(default)]
+    pub file_writes: u64,
+    #[serde(default)]
+    pub file_reads: u64,
+    #[serde(default)]
+    pub blocks_referenced: u64,
+    #[serde(default)]
+    pub blocks_under_replicated: u64,
     /// Checks that could not be made, and why (e.g. no final read after a liveness failure).
     /// Every other checker ran on what was recorded.
     #[serde(default)]
@@ -180,7 +195,7 @@ pub async fn run() -> Report {
     let plan = NemesisPlan::draw();
     cffs_server::sim_stats::reset();
     let node_plan = plan.clone();
-    let mut cluster = Cluster::start_with(3, move |config| node_plan.adjust(config)).await;
+    let mut cluster = Cluster::start_full(3, move |config| node_plan.adjust(config), plan.blocks).await;
     cluster.client_options = plan.client_options();
     cluster.attach_disks(&DiskSim::current());
     cluster
@@ -188,6 +203,7 @@ pub async fn run() -> Report {
             workload::bank_setup(&client, ACCOUNTS).await?;
             workload::list_setup(&client).await?;
             workload::listing_setup(&client).await?;
+            crate::file_workload::setup(&client).await?;
             workload::counter_setup(&client, COUNTERS).await
         })
         .await
@@ -242,6 +258,16 @@ pub async fn run() -> Report {
             .push(spawn_client(&cluster, move |c| workload::listing_reader(c, LISTING_WRITERS, LISTING_OPS, pause)));
     }
 
+    // File clients, when the run has block servers.
+    let mut files = Vec::new();
+    if plan.blocks {
+        for client_id in 1..=FILE_CLIENTS {
+            files.push(spawn_client(&cluster, move |c| {
+                crate::file_workload::file_client(c, client_id, FILE_OPS, pause)
+            }));
+        }
+    }
+
     // With client faults, a lease watcher the nemesis prefers to cut off or pause; with peer
     // cuts, one that goes on reading from a leader cut off from its peers.
     if watched {
@@ -259,6 +285,13 @@ pub async fn run() -> Report {
     let (killer_cluster, killer_plan, killer_stop) = (cluster.clone(), plan.clone(), stop.clone());
     let killer =
         madsim::task::spawn(async move { nemesis::kill_clients(&killer_cluster, &killer_plan, &killer_stop).await });
+    let (block_cluster, block_stop, blocks_on) = (cluster.clone(), stop.clone(), plan.blocks);
+    let block_nemesis = madsim::task::spawn(async move {
+        match blocks_on {
+            true => nemesis::block_faults(&block_cluster, &block_stop).await,
+            false => 0,
+        }
+    });
 
     let bank_histories = join_all(&mut report, bank, "bank").await;
     let counter_histories = join_all(&mut report, counters, "counter").await;
@@ -277,6 +310,7 @@ pub async fn run() -> Report {
         join_all(&mut report, listing_writers, "listing writer").await.into_iter().flatten().collect();
     let dir_reads: Vec<_> =
         join_all(&mut report, listing_readers, "listing reader").await.into_iter().flatten().collect();
+    let file_histories = join_all(&mut report, files, "file").await;
     stop.store(true, Ordering::Relaxed);
     cffs_server::buggify::enable(false);
     let counts = nemesis.await.expect("nemesis");
@@ -285,6 +319,7 @@ pub async fn run() -> Report {
     report.client_faults = counts.client_faults;
     report.replacements = counts.replacements;
     report.clients_killed = killer.await.expect("client killer");
+    report.block_faults = block_nemesis.await.expect("block nemesis");
     report.skewed_clocks = plan.clocks.is_some();
     report.power_losses = DiskSim::current().power_losses();
     report.snapshots_installed = cffs_server::sim_stats::snapshots_installed();
@@ -358,6 +393,28 @@ pub async fn run() -> Report {
         dir_reads,
     };
     check_histories(&mut report, &histories, finals.as_ref());
+    if plan.blocks {
+        report.file_writes = file_histories.iter().map(|h| h.writes_committed).sum();
+        report.file_reads = file_histories.iter().map(|h| h.reads_checked).sum();
+        report.check("file-data", file_histories.iter().flat_map(|h| h.bad_reads.iter().cloned()).collect());
+        // Read back by a client with no cache, so every block comes from a server.
+        let uncached = ClientOptions { cache: false, block_cache_bytes: 0, ..cluster.client_options };
+        let problems = spawn_client_with(&cluster, uncached, move |client| async move {
+            crate::file_workload::check_finals(&client, &file_histories).await
+        })
+        .await
+        .expect("file check client")
+        .0;
+        match live {
+            true => report.check("file-data", problems),
+            false if !problems.is_empty() => report.skipped.push(format!(
+                "after the liveness failure, {} files could not be checked: {}",
+                problems.len(),
+                problems[0]
+            )),
+            false => {}
+        }
+    }
 
     // Every replica converges to the same applied index, with identical state, and passes
     // fsck. fsck holds for any replica's state (each entry applies atomically), so it runs
@@ -381,6 +438,12 @@ pub async fn run() -> Report {
         if converged && *state != states[0] {
             report.check("replica-divergence", vec![format!("replica {id} differs from replica {}", members[0])]);
         }
+    }
+    if plan.blocks {
+        let found = checker::blocks::check(&states[0], |id| cluster.block_store(id));
+        report.blocks_referenced = found.referenced;
+        report.blocks_under_replicated = found.under_replicated;
+        report.check("block-fsck", found.problems);
     }
     report
 }

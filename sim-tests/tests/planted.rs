@@ -113,3 +113,26 @@ fn a_membership_change_the_state_machine_forgets_is_caught() {
         "liveness",
     );
 }
+
+#[test]
+fn a_block_acknowledged_before_it_is_durable_is_caught() {
+    caught_by(
+        "block servers acknowledge a block before it is durable (blocks in chaos: power losses)",
+        Planted::BlockAckBeforeDurable,
+        "block-fsck",
+    );
+}
+
+#[test]
+fn block_crcs_trusted_without_a_check_are_caught() {
+    caught_by(
+        "block crcs trusted by servers and clients (blocks in chaos: corrupted copies)",
+        Planted::TrustBlockCrc,
+        "file-data",
+    );
+}
+
+#[test]
+fn a_block_map_update_that_loses_a_range_is_caught() {
+    caught_by("a copy-on-write write that loses its last block's range", Planted::BlockMapLosesRange, "file-data");
+}

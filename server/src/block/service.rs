@@ -20,6 +20,12 @@ use tonic::{Request, Response, Status};
 use super::store::{block_id, block_id_hex, BlockId, BlockInfo, BlockStore};
 use crate::storage::StorageError;
 
+/// The tonic server type of the service (madsim's has an interceptor parameter).
+#[cfg(not(madsim))]
+pub type BlockServerOf = cffs_proto::block_server::BlockServer<BlockService>;
+#[cfg(madsim)]
+pub type BlockServerOf = cffs_proto::block_server::BlockServer<BlockService, tonic::codegen::IdentityInterceptor>;
+
 /// Most ids one `StatBlocks` request may name.
 pub const STAT_IDS_MAX: usize = 65_536;
 /// Page size of `ListBlocks` (the default, and the most one page may hold).
@@ -90,7 +96,7 @@ impl BlockService {
         BlockService { server_id, store, counters: Arc::default(), logged_bad: Arc::default() }
     }
 
-    pub fn server(self) -> cffs_proto::block_server::BlockServer<BlockService> {
+    pub fn server(self) -> BlockServerOf {
         cffs_proto::block_server::BlockServer::new(self)
             .max_decoding_message_size(cffs_proto::limits::RPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(cffs_proto::limits::RPC_MESSAGE_BYTES_MAX)

@@ -174,6 +174,19 @@ fn print_result(
                 report.clients_killed,
                 report.replacements
             );
+            if report.file_writes > 0 || report.block_faults > 0 {
+                println!(
+                    "  blocks: {} block faults, {} file writes committed, {} file reads checked, {} blocks referenced at the end ({} under-replicated)",
+                    report.block_faults,
+                    report.file_writes,
+                    report.file_reads,
+                    report.blocks_referenced,
+                    report.blocks_under_replicated
+                );
+            }
+            for skipped in &report.skipped {
+                println!("  skipped: {skipped}");
+            }
             for (checker, violation) in &report.violations {
                 println!("  [{checker}] {violation}");
             }

@@ -3,6 +3,7 @@
 //! checker: it reads files back out of one replica's state dump, for checkers and tests.
 
 pub mod bank;
+pub mod blocks;
 pub mod elle;
 pub mod fsck;
 pub mod listing;
