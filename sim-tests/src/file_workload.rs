@@ -112,17 +112,40 @@ pub async fn file_client(client: Client, client_id: u64, ops: usize, pause: Dura
                 let p = p.clone();
                 async move { txn.read_at(&p, offset, len as usize).await }
             });
-            match result.await {
+            let result = result.await;
+            if std::env::var_os("CFFS_DEBUG_FILES").is_some() {
+                eprintln!(
+                    "{:?} {path} read {len} at {offset} (size {size}) -> {:?}",
+                    tokio::time::Instant::now(),
+                    result.as_ref().map(|d| d.len())
+                );
+            }
+            match result {
                 Ok(data) => {
                     history.reads_checked += 1;
                     let expected = model.as_ref().map(|m| {
                         let end = (offset + len).min(m.len() as u64) as usize;
                         m[(offset as usize).min(end)..end].to_vec()
                     });
-                    if expected.as_deref() != Some(data.as_slice()) {
+                    if let Some(expected) = expected.filter(|e| *e != data) {
+                        let first = expected.iter().zip(&data).position(|(a, b)| a != b);
+                        if std::env::var_os("CFFS_DEBUG_FILES").is_some() {
+                            if let Some(i) = first {
+                                let at = offset + i as u64;
+                                let writers: Vec<u64> =
+                                    (1..=write).filter(|w| content_byte(file, at, *w) == data[i]).collect();
+                                let last_bad =
+                                    expected.iter().zip(&data).rposition(|(a, b)| a != b).map(|j| offset + j as u64);
+                                eprintln!("bad read at {at}..={last_bad:?}: the byte read is what writes {writers:?} wrote there");
+                            }
+                        }
                         history.bad_reads.push(format!(
-                            "{path}: {len} bytes at {offset} read {} bytes that differ from what was written",
-                            data.len()
+                            "{path}: {len} bytes at {offset} of a {size}-byte file read {} bytes (expected {}) that differ from what was written, first at byte {:?} of the range (read {:?}, expected {:?})",
+                            data.len(),
+                            expected.len(),
+                            first.map(|i| offset + i as u64),
+                            first.map(|i| data[i]),
+                            first.map(|i| expected[i]),
                         ));
                     }
                 }
@@ -146,6 +169,9 @@ pub async fn file_client(client: Client, client_id: u64, ops: usize, pause: Dura
                         }
                         Change::Append { len } => {
                             let size = txn.stat(&p).await?.size;
+                            if std::env::var_os("CFFS_DEBUG_FILES").is_some() {
+                                eprintln!("  {p} append {write}: the transaction sees size {size}");
+                            }
                             txn.write_at(&p, size, &content(file, size, len, write)).await
                         }
                         Change::Truncate { size } => txn.truncate(&p, size).await,
@@ -153,6 +179,9 @@ pub async fn file_client(client: Client, client_id: u64, ops: usize, pause: Dura
                 }
             })
             .await;
+        if std::env::var_os("CFFS_DEBUG_FILES").is_some() {
+            eprintln!("{:?} {path} write {write} {change:?} (size {size}) -> {result:?}", tokio::time::Instant::now());
+        }
         match result {
             Ok(()) => {
                 history.writes_committed += 1;

@@ -190,7 +190,16 @@ impl MetadataService {
                 .unwrap_or(CommitResponse { outcome: Some(cffs_proto::commit_response::Outcome::CommittedVersion(0)) });
             return Ok(Response::new(response));
         }
-        self.check_new_blocks(&request).await?;
+        // A retry of a commit already decided is answered as then, before its blocks are
+        // checked again: the blocks' servers may be down now, and a refusal would hide that
+        // the first attempt applied.
+        // (Only commits that name blocks are checked, so only they need this.)
+        if references_blocks(&request) {
+            if let Some(decided) = self.decided(&request)? {
+                return Ok(Response::new(decided));
+            }
+            self.check_new_blocks(&request).await?;
+        }
         // In its own task: tonic drops a handler's future when its caller goes away (the
         // client dies, or its deadline passes), and that must not cut the write short between
         // its invalidations and the end of its pending marks.
@@ -214,6 +223,13 @@ impl MetadataService {
                 Err(status(ErrorCode::Internal, "commit answered as another command"))
             }
         }
+    }
+
+    /// The recorded outcome of a commit whose transaction id was decided before (its entry
+    /// is applied here, so its outcome is final).
+    fn decided(&self, request: &CommitRequest) -> Result<Option<CommitResponse>, Status> {
+        let _guard = self.state.apply_lock.read().expect("apply lock");
+        txn::decided(self.state.engine.as_ref(), &request.txn_id).map_err(|e| self.storage_failed(e))
     }
 
     /// Refuses a commit that references a block not stored on a majority of its group
@@ -244,6 +260,14 @@ impl MetadataService {
         let error = self.state.health.fail(error);
         status(ErrorCode::Storage, format!("storage: {error}"))
     }
+}
+
+/// True when a commit writes an inode with a block map.
+fn references_blocks(request: &CommitRequest) -> bool {
+    request
+        .writes
+        .iter()
+        .any(|w| matches!(&w.op, Some(cffs_proto::write_op::Op::PutInode(inode)) if !inode.blocks.is_empty()))
 }
 
 /// Whether a commit's write runs in the handler's own future (the planted bug

@@ -401,6 +401,18 @@ pub fn validate_reads(engine: &dyn KvEngine, request: &CommitRequest) -> Result<
     Ok(None)
 }
 
+/// The recorded outcome of transaction `txn_id`, if it was decided (its dedup record).
+pub fn decided(engine: &dyn KvEngine, txn_id: &[u8]) -> Result<Option<CommitResponse>, StorageError> {
+    let Ok(txn_id) = <[u8; TXN_ID_LEN]>::try_from(txn_id) else { return Ok(None) };
+    #[cfg(madsim)]
+    if crate::planted::armed(crate::planted::Bug::ForgetDedup) {
+        return Ok(None);
+    }
+    let Some(record) = engine.get(Cf::State, &keys::dedup_key(&txn_id))? else { return Ok(None) };
+    let (_, payload) = keys::versioned_decode(&record)?;
+    CommitResponse::decode(payload).map(Some).map_err(|e| StorageError::corruption(format!("dedup record: {e}")))
+}
+
 fn apply_commit(
     engine: &dyn KvEngine,
     index: u64,
