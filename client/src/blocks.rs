@@ -257,7 +257,7 @@ impl Client {
         let mut calls = futures::stream::FuturesUnordered::new();
         for member in &group.members {
             let client = self.blocks().channel(&member.addr);
-            let request = PutBlockRequest { id: id.to_vec(), crc, data: data.clone() };
+            let request = PutBlockRequest { id: id.to_vec(), crc, data: data.clone(), replace: false };
             let addr = member.addr.clone();
             calls.push(async move {
                 let mut client = client?;

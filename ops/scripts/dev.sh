@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The run command (README): builds cffs-server and cffs, then starts a local three-replica
-# cluster on loopback with data under ./cffs-data. Ctrl-C stops it; run again to restart it
+# The run command (README): builds cffs-server and cffs, then starts a local cluster on
+# loopback (three metadata replicas that are also block group 1, three block servers as
+# group 2) with data under ./cffs-data. Ctrl-C stops it; run again to restart it
 # with its data. Extra arguments go to `cffs-server dev`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use cffs_server::block::file_store::FileBlockStore;
 use cffs_server::block::node::BlockNode;
+use cffs_server::block::scrub::ScrubConfig;
 use cffs_server::block::service::BlockService;
 use cffs_server::constants::{LEASE_DRIFT_PPM_DEFAULT, LEASE_DURATION_DEFAULT};
 use cffs_server::metadata::leases::LeaseConfig;
@@ -59,6 +60,13 @@ enum Role {
         /// add-block-group`.
         #[arg(long)]
         block_dir: Option<PathBuf>,
+        /// The scrubber's rate (it runs on the leader, re-reading every copy of every block
+        /// and repairing bad or missing ones): bytes of copies read per second.
+        #[arg(long, default_value_t = 32 * 1024 * 1024)]
+        scrub_bytes_per_sec: u64,
+        /// Seconds between two scrub passes.
+        #[arg(long, default_value_t = 60)]
+        scrub_pause_secs: u64,
     },
     /// Run one block server: stores file data as immutable, checksummed blocks.
     ///
@@ -134,9 +142,23 @@ pub fn main() -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Role::Meta { id, listen, peers, data_dir, lease_ms, lease_drift_ppm, block_dir } => {
+            Role::Meta {
+                id,
+                listen,
+                peers,
+                data_dir,
+                lease_ms,
+                lease_drift_ppm,
+                block_dir,
+                scrub_bytes_per_sec,
+                scrub_pause_secs,
+            } => {
                 let leases = LeaseConfig { duration: Duration::from_millis(lease_ms), drift_ppm: lease_drift_ppm };
-                run_meta(id, listen, peers, &data_dir, leases, block_dir.as_deref()).await
+                let scrub = ScrubConfig {
+                    bytes_per_sec: scrub_bytes_per_sec,
+                    pass_pause: Duration::from_secs(scrub_pause_secs.max(1)),
+                };
+                run_meta(id, listen, peers, &data_dir, leases, block_dir.as_deref(), scrub).await
             }
             Role::Block { id, listen, data_dir } => run_block(id, listen, &data_dir).await,
             Role::Dev { data_dir, base_port, block_size } => run_dev(&data_dir, base_port, block_size).await,
@@ -158,6 +180,7 @@ async fn run_meta(
     data_dir: &Path,
     leases: LeaseConfig,
     block_dir: Option<&Path>,
+    scrub: ScrubConfig,
 ) -> anyhow::Result<()> {
     if !peers.contains_key(&id) {
         bail!("--peers does not list this replica's id {id}");
@@ -167,6 +190,7 @@ async fn run_meta(
         .with_context(|| format!("open data directory {}", data_dir.display()))?;
     let mut config = MetaNodeConfig::new(id, listen, peers);
     config.leases = leases;
+    config.scrub = scrub;
     if let Some(block_dir) = block_dir {
         config.block_service = Some(BlockService::new(id, open_block_store(block_dir)?));
     }

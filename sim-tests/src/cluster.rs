@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use cffs_client::{Client, ClientOptions};
 use cffs_server::block::node::BlockNode;
+use cffs_server::block::scrub::ScrubConfig;
 use cffs_server::block::service::BlockService;
 use cffs_server::block::sim_store::SimBlockStore;
 use cffs_server::metadata::node::{MetaNode, MetaNodeConfig};
@@ -181,6 +182,16 @@ impl Cluster {
         self.handle.restart(self.block_node_id(id));
     }
 
+    /// Replaces block server `id` by one with an empty disk (same id and address): it comes
+    /// back holding nothing, and the scrubber refills it.
+    pub fn replace_block(&self, id: u64) {
+        self.kill_block(id);
+        if let Some(store) = self.block_store(id) {
+            store.wipe();
+        }
+        self.restart_block(id);
+    }
+
     pub fn pause_block(&self, id: u64) {
         self.handle.pause(self.block_node_id(id));
     }
@@ -218,6 +229,10 @@ impl Cluster {
                 async move {
                     let mut config = MetaNodeConfig::new(id, SocketAddr::new(meta_ip(i), META_PORT), peers);
                     adjust(&mut config);
+                    if blocks.is_some() {
+                        // Passes back to back: the simulation's runs are short.
+                        config.scrub = ScrubConfig { bytes_per_sec: 0, pass_pause: Duration::from_millis(500) };
+                    }
                     config.block_service = blocks.map(|store| BlockService::new(id, Arc::new(store)));
                     // A replica whose disk fails while it starts stays down, as a process that
                     // exits would, until the nemesis restarts it.

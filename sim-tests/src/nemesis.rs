@@ -326,15 +326,16 @@ pub async fn kill_clients(cluster: &Cluster, plan: &NemesisPlan, stop: &AtomicBo
     killed
 }
 
-/// The block server whose stored copies `block_faults` damages: one server of group 2, so
-/// that no block ever has two damaged copies (a majority of each group stays intact, as
-/// the durability promise requires of the disks under it).
+/// The block server whose stored copies `block_faults` damages or wipes: one server of
+/// group 2, so that no block ever loses two copies to damage (losing one server loses no
+/// block: that is the promise; two at once is beyond it).
 pub const DAMAGED_BLOCK_SERVER: u64 = 6;
 
 /// Block faults (`NemesisPlan::blocks`) until `stop` is set, then every block server up:
 /// a block-only server killed (a crash, or a power loss of its unsynced blocks) or paused,
-/// all of group 2 powered off at once, and copies on `DAMAGED_BLOCK_SERVER` corrupted
-/// (a byte flipped) or lost. Returns how many faults it injected.
+/// all of group 2 powered off at once, copies on `DAMAGED_BLOCK_SERVER` corrupted (a byte
+/// flipped) or lost, and that server replaced by an empty one (the scrubber must refill it).
+/// Returns how many faults it injected.
 pub async fn block_faults(cluster: &Cluster, stop: &AtomicBool) -> u64 {
     let disk = DiskSim::current();
     let servers: Vec<u64> = cluster.block_servers.iter().map(|s| s.id).collect();
@@ -394,7 +395,7 @@ pub async fn block_faults(cluster: &Cluster, stop: &AtomicBool) -> u64 {
                 cluster.pause_block(victim);
                 paused.push(victim);
             }
-            _ => continue,
+            _ => cluster.replace_block(DAMAGED_BLOCK_SERVER),
         }
         tracing::info!(choice, victim, "block fault");
         faults += 1;

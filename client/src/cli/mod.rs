@@ -339,6 +339,7 @@ fn parse_block_members(text: &str) -> Result<Vec<cffs_proto::BlockMember>, Strin
 async fn block_status(client: &Client, json: bool) -> Result<(), Failure> {
     let map = client.cluster_map(true).await.map_err(|e| Failure(format!("cluster map: {e}")))?;
     let servers = client.block_server_status(&map).await;
+    let scrub = client.cluster_status().await.ok().and_then(|s| s.scrub).unwrap_or_default();
     if json {
         let groups: Vec<serde_json::Value> = map
             .groups
@@ -359,7 +360,15 @@ async fn block_status(client: &Client, json: bool) -> Result<(), Failure> {
                 serde_json::json!({ "group": group.id, "members": members })
             })
             .collect();
-        let out = serde_json::json!({ "version": map.version, "block_size": map.block_size, "groups": groups });
+        let scrub = serde_json::json!({
+            "passes": scrub.passes, "blocks_checked": scrub.blocks_checked, "bytes_read": scrub.bytes_read,
+            "copies_bad": scrub.copies_bad, "copies_missing": scrub.copies_missing,
+            "copies_repaired": scrub.copies_repaired, "blocks_lost": scrub.blocks_lost,
+            "pass_blocks": scrub.pass_blocks,
+        });
+        let out = serde_json::json!({
+            "version": map.version, "block_size": map.block_size, "groups": groups, "scrub": scrub,
+        });
         println!("{out}");
         return Ok(());
     }
@@ -382,6 +391,17 @@ async fn block_status(client: &Client, json: bool) -> Result<(), Failure> {
             }
         }
     }
+    println!(
+        "scrubber (on the leader): {} passes, {} blocks checked ({} in this pass), {} bytes read; copies bad {}, missing {}, repaired {}; blocks lost {}",
+        scrub.passes,
+        scrub.blocks_checked,
+        scrub.pass_blocks,
+        scrub.bytes_read,
+        scrub.copies_bad,
+        scrub.copies_missing,
+        scrub.copies_repaired,
+        scrub.blocks_lost
+    );
     Ok(())
 }
 

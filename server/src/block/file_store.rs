@@ -97,16 +97,10 @@ impl FileBlockStore {
     fn path(&self, id: &BlockId) -> PathBuf {
         self.shard_dir(id).join(block_id_hex(id))
     }
-}
 
-impl BlockStore for FileBlockStore {
-    fn put(&self, info: BlockInfo, data: &[u8], durable: bool) -> Result<(), StorageError> {
-        if let Some(stored) = self.stat(&info.id)? {
-            if stored.len == info.len && stored.crc == info.crc {
-                return Ok(());
-            }
-            return Err(StorageError::Io(format!("block {} is stored with other contents", block_id_hex(&info.id))));
-        }
+    /// Writes the block record to `tmp/`, syncs it, renames it into place (over any copy
+    /// there) and syncs the directory.
+    fn write(&self, info: BlockInfo, data: &[u8], durable: bool) -> Result<(), StorageError> {
         let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let tmp = self.root.join("tmp").join(format!("{}.{seq}", block_id_hex(&info.id)));
         let mut file = OpenOptions::new()
@@ -132,6 +126,22 @@ impl BlockStore for FileBlockStore {
         }
         self.index.lock().expect("block index").insert(info.id, info);
         Ok(())
+    }
+}
+
+impl BlockStore for FileBlockStore {
+    fn put(&self, info: BlockInfo, data: &[u8], durable: bool) -> Result<(), StorageError> {
+        if let Some(stored) = self.stat(&info.id)? {
+            if stored.len == info.len && stored.crc == info.crc {
+                return Ok(());
+            }
+            return Err(StorageError::Io(format!("block {} is stored with other contents", block_id_hex(&info.id))));
+        }
+        self.write(info, data, durable)
+    }
+
+    fn repair(&self, info: BlockInfo, data: &[u8]) -> Result<(), StorageError> {
+        self.write(info, data, true)
     }
 
     fn get(&self, id: &BlockId) -> Result<Option<(BlockInfo, Vec<u8>)>, StorageError> {

@@ -1,12 +1,14 @@
 //! The block service: file data as immutable, checksummed blocks (docs/design/blocks.md).
 //! `store.rs` is the disk trait and record, `file_store.rs` the real disk, `sim_store.rs` the
 //! simulated one, `service.rs` the gRPC service, `node.rs` a block server process, and
-//! `check.rs` the metadata leader's check that a commit's new blocks are stored.
+//! `check.rs` the metadata leader's check that a commit's new blocks are stored, and
+//! `scrub.rs` the leader's scrubber, which re-reads every copy and repairs bad or missing ones.
 
 pub mod check;
 #[cfg(not(madsim))]
 pub mod file_store;
 pub mod node;
+pub mod scrub;
 pub mod service;
 pub mod sim_store;
 pub mod store;

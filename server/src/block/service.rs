@@ -140,7 +140,13 @@ impl cffs_proto::block_server::Block for BlockService {
         #[cfg(not(madsim))]
         let durable = true;
         let store = self.store.clone();
-        blocking(move || store.put(info, &request.data, durable)).await.map_err(storage_status)?;
+        let replace = request.replace;
+        blocking(move || match replace {
+            true => store.repair(info, &request.data),
+            false => store.put(info, &request.data, durable),
+        })
+        .await
+        .map_err(storage_status)?;
         self.counters.puts.fetch_add(1, Ordering::Relaxed);
         Ok(Response::new(PutBlockResponse {}))
     }

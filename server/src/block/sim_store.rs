@@ -78,6 +78,14 @@ impl SimBlockStore {
         self.disk().reads_fail = fails;
     }
 
+    /// Empties the store: the server is replaced by a new one with an empty disk.
+    pub fn wipe(&self) {
+        let mut disk = self.disk();
+        disk.blocks.clear();
+        disk.unsynced_puts.clear();
+        disk.unsynced_deletes.clear();
+    }
+
     /// Every stored id, in order.
     pub fn ids(&self) -> Vec<BlockId> {
         self.disk().blocks.keys().copied().collect()
@@ -97,6 +105,11 @@ impl BlockStore for SimBlockStore {
         if !durable {
             disk.unsynced_puts.push(info.id);
         }
+        Ok(())
+    }
+
+    fn repair(&self, info: BlockInfo, data: &[u8]) -> Result<(), StorageError> {
+        self.disk().blocks.insert(info.id, (info, Arc::new(data.to_vec())));
         Ok(())
     }
 

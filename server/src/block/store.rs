@@ -9,6 +9,8 @@
 //!   loss.
 //! - A put of an id already stored with the same length and crc is a no-op that succeeds
 //!   (a retried write); with a different length or crc it fails (ids are never reused).
+//!   `repair` stores the bytes whatever is stored under the id (the scrubber's repair of a
+//!   bad copy), atomically and durably as a put.
 //! - `delete` is not synced: after a power loss a deleted block may be back. Only the
 //!   collector deletes, and a block it found unreferenced stays unreferenced, so it is
 //!   simply collected again.
@@ -34,6 +36,9 @@ pub struct BlockInfo {
 
 pub trait BlockStore: Send + Sync + 'static {
     fn put(&self, info: BlockInfo, data: &[u8], durable: bool) -> Result<(), StorageError>;
+
+    /// Stores the block over whatever copy is stored under its id.
+    fn repair(&self, info: BlockInfo, data: &[u8]) -> Result<(), StorageError>;
 
     fn get(&self, id: &BlockId) -> Result<Option<(BlockInfo, Vec<u8>)>, StorageError>;
 

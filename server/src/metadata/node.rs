@@ -44,6 +44,8 @@ pub struct MetaNodeConfig {
     /// A block service this process also serves, on the same address (`cffs-server meta
     /// --block-dir`, and `dev`).
     pub block_service: Option<crate::block::service::BlockService>,
+    /// The scrubber's rate and pauses (it runs on the leader).
+    pub scrub: crate::block::scrub::ScrubConfig,
 }
 
 impl MetaNodeConfig {
@@ -57,6 +59,7 @@ impl MetaNodeConfig {
             leases: LeaseConfig { duration: LEASE_DURATION_DEFAULT, drift_ppm: LEASE_DRIFT_PPM_DEFAULT },
             clock: ClockSkew::NONE,
             block_service: None,
+            scrub: Default::default(),
         }
     }
 }
@@ -117,7 +120,8 @@ impl MetaNode {
             info!(node_id = config.id, vote = %floor.vote, last_log_index = floor.last_log_index, "restarting as the leader of its stored term; reads wait for the log found at startup");
         }
         let clock = Clock::new(config.clock);
-        let metadata = MetadataService::new(config.id, raft.clone(), state.clone(), floor, config.leases, clock);
+        let metadata =
+            MetadataService::new(config.id, raft.clone(), state.clone(), floor, config.leases, clock, config.scrub);
         {
             let (raft, node_id) = (raft.clone(), config.id);
             tokio::spawn(async move {

@@ -40,6 +40,8 @@ pub struct MetadataService {
     sessions: Sessions,
     /// Checks a commit's new blocks on their block servers (connections kept).
     blocks: std::sync::Arc<crate::block::check::BlockCheck>,
+    /// The scrubber's counters (it runs while this replica leads).
+    scrub: std::sync::Arc<crate::block::scrub::ScrubStats>,
     /// This replica's clock (read only by a planted bug's path today).
     #[cfg_attr(not(madsim), allow(dead_code))]
     clock: Clock,
@@ -60,12 +62,16 @@ impl MetadataService {
         floor: Option<RestartFloor>,
         leases: LeaseConfig,
         clock: Clock,
+        scrub: crate::block::scrub::ScrubConfig,
     ) -> Self {
         let read_index = ReadIndex::start(raft.clone(), floor, clock);
         let sessions = Sessions::new(leases, state.engine.clone(), clock, state.health.clone());
         sessions.watch_leadership(raft.clone());
         super::settings::watch(raft.clone(), state.clone(), sessions.clone(), super::settings::from_config(&leases));
-        MetadataService { node_id, raft, state, read_index, sessions, blocks: Default::default(), clock }
+        let blocks = std::sync::Arc::new(crate::block::check::BlockCheck::default());
+        let scrub_stats = std::sync::Arc::new(crate::block::scrub::ScrubStats::default());
+        crate::block::scrub::spawn(raft.clone(), state.clone(), blocks.clone(), scrub, scrub_stats.clone());
+        MetadataService { node_id, raft, state, read_index, sessions, blocks, scrub: scrub_stats, clock }
     }
 
     fn term(&self) -> Option<u64> {
@@ -145,6 +151,7 @@ impl MetadataService {
             snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
             purged_index: metrics.purged.map_or(0, |l| l.index),
             leases: (metrics.state == openraft::ServerState::Leader).then(|| self.sessions.metrics()),
+            scrub: Some(self.scrub.wire()),
         }
     }
 }

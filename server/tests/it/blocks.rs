@@ -133,18 +133,22 @@ async fn bad_blocks_and_block_maps_are_refused() {
     let cases = [
         (
             "wrong crc",
-            PutBlockRequest { id: vec![1; 16], crc: crc ^ 1, data: data.clone().into() },
+            PutBlockRequest { id: vec![1; 16], crc: crc ^ 1, data: data.clone().into(), replace: false },
             ErrorCode::Checksum,
         ),
-        ("short id", PutBlockRequest { id: vec![1; 3], crc, data: data.clone().into() }, ErrorCode::InvalidArgument),
+        (
+            "short id",
+            PutBlockRequest { id: vec![1; 3], crc, data: data.clone().into(), replace: false },
+            ErrorCode::InvalidArgument,
+        ),
         (
             "empty block",
-            PutBlockRequest { id: vec![2; 16], crc: 0, data: Vec::new().into() },
+            PutBlockRequest { id: vec![2; 16], crc: 0, data: Vec::new().into(), replace: false },
             ErrorCode::InvalidArgument,
         ),
         (
             "block over the size limit",
-            PutBlockRequest { id: vec![3; 16], crc: 0, data: vec![0u8; 8 * 1024 * 1024 + 1].into() },
+            PutBlockRequest { id: vec![3; 16], crc: 0, data: vec![0u8; 8 * 1024 * 1024 + 1].into(), replace: false },
             ErrorCode::TooLarge,
         ),
     ];
