@@ -242,13 +242,9 @@ impl MetadataService {
     /// Refuses a commit that references a block not stored on a majority of its group
     /// (`block/check.rs`); blocks the committed inodes reference already are not checked.
     async fn check_new_blocks(&self, request: &CommitRequest) -> Result<(), Status> {
-        let has_blocks = request
-            .writes
-            .iter()
-            .any(|w| matches!(&w.op, Some(cffs_proto::write_op::Op::PutInode(i)) if !i.blocks.is_empty()));
-        if !has_blocks {
-            return Ok(());
-        }
+        // Only the leader checks, on a state that holds every committed change of the map
+        // (a follower, or a leader still applying, could miss a group just added).
+        self.linearizable().await?;
         let (fresh, map) = {
             let _guard = self.state.apply_lock.read().expect("apply lock");
             let engine = self.state.engine.as_ref();

@@ -258,6 +258,67 @@ async fn a_corrupted_replica_is_detected_and_read_around() {
     assert!(found >= 1, "a server counted its bad copy: {status:?}");
 }
 
+/// The scrubber repairs corrupted copies, and refills a block server replaced by an empty
+/// one, from the intact copies of its group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scrubber_repairs_bad_copies_and_refills_an_empty_server() {
+    let mut cluster = ProcessCluster::start_with_blocks(64 * 1024).await;
+    let client = cluster.client();
+    let data = pattern(3, 1_000_000);
+    let d = data.clone();
+    client
+        .run(|txn| {
+            let d = d.clone();
+            async move { txn.write_file("/f", &d).await }
+        })
+        .await
+        .expect("write");
+    let map = client.cluster_map(true).await.expect("map");
+    let blocks_on = |status: &std::collections::BTreeMap<String, Result<cffs_proto::BlockStatusResponse, FsError>>,
+                     addr: &str| {
+        status.get(addr).and_then(|s| s.as_ref().ok()).map_or(0, |s| s.blocks)
+    };
+    let before = client.block_server_status(&map).await;
+    let held_by_4 = blocks_on(&before, &cluster.block_addr(4));
+    assert!(held_by_4 > 0, "server 4 holds blocks: {before:?}");
+    // Corrupt every copy on server 1 (group 1); replace server 4 (group 2) by an empty one.
+    let mut flipped = 0;
+    for path in walk(&cluster.block_dir(1).join("blocks")) {
+        let mut bytes = std::fs::read(&path).expect("read block file");
+        bytes[40] ^= 0x01;
+        std::fs::write(&path, bytes).expect("write block file");
+        flipped += 1;
+    }
+    cluster.kill_block(4);
+    std::fs::remove_dir_all(cluster.block_dir(4)).expect("wipe server 4");
+    cluster.restart_block(4);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let scrub = loop {
+        let scrub = client.cluster_status().await.ok().and_then(|s| s.scrub).unwrap_or_default();
+        if scrub.copies_repaired >= flipped + held_by_4 {
+            break scrub;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no repair within 60 s: {scrub:?}, {flipped} flipped, {held_by_4} to refill"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(scrub.copies_bad >= flipped && scrub.copies_missing >= held_by_4, "{scrub:?}");
+    assert_eq!(scrub.blocks_lost, 0, "{scrub:?}");
+    let after = client.block_server_status(&map).await;
+    assert_eq!(blocks_on(&after, &cluster.block_addr(4)), held_by_4, "server 4 refilled: {after:?}");
+    // Every copy on server 1 reads intact again: a reader whose first choice is server 1
+    // counts no bad copy.
+    let reader = cold_client(&cluster);
+    assert!(file(&reader, "/f").await == data);
+    let status = reader.block_server_status(&map).await;
+    let failures_now: u64 = status.values().filter_map(|s| s.as_ref().ok()).map(|s| s.checksum_failures).sum();
+    let failures_scrub = scrub.copies_bad;
+    assert!(failures_now <= failures_scrub, "no new bad copies found after the repair: {status:?}");
+    assert_eq!(reader.block_stats().crc_mismatches, 0, "{:?}", reader.block_stats());
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {

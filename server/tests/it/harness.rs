@@ -144,7 +144,8 @@ impl ProcessCluster {
             .args(["--peers", &self.peers, "--data-dir"])
             .arg(self.data_dir(id));
         if self.with_blocks {
-            command.arg("--block-dir").arg(self.block_dir(id));
+            // A scrub pass every second, so that tests see repairs soon.
+            command.arg("--block-dir").arg(self.block_dir(id)).args(["--scrub-pause-secs", "1"]);
         }
         command
             .stdin(Stdio::null())
