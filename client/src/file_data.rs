@@ -450,12 +450,12 @@ mod tests {
 
     #[test]
     fn a_write_reads_only_the_blocks_it_patches() {
-        // 10 blocks of 100 bytes; a write of 250 bytes at 150: half of block 1, all of
-        // block 2, half of block 3.
-        let plan = plan_write(150, 250, 1000, 100, stored);
+        // 10 blocks of 100 bytes; a write of 220 bytes at 150: half of block 1, all of
+        // block 2, the start of block 3.
+        let plan = plan_write(150, 220, 1000, 100, stored);
         let shape: Vec<(u64, usize, usize, usize, bool)> =
             plan.iter().map(|w| (w.index, w.at, w.len, w.from, w.old.is_some())).collect();
-        assert_eq!(shape, vec![(1, 50, 50, 0, true), (2, 0, 100, 50, false), (3, 0, 50, 150, true)]);
+        assert_eq!(shape, vec![(1, 50, 50, 0, true), (2, 0, 100, 50, false), (3, 0, 70, 150, true)]);
         // Past the old end: a block that starts at the write covers the old bytes.
         let plan = plan_write(1000, 150, 1000, 100, stored);
         assert_eq!(plan.len(), 2);
