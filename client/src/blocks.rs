@@ -310,6 +310,9 @@ impl Client {
         };
         let start = io.rotation.fetch_add(1, Ordering::Relaxed) as usize;
         let mut failures = Vec::new();
+        // Members that could not be asked (down, cut off, slow): with any of them, the block
+        // may still be intact there, and the read is unavailable rather than lost.
+        let mut unanswered = 0;
         for k in 0..group.members.len() {
             let member = &group.members[(start + k) % group.members.len()];
             let mut client = io.channel(&member.addr)?;
@@ -318,13 +321,16 @@ impl Client {
                 Ok(Ok(reply)) => reply.into_inner(),
                 Ok(Err(status)) => {
                     let code = cffs_proto::error_code::detail_code(&cffs_proto::error_code::detail(&status));
-                    if code == ErrorCode::Checksum {
-                        io.bad_copy(&block.id, &member.addr, "the server found its copy bad");
+                    match code {
+                        ErrorCode::Checksum => io.bad_copy(&block.id, &member.addr, "the server found its copy bad"),
+                        ErrorCode::BlockMissing => {}
+                        _ => unanswered += 1,
                     }
                     failures.push(format!("{}: {}", member.addr, status.message()));
                     continue;
                 }
                 Err(_) => {
+                    unanswered += 1;
                     failures.push(format!("{}: timed out", member.addr));
                     continue;
                 }
@@ -340,7 +346,11 @@ impl Client {
             io.cache.lock().expect("block cache").insert(&block.id, data.clone());
             return Ok(data);
         }
-        Err(FsError::DataLost(format!("block {} (index {}): {}", hex(&block.id), block.index, failures.join("; "))))
+        let what = format!("block {} (index {}): {}", hex(&block.id), block.index, failures.join("; "));
+        match unanswered {
+            0 => Err(FsError::DataLost(what)),
+            _ => Err(FsError::Unavailable(what)),
+        }
     }
 }
 

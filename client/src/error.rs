@@ -38,8 +38,9 @@ pub enum FsError {
     /// taken effect (it was retried with the same transaction id, so at most once).
     #[error("Commit outcome unknown: {0}")]
     OutcomeUnknown(String),
-    /// File data could not be read intact from any replica of its block (every copy
-    /// reached was missing or failed its crc32).
+    /// File data could not be read intact from any replica of its block: every member of
+    /// its group answered, and each copy was missing or failed its crc32. (When some member
+    /// could not be asked, the read is `Unavailable` instead.)
     #[error("Input/output error: {0}")]
     DataLost(String),
     /// A commit named a block that is not stored on a majority of its group (it was lost, or

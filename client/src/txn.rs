@@ -1107,7 +1107,7 @@ impl Transaction {
             });
         }
         let session_id = self.client.cache().map_or(0, |cache| cache.lock().expect("cache lock").session_id());
-        CommitRequest { txn_id: self.txn_id.to_vec(), reads, writes, session_id }
+        CommitRequest { txn_id: self.txn_id.to_vec(), reads, writes, session_id, blocks_checked_at: 0 }
     }
 
     /// True when the transaction wrote nothing.

@@ -45,6 +45,10 @@ pub enum Site {
     /// tonic then drops the handler's future where it stands, which madsim's tonic never
     /// does. The caller sees a timeout.
     CallerGone = 6,
+    /// A commit naming new blocks stalls between the leader's block check and its proposal
+    /// (a slow leader, a long lease wait): the collector may mark and delete its blocks
+    /// meanwhile, and the commit must then abort.
+    SlowBlockCommit = 7,
 }
 
 /// True when `site` is armed in this run and fires this time (with probability `p`).

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use cffs_server::block::file_store::FileBlockStore;
+use cffs_server::block::gc::GcConfig;
 use cffs_server::block::node::BlockNode;
 use cffs_server::block::scrub::ScrubConfig;
 use cffs_server::block::service::BlockService;
@@ -67,6 +68,14 @@ enum Role {
         /// Seconds between two scrub passes.
         #[arg(long, default_value_t = 60)]
         scrub_pause_secs: u64,
+        /// Blocks unreferenced and stored longer ago than this are deleted by the collector
+        /// (it runs on the leader). Safety does not depend on it (docs/design/blocks.md); it
+        /// keeps the collector from aborting slow transactions.
+        #[arg(long, default_value_t = 3600)]
+        gc_grace_secs: u64,
+        /// Seconds between two collection rounds.
+        #[arg(long, default_value_t = 300)]
+        gc_interval_secs: u64,
     },
     /// Run one block server: stores file data as immutable, checksummed blocks.
     ///
@@ -152,13 +161,19 @@ pub fn main() -> ExitCode {
                 block_dir,
                 scrub_bytes_per_sec,
                 scrub_pause_secs,
+                gc_grace_secs,
+                gc_interval_secs,
             } => {
                 let leases = LeaseConfig { duration: Duration::from_millis(lease_ms), drift_ppm: lease_drift_ppm };
                 let scrub = ScrubConfig {
                     bytes_per_sec: scrub_bytes_per_sec,
                     pass_pause: Duration::from_secs(scrub_pause_secs.max(1)),
                 };
-                run_meta(id, listen, peers, &data_dir, leases, block_dir.as_deref(), scrub).await
+                let gc = GcConfig {
+                    grace: Duration::from_secs(gc_grace_secs),
+                    interval: Duration::from_secs(gc_interval_secs.max(1)),
+                };
+                run_meta(id, listen, peers, &data_dir, leases, block_dir.as_deref(), scrub, gc).await
             }
             Role::Block { id, listen, data_dir } => run_block(id, listen, &data_dir).await,
             Role::Dev { data_dir, base_port, block_size } => run_dev(&data_dir, base_port, block_size).await,
@@ -181,6 +196,7 @@ async fn run_meta(
     leases: LeaseConfig,
     block_dir: Option<&Path>,
     scrub: ScrubConfig,
+    gc: GcConfig,
 ) -> anyhow::Result<()> {
     if !peers.contains_key(&id) {
         bail!("--peers does not list this replica's id {id}");
@@ -191,6 +207,7 @@ async fn run_meta(
     let mut config = MetaNodeConfig::new(id, listen, peers);
     config.leases = leases;
     config.scrub = scrub;
+    config.gc = gc;
     if let Some(block_dir) = block_dir {
         config.block_service = Some(BlockService::new(id, open_block_store(block_dir)?));
     }

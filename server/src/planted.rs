@@ -62,6 +62,11 @@ pub enum Bug {
     /// read nor the client after it, so a corrupted copy is served as the file's data.
     /// (With the client's twin, `cffs_client::planted::arm_trust_block_crc`.)
     TrustBlockCrc = 18,
+    /// Commits ignore the collector's tombstones and fence: a transaction still in flight
+    /// when the collector marks its (old enough, not yet referenced) blocks commits a
+    /// reference to blocks that are then deleted. The twin of "GC without the grace rule":
+    /// here what protects an in-flight transaction is the tombstone rule, not the clock.
+    CommitIgnoresTombstones = 19,
 }
 
 static ARMED: AtomicU8 = AtomicU8::new(0);

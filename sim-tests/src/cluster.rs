@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cffs_client::{Client, ClientOptions};
+use cffs_server::block::gc::GcConfig;
 use cffs_server::block::node::BlockNode;
 use cffs_server::block::scrub::ScrubConfig;
 use cffs_server::block::service::BlockService;
@@ -25,6 +26,8 @@ pub const BLOCK_PORT: u16 = 7201;
 /// The block size of simulated clusters: small, so that files of a few hundred KiB span
 /// many blocks.
 pub const SIM_BLOCK_SIZE: u32 = 16 * 1024;
+/// The collector's grace period in simulation.
+pub const SIM_GC_GRACE: Duration = Duration::from_secs(1);
 
 /// A block-only server (ids 4, 5, 6: block group 2; group 1 is served by replicas 1-3).
 pub struct BlockServer {
@@ -232,6 +235,10 @@ impl Cluster {
                     if blocks.is_some() {
                         // Passes back to back: the simulation's runs are short.
                         config.scrub = ScrubConfig { bytes_per_sec: 0, pass_pause: Duration::from_millis(500) };
+                        // A grace period shorter than many transactions under faults: the
+                        // collector marks blocks of transactions still in flight, which must
+                        // then abort (and re-run), never commit a deleted block.
+                        config.gc = GcConfig { grace: SIM_GC_GRACE, interval: Duration::from_millis(500) };
                     }
                     config.block_service = blocks.map(|store| BlockService::new(id, Arc::new(store)));
                     // A replica whose disk fails while it starts stays down, as a process that

@@ -149,6 +149,8 @@ pub async fn file_client(client: Client, client_id: u64, ops: usize, pause: Dura
                         ));
                     }
                 }
+                // Every member answered and none had an intact copy: a committed block is lost.
+                Err(FsError::DataLost(why)) => history.bad_reads.push(format!("{path}: a read lost data: {why}")),
                 Err(error) => {
                     tracing::info!(%error, %path, "file read failed");
                     history.reads_failed += 1;
@@ -192,6 +194,11 @@ pub async fn file_client(client: Client, client_id: u64, ops: usize, pause: Dura
                 let applied = Some(apply(&model, file, write, change));
                 history.files.push((path, vec![model.take(), applied]));
                 number += 1;
+            }
+            Err(FsError::DataLost(why)) => {
+                // A write that patches a block read it first: that block is lost.
+                history.bad_reads.push(format!("{path}: a write lost data: {why}"));
+                history.writes_failed += 1;
             }
             Err(error) => {
                 tracing::info!(%error, %path, "file write failed");

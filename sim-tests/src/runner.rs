@@ -92,6 +92,8 @@ pub enum Planted {
     TrustBlockCrc,
     /// A copy-on-write write over several blocks keeps the old block for the last one.
     BlockMapLosesRange,
+    /// Commits ignore the block collector's tombstones and fence.
+    CommitIgnoresTombstones,
 }
 
 impl Planted {
@@ -122,6 +124,7 @@ impl Planted {
                 cffs_client::planted::arm_trust_block_crc(on);
             }
             Planted::BlockMapLosesRange => cffs_client::planted::arm_block_map_loses_range(on),
+            Planted::CommitIgnoresTombstones => server(Bug::CommitIgnoresTombstones),
             Planted::IgnoreInvalidations => cffs_client::planted::arm_ignore_invalidations(on),
             Planted::RenameWithoutAncestorCheck => cffs_client::planted::arm_rename_without_ancestor_check(on),
         }

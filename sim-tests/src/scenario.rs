@@ -98,6 +98,11 @@ pub struct Report {
     pub blocks_referenced: u64,
     #[serde(default)]
     pub blocks_under_replicated: u64,
+    /// Blocks the collector marked and copies it deleted (the leader's counters at the end).
+    #[serde(default)]
+    pub gc_tombstoned: u64,
+    #[serde(default)]
+    pub gc_deleted: u64,
     /// Checks that could not be made, and why (e.g. no final read after a liveness failure).
     /// Every other checker ran on what was recorded.
     #[serde(default)]
@@ -447,6 +452,19 @@ pub async fn run() -> Report {
             report.skipped.push("no scrub pass completed after healing: under-replication not checked".into());
         }
         let found = checker::blocks::check(&states[0], |id| cluster.block_store(id));
+        // Once the grace period has passed and the collector has run since, no server holds
+        // a block that no inode references.
+        match wait_for_gc(&cluster).await {
+            Some(gc) => {
+                report.gc_tombstoned = gc.tombstoned;
+                report.gc_deleted = gc.deleted;
+                let servers = (1..=3).chain(cluster.block_servers.iter().map(|s| s.id));
+                let leftover =
+                    checker::blocks::unreferenced(&states[0], servers.map(|id| (id, cluster.block_store(id))));
+                report.check("block-gc", leftover);
+            }
+            None => report.skipped.push("no collection round after the grace period: garbage not checked".into()),
+        }
         if scrubbed && found.under_replicated > 0 {
             report.check(
                 "block-fsck",
@@ -461,6 +479,32 @@ pub async fn run() -> Report {
         report.check("block-fsck", found.problems);
     }
     report
+}
+
+/// Waits out the collector's grace period, then until the leader's collector has finished
+/// two rounds that started after it; returns its counters then.
+async fn wait_for_gc(cluster: &Cluster) -> Option<cffs_proto::GcMetrics> {
+    async fn gc(cluster: &Cluster) -> Option<(u64, cffs_proto::GcMetrics)> {
+        let all = cluster.with_client(|client| async move { client.cluster_status_all().await }).await;
+        all.into_iter()
+            .filter_map(|(_, s)| s.ok())
+            .find(|s| s.state == "Leader")
+            .map(|s| (s.node_id, s.gc.unwrap_or_default()))
+    }
+    tokio::time::sleep(crate::cluster::SIM_GC_GRACE).await;
+    let mut start = gc(cluster).await?;
+    let deadline = Instant::now() + LIVENESS_BOUND * 3;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        match gc(cluster).await {
+            Some((leader, metrics)) if leader == start.0 && metrics.rounds >= start.1.rounds + 3 => {
+                return Some(metrics)
+            }
+            Some((leader, metrics)) if leader != start.0 => start = (leader, metrics),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Waits until the leader's scrubber has finished a pass that started after this call (two

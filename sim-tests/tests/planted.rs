@@ -136,3 +136,12 @@ fn block_crcs_trusted_without_a_check_are_caught() {
 fn a_block_map_update_that_loses_a_range_is_caught() {
     caught_by("a copy-on-write write that loses its last block's range", Planted::BlockMapLosesRange, "file-data");
 }
+
+#[test]
+fn commits_that_ignore_the_collectors_tombstones_are_caught() {
+    caught_by(
+        "commits ignore the collector's tombstones and fence (GC while transactions are in flight)",
+        Planted::CommitIgnoresTombstones,
+        "file-data",
+    );
+}

@@ -2,11 +2,13 @@
 //! `store.rs` is the disk trait and record, `file_store.rs` the real disk, `sim_store.rs` the
 //! simulated one, `service.rs` the gRPC service, `node.rs` a block server process, and
 //! `check.rs` the metadata leader's check that a commit's new blocks are stored, and
-//! `scrub.rs` the leader's scrubber, which re-reads every copy and repairs bad or missing ones.
+//! `scrub.rs` the leader's scrubber, which re-reads every copy and repairs bad or missing ones,
+//! and `gc.rs` the leader's collector of unreferenced blocks.
 
 pub mod check;
 #[cfg(not(madsim))]
 pub mod file_store;
+pub mod gc;
 pub mod node;
 pub mod scrub;
 pub mod service;

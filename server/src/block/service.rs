@@ -200,6 +200,31 @@ impl cffs_proto::block_server::Block for BlockService {
         Ok(Response::new(ListBlocksResponse { blocks: page.iter().map(wire).collect(), more }))
     }
 
+    async fn delete_blocks(
+        &self,
+        request: Request<cffs_proto::DeleteBlocksRequest>,
+    ) -> Result<Response<cffs_proto::DeleteBlocksResponse>, Status> {
+        let request = request.into_inner();
+        if request.ids.len() > STAT_IDS_MAX {
+            return Err(status(ErrorCode::TooLarge, format!("more than {STAT_IDS_MAX} ids")));
+        }
+        let ids = request.ids.iter().map(|id| parse_id(id)).collect::<Result<Vec<_>, _>>()?;
+        let store = self.store.clone();
+        let deleted = blocking(move || {
+            let mut deleted = 0u32;
+            for id in &ids {
+                if store.stat(id)?.is_some() {
+                    store.delete(id)?;
+                    deleted += 1;
+                }
+            }
+            Ok::<_, StorageError>(deleted)
+        })
+        .await
+        .map_err(storage_status)?;
+        Ok(Response::new(cffs_proto::DeleteBlocksResponse { deleted }))
+    }
+
     async fn block_status(
         &self,
         _request: Request<BlockStatusRequest>,

@@ -46,6 +46,8 @@ pub struct MetaNodeConfig {
     pub block_service: Option<crate::block::service::BlockService>,
     /// The scrubber's rate and pauses (it runs on the leader).
     pub scrub: crate::block::scrub::ScrubConfig,
+    /// The block collector's grace period and pace (it runs on the leader).
+    pub gc: crate::block::gc::GcConfig,
 }
 
 impl MetaNodeConfig {
@@ -60,6 +62,7 @@ impl MetaNodeConfig {
             clock: ClockSkew::NONE,
             block_service: None,
             scrub: Default::default(),
+            gc: Default::default(),
         }
     }
 }
@@ -120,8 +123,16 @@ impl MetaNode {
             info!(node_id = config.id, vote = %floor.vote, last_log_index = floor.last_log_index, "restarting as the leader of its stored term; reads wait for the log found at startup");
         }
         let clock = Clock::new(config.clock);
-        let metadata =
-            MetadataService::new(config.id, raft.clone(), state.clone(), floor, config.leases, clock, config.scrub);
+        let metadata = MetadataService::new(
+            config.id,
+            raft.clone(),
+            state.clone(),
+            floor,
+            config.leases,
+            clock,
+            config.scrub,
+            config.gc,
+        );
         {
             let (raft, node_id) = (raft.clone(), config.id);
             tokio::spawn(async move {

@@ -42,6 +42,8 @@ pub struct MetadataService {
     blocks: std::sync::Arc<crate::block::check::BlockCheck>,
     /// The scrubber's counters (it runs while this replica leads).
     scrub: std::sync::Arc<crate::block::scrub::ScrubStats>,
+    /// The block collector's counters (it runs while this replica leads).
+    gc: std::sync::Arc<crate::block::gc::GcStats>,
     /// This replica's clock (read only by a planted bug's path today).
     #[cfg_attr(not(madsim), allow(dead_code))]
     clock: Clock,
@@ -63,6 +65,7 @@ impl MetadataService {
         leases: LeaseConfig,
         clock: Clock,
         scrub: crate::block::scrub::ScrubConfig,
+        gc: crate::block::gc::GcConfig,
     ) -> Self {
         let read_index = ReadIndex::start(raft.clone(), floor, clock);
         let sessions = Sessions::new(leases, state.engine.clone(), clock, state.health.clone());
@@ -71,7 +74,9 @@ impl MetadataService {
         let blocks = std::sync::Arc::new(crate::block::check::BlockCheck::default());
         let scrub_stats = std::sync::Arc::new(crate::block::scrub::ScrubStats::default());
         crate::block::scrub::spawn(raft.clone(), state.clone(), blocks.clone(), scrub, scrub_stats.clone());
-        MetadataService { node_id, raft, state, read_index, sessions, blocks, scrub: scrub_stats, clock }
+        let gc_stats = std::sync::Arc::new(crate::block::gc::GcStats::default());
+        crate::block::gc::spawn(raft.clone(), state.clone(), blocks.clone(), gc, gc_stats.clone());
+        MetadataService { node_id, raft, state, read_index, sessions, blocks, scrub: scrub_stats, gc: gc_stats, clock }
     }
 
     fn term(&self) -> Option<u64> {
@@ -152,6 +157,7 @@ impl MetadataService {
             purged_index: metrics.purged.map_or(0, |l| l.index),
             leases: (metrics.state == openraft::ServerState::Leader).then(|| self.sessions.metrics()),
             scrub: Some(self.scrub.wire()),
+            gc: Some(self.gc.wire(crate::block::gc::tombstones(&self.state).map_or(0, |t| t.len() as u64))),
         }
     }
 }
@@ -178,7 +184,9 @@ fn quorum_matched(
 
 impl MetadataService {
     /// A commit, checked, validated (read-only) or proposed (with writes).
-    async fn handle_commit(&self, request: CommitRequest) -> Result<Response<CommitResponse>, Status> {
+    async fn handle_commit(&self, mut request: CommitRequest) -> Result<Response<CommitResponse>, Status> {
+        // Only the leader says when blocks were checked (below).
+        request.blocks_checked_at = 0;
         if let Err(error) = txn::check_commit_request(&request) {
             let code = if error.is_too_large() { ErrorCode::TooLarge } else { ErrorCode::InvalidArgument };
             return Err(status(code, error.to_string()));
@@ -205,7 +213,11 @@ impl MetadataService {
             if let Some(decided) = self.decided(&request)? {
                 return Ok(Response::new(decided));
             }
-            self.check_new_blocks(&request).await?;
+            request.blocks_checked_at = self.check_new_blocks(&request).await?;
+            #[cfg(madsim)]
+            if crate::buggify::fire(crate::buggify::Site::SlowBlockCommit, 0.2) {
+                crate::buggify::delay_up_to(2_500).await;
+            }
         }
         // In its own task: tonic drops a handler's future when its caller goes away (the
         // client dies, or its deadline passes), and that must not cut the write short between
@@ -226,9 +238,7 @@ impl MetadataService {
                 Ok(Response::new(response))
             }
             CommandOutcome::Rejected(why) => Err(invalid(why)),
-            CommandOutcome::AllocateInodes(_) | CommandOutcome::Settings(_) | CommandOutcome::ClusterMap(_) => {
-                Err(status(ErrorCode::Internal, "commit answered as another command"))
-            }
+            _ => Err(status(ErrorCode::Internal, "commit answered as another command")),
         }
     }
 
@@ -241,10 +251,13 @@ impl MetadataService {
 
     /// Refuses a commit that references a block not stored on a majority of its group
     /// (`block/check.rs`); blocks the committed inodes reference already are not checked.
-    async fn check_new_blocks(&self, request: &CommitRequest) -> Result<(), Status> {
+    /// Returns the applied index the check started at (the commit carries it: a commit
+    /// checked before the collector's fence aborts at apply).
+    async fn check_new_blocks(&self, request: &CommitRequest) -> Result<u64, Status> {
         // Only the leader checks, on a state that holds every committed change of the map
         // (a follower, or a leader still applying, could miss a group just added).
         self.linearizable().await?;
+        let checked_at = self.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
         let (fresh, map) = {
             let _guard = self.state.apply_lock.read().expect("apply lock");
             let engine = self.state.engine.as_ref();
@@ -252,9 +265,10 @@ impl MetadataService {
             (fresh, state::read_cluster_map(engine).map_err(|e| self.storage_failed(e))?)
         };
         if fresh.is_empty() {
-            return Ok(());
+            return Ok(checked_at);
         }
-        self.blocks.check(&map, &fresh).await
+        self.blocks.check(&map, &fresh).await?;
+        Ok(checked_at)
     }
 
     /// A read met a storage error: this replica stops serving (its Raft core stops too), and
@@ -438,9 +452,7 @@ impl cffs_proto::metadata_server::Metadata for MetadataService {
         match self.propose(Command { kind: Some(command::Kind::AllocateInodes(request)) }).await? {
             CommandOutcome::AllocateInodes(response) => Ok(Response::new(response)),
             CommandOutcome::Rejected(why) => Err(invalid(why)),
-            CommandOutcome::Commit(_) | CommandOutcome::Settings(_) | CommandOutcome::ClusterMap(_) => {
-                Err(status(ErrorCode::Internal, "allocation answered as another command"))
-            }
+            _ => Err(status(ErrorCode::Internal, "allocation answered as another command")),
         }
     }
 

@@ -40,6 +40,10 @@ pub enum CommandOutcome {
     Settings(cffs_proto::ClusterSettings),
     /// The cluster map after a block group was added.
     ClusterMap(ClusterMap),
+    /// The blocks a `tombstone_blocks` entry marked (those still unreferenced at apply).
+    Tombstoned(Vec<Vec<u8>>),
+    /// A `drop_tombstones` entry applied: the fence is now its index.
+    TombstonesDropped,
     /// The command was malformed; it had no effect. (The leader checks requests before
     /// proposing them, so this is reached only by a bug or a corrupted entry.)
     Rejected(String),
@@ -249,10 +253,13 @@ pub fn check_commit_request(request: &CommitRequest) -> Result<(), CommitRequest
 struct Overlay<'a> {
     engine: &'a dyn KvEngine,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The entry's log index: the version of everything it writes.
+    index: u64,
 }
 
 impl Overlay<'_> {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+    fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, StorageError> {
+        let key = key.as_ref();
         match self.writes.get(key) {
             Some(value) => Ok(value.clone()),
             None => self.engine.get(Cf::State, key),
@@ -310,6 +317,14 @@ pub fn apply_command(
         Some(command::Kind::AllocateInodes(request)) => apply_allocate_inodes(engine, request.count, batch),
         Some(command::Kind::ClusterSettings(settings)) => apply_cluster_settings(engine, settings, batch),
         Some(command::Kind::AddBlockGroup(request)) => apply_add_block_group(engine, index, request, batch),
+        Some(command::Kind::TombstoneBlocks(ids)) => apply_tombstones(engine, index, &ids.ids, batch),
+        Some(command::Kind::DropTombstones(ids)) => {
+            for id in &ids.ids {
+                batch.delete(Cf::State, keys::tombstone_key(id));
+            }
+            batch.put(Cf::State, keys::SYSTEM_GC_FENCE.to_vec(), keys::versioned_encode(index, &index.to_be_bytes()));
+            Ok(CommandOutcome::TombstonesDropped)
+        }
         None => Ok(CommandOutcome::Rejected("empty command".into())),
     }
 }
@@ -332,6 +347,97 @@ fn apply_cluster_settings(
         crate::storage::codec::cluster_settings_encode(settings),
     );
     Ok(CommandOutcome::Settings(*settings))
+}
+
+/// Marks each block that no inode references with a tombstone; a referenced one is skipped
+/// (a commit that referenced it was applied first, in log order).
+fn apply_tombstones(
+    engine: &dyn KvEngine,
+    index: u64,
+    ids: &[Vec<u8>],
+    batch: &mut WriteBatch,
+) -> Result<CommandOutcome, StorageError> {
+    let mut marked = Vec::new();
+    for id in ids.iter().filter(|id| id.len() == BLOCK_ID_LEN) {
+        if engine.get(Cf::State, &keys::block_ref_key(id))?.is_some() {
+            continue;
+        }
+        batch.put(Cf::State, keys::tombstone_key(id), keys::versioned_encode(index, &[]));
+        marked.push(id.clone());
+    }
+    Ok(CommandOutcome::Tombstoned(marked))
+}
+
+/// The collector's fence: the log index of its last `drop_tombstones` (0: none yet).
+pub fn gc_fence(engine: &dyn KvEngine) -> Result<u64, StorageError> {
+    match engine.get(Cf::State, keys::SYSTEM_GC_FENCE)? {
+        None => Ok(0),
+        Some(value) => {
+            let (_, payload) = keys::versioned_decode(&value)?;
+            let bytes: [u8; 8] = payload.try_into().map_err(|_| StorageError::corruption("gc fence"))?;
+            Ok(u64::from_be_bytes(bytes))
+        }
+    }
+}
+
+/// Keeps the reference index (`b` id → ino) in step with an inode's block map going from
+/// `old` to `new`. A block the commit newly references must not be tombstoned nor held by
+/// another inode, and the leader must have checked it after the collector's fence; else the
+/// commit aborts (a conflict on the inode), and nothing is applied.
+fn update_block_refs(
+    overlay: &mut Overlay<'_>,
+    ino: u64,
+    old: &[cffs_proto::BlockRef],
+    new: &[cffs_proto::BlockRef],
+    checked_at: u64,
+) -> Result<Result<(), CommitResponse>, StorageError> {
+    let old_ids: std::collections::BTreeSet<&[u8]> = old.iter().map(|b| b.id.as_slice()).collect();
+    let new_ids: std::collections::BTreeSet<&[u8]> = new.iter().map(|b| b.id.as_slice()).collect();
+    #[cfg(madsim)]
+    let ignore_tombstones = crate::planted::armed(crate::planted::Bug::CommitIgnoresTombstones);
+    #[cfg(not(madsim))]
+    let ignore_tombstones = false;
+    let added: Vec<&[u8]> = new_ids.difference(&old_ids).copied().collect();
+    if !added.is_empty() && !ignore_tombstones {
+        let fence = match overlay.get(keys::SYSTEM_GC_FENCE)? {
+            None => 0,
+            Some(value) => {
+                let (_, payload) = keys::versioned_decode(&value)?;
+                u64::from_be_bytes(payload.try_into().map_err(|_| StorageError::corruption("gc fence"))?)
+            }
+        };
+        if checked_at < fence {
+            return Ok(Err(conflict(Key::inode(ino), checked_at, fence)));
+        }
+    }
+    for id in added {
+        if !ignore_tombstones && overlay.get(&keys::tombstone_key(id))?.is_some() {
+            return Ok(Err(conflict(Key::inode(ino), 0, 0)));
+        }
+        if let Some(value) = overlay.get(&keys::block_ref_key(id))? {
+            let (version, payload) = keys::versioned_decode(&value)?;
+            if payload != ino.to_be_bytes() {
+                return Ok(Err(conflict(Key::inode(ino), version, version)));
+            }
+        }
+        overlay.put(keys::block_ref_key(id), keys::versioned_encode(overlay.index, &ino.to_be_bytes()));
+    }
+    for id in old_ids.difference(&new_ids) {
+        overlay.delete(keys::block_ref_key(id));
+    }
+    Ok(Ok(()))
+}
+
+/// The inode stored (or written earlier in this entry) under `ino`, if any.
+fn overlay_inode(overlay: &Overlay<'_>, ino: u64) -> Result<Option<(u64, Inode)>, StorageError> {
+    match overlay.get(&keys::inode_key(ino))? {
+        None => Ok(None),
+        Some(value) => {
+            let (version, payload) = keys::versioned_decode(&value)?;
+            let inode = Inode::decode(payload).map_err(|e| StorageError::corruption(format!("inode: {e}")))?;
+            Ok(Some((version, inode)))
+        }
+    }
 }
 
 /// Adds a block group to the cluster map (the first one also sets the block size).
@@ -484,13 +590,27 @@ fn apply_commit_writes<'a>(
     index: u64,
     request: &CommitRequest,
 ) -> Result<Result<Overlay<'a>, CommitResponse>, StorageError> {
-    let mut overlay = Overlay { engine, writes: BTreeMap::new() };
+    let mut overlay = Overlay { engine, writes: BTreeMap::new(), index };
     for write in &request.writes {
         match write.op.as_ref().expect("checked by check_commit_request") {
             write_op::Op::PutInode(inode) => {
+                let old = overlay_inode(&overlay, inode.ino)?.map(|(_, old)| old.blocks).unwrap_or_default();
+                if !old.is_empty() || !inode.blocks.is_empty() {
+                    if let Err(conflict) =
+                        update_block_refs(&mut overlay, inode.ino, &old, &inode.blocks, request.blocks_checked_at)?
+                    {
+                        return Ok(Err(conflict));
+                    }
+                }
                 overlay.put(keys::inode_key(inode.ino), keys::versioned_encode(index, &inode.encode_to_vec()));
             }
             write_op::Op::DeleteInode(ino) => {
+                if let Some((_, old)) = overlay_inode(&overlay, *ino)? {
+                    if !old.blocks.is_empty() {
+                        update_block_refs(&mut overlay, *ino, &old.blocks, &[], 0)?
+                            .expect("dropping refs never aborts");
+                    }
+                }
                 overlay.delete(keys::inode_key(*ino));
                 overlay.delete(keys::listing_key(*ino));
             }
@@ -590,7 +710,7 @@ mod tests {
     }
 
     fn txn(id: u8, reads: Vec<ReadEntry>, writes: Vec<WriteOp>) -> CommitRequest {
-        CommitRequest { txn_id: vec![id; 16], reads, writes, session_id: 0 }
+        CommitRequest { txn_id: vec![id; 16], reads, writes, session_id: 0, blocks_checked_at: 0 }
     }
 
     fn committed(response: &CommitResponse) -> bool {
@@ -876,5 +996,98 @@ mod tests {
             apply_allocate_inodes(&state.engine, 0, &mut WriteBatch::default()).unwrap(),
             CommandOutcome::Rejected(_)
         ));
+    }
+
+    fn mapped(ino: u64, ids: &[u8]) -> Inode {
+        let blocks = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| cffs_proto::BlockRef { index: i as u64, id: vec![*id; 16], group: 1, len: 4096, crc: 7 })
+            .collect();
+        Inode {
+            ino,
+            kind: FileKind::Regular as i32,
+            mode: 0o644,
+            nlink: 1,
+            size: 100_000,
+            block_size: 64 * 1024,
+            blocks,
+            ..Default::default()
+        }
+    }
+
+    impl State {
+        fn run(&mut self, kind: command::Kind) -> CommandOutcome {
+            self.index += 1;
+            let mut batch = WriteBatch::default();
+            let outcome = apply_command(&self.engine, self.index, &Command { kind: Some(kind) }, &mut batch).unwrap();
+            self.engine.write(batch, false).unwrap();
+            outcome
+        }
+
+        fn referenced(&self, id: u8) -> bool {
+            self.engine.get(Cf::State, &keys::block_ref_key(&[id; 16])).unwrap().is_some()
+        }
+    }
+
+    fn ids(list: &[u8]) -> cffs_proto::BlockIds {
+        cffs_proto::BlockIds { ids: list.iter().map(|id| vec![*id; 16]).collect() }
+    }
+
+    fn checked(mut request: CommitRequest, at: u64) -> CommitRequest {
+        request.blocks_checked_at = at;
+        request
+    }
+
+    #[test]
+    fn the_reference_index_follows_block_maps() {
+        let mut state = State::new();
+        assert!(committed(&state.apply(&txn(1, vec![], vec![put_inode(mapped(20, &[1, 2]))]))));
+        assert!(state.referenced(1) && state.referenced(2));
+        // Copy-on-write of block 1: the old block loses its reference, the new one gains it.
+        let read = state.read(Key::inode(20));
+        assert!(committed(&state.apply(&txn(2, vec![read], vec![put_inode(mapped(20, &[3, 2]))]))));
+        assert!(!state.referenced(1) && state.referenced(2) && state.referenced(3));
+        // Another inode may not reference a block this one holds.
+        assert_eq!(
+            conflict_key(&state.apply(&txn(3, vec![], vec![put_inode(mapped(21, &[2]))]))),
+            Some(Key::inode(21))
+        );
+        // Deleting the inode drops its references.
+        let delete = WriteOp { op: Some(write_op::Op::DeleteInode(20)) };
+        assert!(committed(&state.apply(&txn(4, vec![], vec![delete]))));
+        assert!(!state.referenced(2) && !state.referenced(3));
+    }
+
+    #[test]
+    fn tombstones_skip_referenced_blocks_and_stop_commits_of_marked_ones() {
+        let mut state = State::new();
+        assert!(committed(&state.apply(&txn(1, vec![], vec![put_inode(mapped(20, &[1]))]))));
+        // Block 1 is referenced: skipped; block 5 (written, not yet committed) is marked.
+        let CommandOutcome::Tombstoned(marked) = state.run(command::Kind::TombstoneBlocks(ids(&[1, 5]))) else {
+            panic!()
+        };
+        assert_eq!(marked, vec![vec![5u8; 16]]);
+        // The transaction that wrote block 5 commits after the tombstone: it aborts.
+        let late = checked(txn(2, vec![], vec![put_inode(mapped(21, &[5]))]), state.index);
+        assert_eq!(conflict_key(&state.apply(&late)), Some(Key::inode(21)));
+        assert!(!state.referenced(5));
+    }
+
+    #[test]
+    fn a_commit_checked_before_the_fence_aborts() {
+        let mut state = State::new();
+        state.run(command::Kind::TombstoneBlocks(ids(&[5])));
+        let checked_before = state.index;
+        assert_eq!(state.run(command::Kind::DropTombstones(ids(&[5]))), CommandOutcome::TombstonesDropped);
+        let fence = state.index;
+        assert_eq!(gc_fence(&state.engine).unwrap(), fence);
+        // Its blocks were checked before the deletion finished: it may name a deleted block.
+        let stale = checked(txn(1, vec![], vec![put_inode(mapped(21, &[5]))]), checked_before);
+        assert_eq!(conflict_key(&state.apply(&stale)), Some(Key::inode(21)));
+        // Checked after the fence: the check saw what exists now.
+        let fresh = checked(txn(2, vec![], vec![put_inode(mapped(21, &[6]))]), fence);
+        assert!(committed(&state.apply(&fresh)));
+        assert!(state.referenced(6));
     }
 }

@@ -46,6 +46,8 @@ impl fmt::Debug for RaftCommand {
             Some(cffs_proto::command::Kind::AddBlockGroup(g)) => {
                 write!(f, "AddBlockGroup({} servers)", g.members.len())
             }
+            Some(cffs_proto::command::Kind::TombstoneBlocks(b)) => write!(f, "TombstoneBlocks({})", b.ids.len()),
+            Some(cffs_proto::command::Kind::DropTombstones(b)) => write!(f, "DropTombstones({})", b.ids.len()),
             None => write!(f, "Empty"),
         }
     }
@@ -108,6 +110,8 @@ impl Serialize for RaftOutcome {
             Some(CommandOutcome::Rejected(why)) => (3, why.as_bytes().to_vec()),
             Some(CommandOutcome::Settings(s)) => (4, s.encode_to_vec()),
             Some(CommandOutcome::ClusterMap(m)) => (5, m.encode_to_vec()),
+            Some(CommandOutcome::Tombstoned(ids)) => (6, cffs_proto::BlockIds { ids: ids.clone() }.encode_to_vec()),
+            Some(CommandOutcome::TombstonesDropped) => (7, Vec::new()),
         };
         (tag, serde_bytes_wrap(bytes)).serialize(serializer)
     }
@@ -137,6 +141,10 @@ impl<'de> Deserialize<'de> for RaftOutcome {
             5 => Some(CommandOutcome::ClusterMap(
                 cffs_proto::ClusterMap::decode(bytes.as_slice()).map_err(D::Error::custom)?,
             )),
+            6 => Some(CommandOutcome::Tombstoned(
+                cffs_proto::BlockIds::decode(bytes.as_slice()).map_err(D::Error::custom)?.ids,
+            )),
+            7 => Some(CommandOutcome::TombstonesDropped),
             _ => return Err(D::Error::custom("unknown outcome tag")),
         };
         Ok(RaftOutcome(outcome))

@@ -9,9 +9,13 @@
 //! - `t` txn_id:[u8;16]          → dedup record: versioned (the commit's log index), then
 //!   `CommitResponse` (prost)
 //! - `T` index:u64 txn_id:[u8;16] → empty: the dedup records in log order, for pruning
+//! - `b` block id:[u8;16]        → versioned, payload ino:u64: the inode that references the
+//!   block (the reference index, kept at apply time from every inode put and delete)
+//! - `g` block id:[u8;16]        → versioned, empty: a tombstone (the collector's mark)
 //! - `s` name                    → system keys: `applied` (last applied log id),
 //!   `membership`, `next_ino`, `cluster_settings` (set once, by the first leader),
-//!   `cluster_map` (the block groups; changed by `AddBlockGroup` entries)
+//!   `cluster_map` (the block groups; changed by `AddBlockGroup` entries), `gc_fence` (the
+//!   log index of the collector's last `DropTombstones`)
 //!
 //! A versioned value holds `version:u64` and then the payload: the version is the log index
 //! of the commit that last wrote the key; an absent key has version 0.
@@ -33,6 +37,8 @@ pub const PREFIX_LISTING: u8 = b'l';
 pub const PREFIX_DEDUP: u8 = b't';
 pub const PREFIX_DEDUP_BY_INDEX: u8 = b'T';
 pub const PREFIX_SYSTEM: u8 = b's';
+pub const PREFIX_BLOCK_REF: u8 = b'b';
+pub const PREFIX_TOMBSTONE: u8 = b'g';
 
 pub const SYSTEM_APPLIED: &[u8] = b"sapplied";
 pub const SYSTEM_MEMBERSHIP: &[u8] = b"smembership";
@@ -40,6 +46,24 @@ pub const SYSTEM_NEXT_INO: &[u8] = b"snext_ino";
 pub const SYSTEM_CLUSTER_SETTINGS: &[u8] = b"scluster_settings";
 /// The cluster map (block groups, block size): `codec::cluster_map_encode`.
 pub const SYSTEM_CLUSTER_MAP: &[u8] = b"scluster_map";
+/// The collector's fence: versioned, payload the log index of the last `DropTombstones`.
+pub const SYSTEM_GC_FENCE: &[u8] = b"sgc_fence";
+
+/// `b` id → versioned, payload the referencing inode's number (u64 BE).
+pub fn block_ref_key(id: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + id.len());
+    key.push(PREFIX_BLOCK_REF);
+    key.extend_from_slice(id);
+    key
+}
+
+/// `g` id → versioned, empty: a tombstone (the block is being collected).
+pub fn tombstone_key(id: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + id.len());
+    key.push(PREFIX_TOMBSTONE);
+    key.extend_from_slice(id);
+    key
+}
 
 pub const META_VOTE: &[u8] = b"vote";
 pub const META_COMMITTED: &[u8] = b"committed";

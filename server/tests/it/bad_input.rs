@@ -35,22 +35,46 @@ async fn malformed_requests_are_refused_and_change_nothing() {
     let cases: Vec<(&str, CommitRequest, ErrorCode)> = vec![
         (
             "short txn id",
-            CommitRequest { session_id: 0, txn_id: vec![1, 2, 3], reads: vec![], writes: vec![put_dentry(b"x")] },
+            CommitRequest {
+                session_id: 0,
+                txn_id: vec![1, 2, 3],
+                reads: vec![],
+                writes: vec![put_dentry(b"x")],
+                blocks_checked_at: 0,
+            },
             ErrorCode::InvalidArgument,
         ),
         (
             "name ..",
-            CommitRequest { session_id: 0, txn_id: txn_id.clone(), reads: vec![], writes: vec![put_dentry(b"..")] },
+            CommitRequest {
+                session_id: 0,
+                txn_id: txn_id.clone(),
+                reads: vec![],
+                writes: vec![put_dentry(b"..")],
+                blocks_checked_at: 0,
+            },
             ErrorCode::InvalidArgument,
         ),
         (
             "name with /",
-            CommitRequest { session_id: 0, txn_id: txn_id.clone(), reads: vec![], writes: vec![put_dentry(b"a/b")] },
+            CommitRequest {
+                session_id: 0,
+                txn_id: txn_id.clone(),
+                reads: vec![],
+                writes: vec![put_dentry(b"a/b")],
+                blocks_checked_at: 0,
+            },
             ErrorCode::InvalidArgument,
         ),
         (
             "name with NUL",
-            CommitRequest { session_id: 0, txn_id: txn_id.clone(), reads: vec![], writes: vec![put_dentry(b"a\0b")] },
+            CommitRequest {
+                session_id: 0,
+                txn_id: txn_id.clone(),
+                reads: vec![],
+                writes: vec![put_dentry(b"a\0b")],
+                blocks_checked_at: 0,
+            },
             ErrorCode::InvalidArgument,
         ),
         (
@@ -60,12 +84,19 @@ async fn malformed_requests_are_refused_and_change_nothing() {
                 txn_id: txn_id.clone(),
                 reads: vec![],
                 writes: vec![put_dentry(&[b'n'; 256])],
+                blocks_checked_at: 0,
             },
             ErrorCode::InvalidArgument,
         ),
         (
             "empty write",
-            CommitRequest { session_id: 0, txn_id: txn_id.clone(), reads: vec![], writes: vec![WriteOp { op: None }] },
+            CommitRequest {
+                session_id: 0,
+                txn_id: txn_id.clone(),
+                reads: vec![],
+                writes: vec![WriteOp { op: None }],
+                blocks_checked_at: 0,
+            },
             ErrorCode::InvalidArgument,
         ),
         (
@@ -75,6 +106,7 @@ async fn malformed_requests_are_refused_and_change_nothing() {
                 txn_id: txn_id.clone(),
                 reads: vec![ReadEntry { key: None, version: 0 }],
                 writes: vec![put_dentry(b"x")],
+                blocks_checked_at: 0,
             },
             ErrorCode::InvalidArgument,
         ),
@@ -85,6 +117,7 @@ async fn malformed_requests_are_refused_and_change_nothing() {
                 txn_id: txn_id.clone(),
                 reads: vec![],
                 writes: vec![WriteOp { op: Some(write_op::Op::DeleteInode(1)) }],
+                blocks_checked_at: 0,
             },
             ErrorCode::InvalidArgument,
         ),
@@ -103,6 +136,7 @@ async fn malformed_requests_are_refused_and_change_nothing() {
                         ..Default::default()
                     })),
                 }],
+                blocks_checked_at: 0,
             },
             ErrorCode::InvalidArgument,
         ),
@@ -113,6 +147,7 @@ async fn malformed_requests_are_refused_and_change_nothing() {
                 txn_id: txn_id.clone(),
                 reads: vec![],
                 writes: (0..5000).map(|i| put_dentry(format!("k{i}").as_bytes())).collect(),
+                blocks_checked_at: 0,
             },
             ErrorCode::TooLarge,
         ),
@@ -139,6 +174,7 @@ async fn malformed_requests_are_refused_and_change_nothing() {
         txn_id: txn_id.clone(),
         reads: vec![],
         writes: vec![put_dentry(&vec![b'x'; 17 * 1024 * 1024])],
+        blocks_checked_at: 0,
     };
     assert!(rpc.commit(huge).await.is_err());
 

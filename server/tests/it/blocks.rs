@@ -183,6 +183,7 @@ async fn bad_blocks_and_block_maps_are_refused() {
         reads: vec![],
         writes: vec![WriteOp { op: Some(write_op::Op::PutInode(inode)) }],
         session_id: 0,
+        blocks_checked_at: 0,
     };
     let cases = [
         ("a block no server holds", commit(inode(100_000, vec![missing.clone()]), 1), ErrorCode::BlockMissing),

@@ -176,12 +176,14 @@ fn print_result(
             );
             if report.file_writes > 0 || report.block_faults > 0 {
                 println!(
-                    "  blocks: {} block faults, {} file writes committed, {} file reads checked, {} blocks referenced at the end ({} under-replicated)",
+                    "  blocks: {} block faults, {} file writes committed, {} file reads checked, {} blocks referenced at the end ({} under-replicated); collector: {} marked, {} copies deleted",
                     report.block_faults,
                     report.file_writes,
                     report.file_reads,
                     report.blocks_referenced,
-                    report.blocks_under_replicated
+                    report.blocks_under_replicated,
+                    report.gc_tombstoned,
+                    report.gc_deleted
                 );
             }
             for skipped in &report.skipped {

@@ -74,3 +74,23 @@ pub fn check(state: &[(Vec<u8>, Vec<u8>)], store_of: impl Fn(u64) -> Option<SimB
     }
     report
 }
+
+/// Blocks stored on the servers that no inode of `state` references, per server: what the
+/// collector should have removed (once the grace period passed and it ran).
+pub fn unreferenced(
+    state: &[(Vec<u8>, Vec<u8>)],
+    stores: impl Iterator<Item = (u64, Option<SimBlockStore>)>,
+) -> Vec<String> {
+    let (_, inodes) = read_state(state);
+    let referenced: std::collections::BTreeSet<&[u8]> =
+        inodes.iter().flat_map(|i| i.blocks.iter().map(|b| b.id.as_slice())).collect();
+    let mut problems = Vec::new();
+    for (id, store) in stores {
+        let Some(store) = store else { continue };
+        let left = store.ids().iter().filter(|block| !referenced.contains(block.as_slice())).count();
+        if left > 0 {
+            problems.push(format!("block server {id} still holds {left} unreferenced blocks after collection"));
+        }
+    }
+    problems
+}
