@@ -339,7 +339,9 @@ fn parse_block_members(text: &str) -> Result<Vec<cffs_proto::BlockMember>, Strin
 async fn block_status(client: &Client, json: bool) -> Result<(), Failure> {
     let map = client.cluster_map(true).await.map_err(|e| Failure(format!("cluster map: {e}")))?;
     let servers = client.block_server_status(&map).await;
-    let scrub = client.cluster_status().await.ok().and_then(|s| s.scrub).unwrap_or_default();
+    let leader = client.cluster_status().await.ok();
+    let scrub = leader.as_ref().and_then(|s| s.scrub).unwrap_or_default();
+    let gc = leader.as_ref().and_then(|s| s.gc).unwrap_or_default();
     if json {
         let groups: Vec<serde_json::Value> = map
             .groups
@@ -366,8 +368,12 @@ async fn block_status(client: &Client, json: bool) -> Result<(), Failure> {
             "copies_repaired": scrub.copies_repaired, "blocks_lost": scrub.blocks_lost,
             "pass_blocks": scrub.pass_blocks,
         });
+        let gc = serde_json::json!({
+            "rounds": gc.rounds, "blocks_listed": gc.blocks_listed, "tombstoned": gc.tombstoned,
+            "deleted": gc.deleted, "tombstones_pending": gc.tombstones_pending,
+        });
         let out = serde_json::json!({
-            "version": map.version, "block_size": map.block_size, "groups": groups, "scrub": scrub,
+            "version": map.version, "block_size": map.block_size, "groups": groups, "scrub": scrub, "gc": gc,
         });
         println!("{out}");
         return Ok(());
@@ -401,6 +407,10 @@ async fn block_status(client: &Client, json: bool) -> Result<(), Failure> {
         scrub.copies_missing,
         scrub.copies_repaired,
         scrub.blocks_lost
+    );
+    println!(
+        "collector (on the leader): {} rounds, {} blocks listed, {} unreferenced blocks marked, {} copies deleted, {} tombstones pending",
+        gc.rounds, gc.blocks_listed, gc.tombstoned, gc.deleted, gc.tombstones_pending
     );
     Ok(())
 }

@@ -320,6 +320,60 @@ async fn the_scrubber_repairs_bad_copies_and_refills_an_empty_server() {
     assert_eq!(reader.block_stats().crc_mismatches, 0, "{:?}", reader.block_stats());
 }
 
+/// Garbage goes (an overwritten file's old blocks, a deleted file's, an aborted
+/// transaction's), and no referenced block with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_collector_removes_garbage_and_never_a_referenced_block() {
+    let cluster = ProcessCluster::start_with_blocks_gc(64 * 1024, 2).await;
+    let client = cluster.client();
+    let (keep, gone, rewritten) = (pattern(1, 700_000), pattern(2, 300_000), pattern(3, 500_000));
+    for (path, data) in [("/keep", &keep), ("/gone", &gone), ("/rewritten", &pattern(4, 500_000))] {
+        let (p, d) = (path.to_string(), data.clone());
+        client
+            .run(|txn| {
+                let (p, d) = (p.clone(), d.clone());
+                async move { txn.write_file(&p, &d).await }
+            })
+            .await
+            .expect("write");
+    }
+    let r = rewritten.clone();
+    client
+        .run(|txn| {
+            let r = r.clone();
+            async move { txn.write_file("/rewritten", &r).await }
+        })
+        .await
+        .expect("rewrite");
+    client.run(|txn| async move { txn.unlink("/gone").await }).await.expect("unlink");
+    // A transaction that writes blocks and never commits.
+    let abandoned = client.begin();
+    abandoned.write_file("/abandoned", &pattern(5, 400_000)).await.expect("write blocks");
+    drop(abandoned);
+    // Referenced blocks: 11 + 8 of 64 KiB. Stored: those and the garbage, on 3 servers each.
+    let referenced = 11 + 8;
+    let map = client.cluster_map(true).await.expect("map");
+    let stored = |status: &std::collections::BTreeMap<String, Result<cffs_proto::BlockStatusResponse, FsError>>| {
+        status.values().filter_map(|s| s.as_ref().ok()).map(|s| s.blocks).sum::<u64>()
+    };
+    let before = stored(&client.block_server_status(&map).await);
+    assert!(before > 3 * referenced, "garbage is stored: {before}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = stored(&client.block_server_status(&map).await);
+        if now == 3 * referenced {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{now} copies left, {} referenced", 3 * referenced);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let gc = client.cluster_status().await.expect("status").gc.unwrap_or_default();
+    assert!(gc.tombstoned >= 6 + 8 + 5 && gc.tombstones_pending == 0, "{gc:?}");
+    let reader = cold_client(&cluster);
+    assert!(file(&reader, "/keep").await == keep, "a referenced file is intact");
+    assert!(file(&reader, "/rewritten").await == rewritten, "a rewritten file is intact");
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {

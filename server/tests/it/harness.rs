@@ -15,6 +15,8 @@ pub struct ProcessCluster {
     peers: String,
     /// Replicas serve block group 1 too (`--block-dir`).
     with_blocks: bool,
+    /// The collector's grace period (`--gc-grace-secs`).
+    gc_grace_secs: u64,
     /// Block-only servers (ids 4, 5, 6: block group 2).
     pub block_ports: Vec<u16>,
     block_children: Vec<Option<Child>>,
@@ -37,6 +39,7 @@ impl ProcessCluster {
             dir,
             peers,
             with_blocks: false,
+            gc_grace_secs: 3600,
             block_ports: Vec::new(),
             block_children: Vec::new(),
         };
@@ -50,6 +53,11 @@ impl ProcessCluster {
     /// Three replicas that are also block servers 1-3 (group 1) and block servers 4-6
     /// (group 2), with `block_size` bytes per block; returns once both groups are added.
     pub async fn start_with_blocks(block_size: u32) -> ProcessCluster {
+        Self::start_with_blocks_gc(block_size, 3600).await
+    }
+
+    /// `start_with_blocks`, with the collector's grace period (it runs every second).
+    pub async fn start_with_blocks_gc(block_size: u32, gc_grace_secs: u64) -> ProcessCluster {
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let peers =
             ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect::<Vec<_>>().join(",");
@@ -61,6 +69,7 @@ impl ProcessCluster {
             dir,
             peers,
             with_blocks: true,
+            gc_grace_secs,
             block_ports,
             block_children: Vec::new(),
         };
@@ -146,6 +155,7 @@ impl ProcessCluster {
         if self.with_blocks {
             // A scrub pass every second, so that tests see repairs soon.
             command.arg("--block-dir").arg(self.block_dir(id)).args(["--scrub-pause-secs", "1"]);
+            command.args(["--gc-grace-secs", &self.gc_grace_secs.to_string(), "--gc-interval-secs", "1"]);
         }
         command
             .stdin(Stdio::null())
