@@ -130,7 +130,9 @@ impl BlockIo {
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| FsError::Invalid(format!("block server {addr}: {e}")))?
             .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .initial_stream_window_size(cffs_proto::limits::HTTP2_STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(cffs_proto::limits::HTTP2_CONNECTION_WINDOW_BYTES);
         let client = BlockClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(cffs_proto::limits::RPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(cffs_proto::limits::RPC_MESSAGE_BYTES_MAX);

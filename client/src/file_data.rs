@@ -154,17 +154,26 @@ impl Transaction {
         let blocks = blocks_of(inode);
         let indexes = offset / block_size..=(end - 1) / block_size;
         let mut out = Vec::with_capacity(size);
+        // Each block as fetched (shared with the cache: nothing is copied but the range read).
         let mut fetched = futures::stream::iter(indexes.map(|index| {
             let block = blocks.get(&index).cloned();
-            let span = index * block_size;
-            let want = (inode.size - span).min(block_size) as usize;
-            async move { Ok::<_, FsError>((span, self.block_bytes(block.as_ref(), want).await?)) }
+            async move {
+                let bytes = match &block {
+                    Some(block) => Some(self.client.get_block(block).await?),
+                    None => None,
+                };
+                Ok::<_, FsError>((index * block_size, bytes))
+            }
         }))
         .buffered(BLOCKS_IN_FLIGHT);
         while let Some((span, bytes)) = fetched.try_next().await? {
             let from = offset.saturating_sub(span) as usize;
-            let to = ((end - span) as usize).min(bytes.len());
-            out.extend_from_slice(&bytes[from..to]);
+            let to = ((end - span) as usize).min(block_size as usize);
+            let data = bytes.as_deref().unwrap_or(&[]);
+            let stored = &data[from.min(data.len())..to.min(data.len())];
+            out.extend_from_slice(stored);
+            // Past the block's bytes (or in a hole): zeros.
+            out.resize(out.len() + (to - from - stored.len()), 0);
         }
         Ok(out)
     }

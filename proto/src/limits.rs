@@ -48,6 +48,12 @@ pub const TXN_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// snapshot chunk.
 pub const RPC_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
+/// HTTP/2 flow-control windows of every channel and server: a stream may have a whole block
+/// in flight (h2's default of 64 KiB makes a 4 MiB block wait for dozens of window updates),
+/// a connection several.
+pub const HTTP2_STREAM_WINDOW_BYTES: u32 = 2 * BLOCK_SIZE_MAX;
+pub const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 8 * BLOCK_SIZE_MAX;
+
 /// Most components one `LookupPath` request may name.
 pub const LOOKUP_PATH_COMPONENTS_MAX: usize = 256;
 

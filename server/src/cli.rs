@@ -14,6 +14,7 @@ use cffs_server::block::gc::GcConfig;
 use cffs_server::block::node::BlockNode;
 use cffs_server::block::scrub::ScrubConfig;
 use cffs_server::block::service::BlockService;
+use cffs_server::block::Maintenance;
 use cffs_server::constants::{LEASE_DRIFT_PPM_DEFAULT, LEASE_DURATION_DEFAULT};
 use cffs_server::metadata::leases::LeaseConfig;
 use cffs_server::metadata::node::{MetaNode, MetaNodeConfig};
@@ -173,7 +174,7 @@ pub fn main() -> ExitCode {
                     grace: Duration::from_secs(gc_grace_secs),
                     interval: Duration::from_secs(gc_interval_secs.max(1)),
                 };
-                run_meta(id, listen, peers, &data_dir, leases, block_dir.as_deref(), scrub, gc).await
+                run_meta(id, listen, peers, &data_dir, leases, block_dir.as_deref(), Maintenance { scrub, gc }).await
             }
             Role::Block { id, listen, data_dir } => run_block(id, listen, &data_dir).await,
             Role::Dev { data_dir, base_port, block_size } => run_dev(&data_dir, base_port, block_size).await,
@@ -195,8 +196,7 @@ async fn run_meta(
     data_dir: &Path,
     leases: LeaseConfig,
     block_dir: Option<&Path>,
-    scrub: ScrubConfig,
-    gc: GcConfig,
+    maintenance: Maintenance,
 ) -> anyhow::Result<()> {
     if !peers.contains_key(&id) {
         bail!("--peers does not list this replica's id {id}");
@@ -206,8 +206,8 @@ async fn run_meta(
         .with_context(|| format!("open data directory {}", data_dir.display()))?;
     let mut config = MetaNodeConfig::new(id, listen, peers);
     config.leases = leases;
-    config.scrub = scrub;
-    config.gc = gc;
+    config.scrub = maintenance.scrub;
+    config.gc = maintenance.gc;
     if let Some(block_dir) = block_dir {
         config.block_service = Some(BlockService::new(id, open_block_store(block_dir)?));
     }

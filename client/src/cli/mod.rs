@@ -3,6 +3,7 @@
 //! (`cffs: cannot remove '/a': Directory not empty`, exit status 1).
 
 mod bench;
+mod bench_data;
 mod transfer;
 
 use std::io::Write;
@@ -133,6 +134,14 @@ enum Command {
     /// cache's hit rate and the requests sent per operation (a warm read-only transaction
     /// sends none). Each operation is one whole transaction.
     Bench(bench::BenchArgs),
+    /// Measure file data on the block service: sequential write and read of one large file,
+    /// the read again from a warm block cache, 4 KiB random reads cold and warm, beside the
+    /// disk's own write bandwidth (dd with O_DIRECT) measured in the same run; and the
+    /// writer's and block servers' memory.
+    ///
+    /// With three replicas on one disk, writes are bounded by the disk's bandwidth / 3: the
+    /// write figure is printed as a share of that limit.
+    BenchData(bench_data::DataBenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -319,6 +328,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             block_status(&client, json).await?;
         }
         Command::Cluster { command: ClusterCommand::Blocks } => block_status(&client, json).await?,
+        Command::BenchData(args) => {
+            bench_data::run(&client, &endpoints, args).await.map_err(|e| Failure(format!("bench-data: {e}")))?
+        }
         Command::Bench(args) => bench::run(&client, args, json).await.map_err(|e| Failure(format!("bench: {e}")))?,
     }
     Ok(())

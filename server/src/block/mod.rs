@@ -14,3 +14,10 @@ pub mod scrub;
 pub mod service;
 pub mod sim_store;
 pub mod store;
+
+/// How the metadata leader looks after the blocks: the scrubber's and the collector's pace.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Maintenance {
+    pub scrub: scrub::ScrubConfig,
+    pub gc: gc::GcConfig,
+}

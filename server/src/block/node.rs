@@ -17,7 +17,10 @@ impl BlockNode {
     pub async fn start(id: u64, listen: SocketAddr, store: Arc<dyn BlockStore>) -> anyhow::Result<BlockNode> {
         let service = BlockService::new(id, store);
         let (blocks, bytes) = service.totals();
-        let router = tonic::transport::Server::builder().add_service(service.clone().server());
+        let router = tonic::transport::Server::builder()
+            .initial_stream_window_size(cffs_proto::limits::HTTP2_STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(cffs_proto::limits::HTTP2_CONNECTION_WINDOW_BYTES)
+            .add_service(service.clone().server());
         tokio::spawn(async move {
             if let Err(error) = router.serve(listen).await {
                 tracing::error!(%error, %listen, "block server stopped");

@@ -69,6 +69,21 @@ fn now_ms() -> i64 {
     }
 }
 
+/// This process's resident memory (`VmRSS`), 0 where it cannot be read (and in simulation).
+fn rss_bytes() -> u64 {
+    #[cfg(madsim)]
+    return 0;
+    #[cfg(not(madsim))]
+    {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .map_or(0, |kib| kib * 1024)
+    }
+}
+
 /// True when the block's crc is checked (always, but for the planted bug that trusts it).
 pub fn crc_checked() -> bool {
     #[cfg(madsim)]
@@ -239,6 +254,7 @@ impl cffs_proto::block_server::Block for BlockService {
             gets: c.gets.load(Ordering::Relaxed),
             checksum_refusals: c.checksum_refusals.load(Ordering::Relaxed),
             checksum_failures: c.checksum_failures.load(Ordering::Relaxed),
+            rss_bytes: rss_bytes(),
         }))
     }
 }

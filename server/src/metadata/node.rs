@@ -130,8 +130,7 @@ impl MetaNode {
             floor,
             config.leases,
             clock,
-            config.scrub,
-            config.gc,
+            crate::block::Maintenance { scrub: config.scrub, gc: config.gc },
         );
         {
             let (raft, node_id) = (raft.clone(), config.id);
@@ -144,6 +143,8 @@ impl MetaNode {
         let contact = LeaderContact::new(clock);
         tokio::spawn(prompt_election::watch(raft.clone(), contact.clone()));
         let router = tonic::transport::Server::builder()
+            .initial_stream_window_size(cffs_proto::limits::HTTP2_STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(cffs_proto::limits::HTTP2_CONNECTION_WINDOW_BYTES)
             .add_service(
                 cffs_proto::metadata_server::MetadataServer::new(metadata)
                     .max_decoding_message_size(RPC_MESSAGE_BYTES_MAX)

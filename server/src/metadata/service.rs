@@ -64,9 +64,9 @@ impl MetadataService {
         floor: Option<RestartFloor>,
         leases: LeaseConfig,
         clock: Clock,
-        scrub: crate::block::scrub::ScrubConfig,
-        gc: crate::block::gc::GcConfig,
+        maintenance: crate::block::Maintenance,
     ) -> Self {
+        let crate::block::Maintenance { scrub, gc } = maintenance;
         let read_index = ReadIndex::start(raft.clone(), floor, clock);
         let sessions = Sessions::new(leases, state.engine.clone(), clock, state.health.clone());
         sessions.watch_leadership(raft.clone());

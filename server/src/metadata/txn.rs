@@ -411,10 +411,10 @@ fn update_block_refs(
         }
     }
     for id in added {
-        if !ignore_tombstones && overlay.get(&keys::tombstone_key(id))?.is_some() {
+        if !ignore_tombstones && overlay.get(keys::tombstone_key(id))?.is_some() {
             return Ok(Err(conflict(Key::inode(ino), 0, 0)));
         }
-        if let Some(value) = overlay.get(&keys::block_ref_key(id))? {
+        if let Some(value) = overlay.get(keys::block_ref_key(id))? {
             let (version, payload) = keys::versioned_decode(&value)?;
             if payload != ino.to_be_bytes() {
                 return Ok(Err(conflict(Key::inode(ino), version, version)));
@@ -430,7 +430,7 @@ fn update_block_refs(
 
 /// The inode stored (or written earlier in this entry) under `ino`, if any.
 fn overlay_inode(overlay: &Overlay<'_>, ino: u64) -> Result<Option<(u64, Inode)>, StorageError> {
-    match overlay.get(&keys::inode_key(ino))? {
+    match overlay.get(keys::inode_key(ino))? {
         None => Ok(None),
         Some(value) => {
             let (version, payload) = keys::versioned_decode(&value)?;

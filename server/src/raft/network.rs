@@ -26,6 +26,8 @@ pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(RAFT_RPC_TIMEOUT)
         .tcp_nodelay(true)
+        .initial_stream_window_size(cffs_proto::limits::HTTP2_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(cffs_proto::limits::HTTP2_CONNECTION_WINDOW_BYTES)
         .connect_lazy())
 }
 
