@@ -146,7 +146,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ClusterCommand {
-    /// Members, leader, term and applied index, as each endpoint sees them.
+    /// Members, leader, term and applied index, as each endpoint sees them; then the block
+    /// groups (each server's blocks, bytes and bad copies found) and the scrubber's and
+    /// collector's progress (as `cluster blocks`).
     Status,
     /// Add a replica as a learner (it receives the log but does not vote yet). Start it first
     /// with `cffs-server meta --id ID --peers` listing the current members and itself.
@@ -304,7 +306,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             println!("{target}");
         }
         Command::Tree { path } => tree(&client, &path, json).await?,
-        Command::Cluster { command: ClusterCommand::Status } => cluster_status(&client, json).await?,
+        Command::Cluster { command: ClusterCommand::Status } => {
+            cluster_status(&client, json).await?;
+            if !json {
+                println!();
+                block_status(&client, false).await?;
+            }
+        }
         Command::Cluster { command: ClusterCommand::AddLearner { id, addr } } => {
             client
                 .add_learner(id, &addr)
