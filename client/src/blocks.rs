@@ -15,7 +15,7 @@ use cffs_proto::limits::BLOCK_ID_LEN;
 use cffs_proto::{BlockGroup, BlockRef, ClusterMap, ErrorCode, GetBlockRequest, GetClusterMapRequest, PutBlockRequest};
 use prost::bytes::Bytes;
 use rand::Rng;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::client::Client;
 use crate::error::FsError;
@@ -127,13 +127,7 @@ impl BlockIo {
         if let Some(client) = channels.get(addr) {
             return Ok(client.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| FsError::Invalid(format!("block server {addr}: {e}")))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .initial_stream_window_size(cffs_proto::limits::HTTP2_STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(cffs_proto::limits::HTTP2_CONNECTION_WINDOW_BYTES);
-        let client = BlockClient::new(endpoint.connect_lazy())
+        let client = BlockClient::new(crate::client::endpoint(addr)?.connect_lazy())
             .max_decoding_message_size(cffs_proto::limits::RPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(cffs_proto::limits::RPC_MESSAGE_BYTES_MAX);
         channels.insert(addr.to_string(), client.clone());

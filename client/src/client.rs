@@ -109,16 +109,23 @@ impl Inner {
         if let Some(client) = channels.get(addr) {
             return Ok(client.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| FsError::Invalid(format!("endpoint {addr}: {e}")))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true);
-        let client = MetadataClient::new(endpoint.connect_lazy())
+        let client = MetadataClient::new(endpoint(addr)?.connect_lazy())
             .max_decoding_message_size(cffs_proto::limits::RPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(cffs_proto::limits::RPC_MESSAGE_BYTES_MAX);
         channels.insert(addr.to_string(), client.clone());
         Ok(client)
     }
+}
+
+/// The endpoint of a server (metadata replica or block server) at `addr`: connects lazily,
+/// with HTTP/2 windows sized for blocks.
+pub(crate) fn endpoint(addr: &str) -> Result<Endpoint, FsError> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| FsError::Invalid(format!("endpoint {addr}: {e}")))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .initial_stream_window_size(cffs_proto::limits::HTTP2_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(cffs_proto::limits::HTTP2_CONNECTION_WINDOW_BYTES))
 }
 
 /// Splits an endpoints list (`host:port,host:port`) and checks it.

@@ -301,20 +301,25 @@ mod tests {
         assert!(store_with(std::iter::empty()).check_continuous(&[entry(7)]).is_ok());
     }
 
+    /// Stores a durable snapshot meta covering the log up to `index`.
+    fn snapshot_at(store: &LogStore, index: u64) {
+        let meta = SnapshotMeta {
+            last_log_id: Some(entry(index).log_id),
+            last_membership: StoredMembership::default(),
+            snapshot_id: format!("1-{index}"),
+        };
+        let mut batch = WriteBatch::default();
+        batch.put(Cf::RaftMeta, keys::META_SNAPSHOT_META.to_vec(), codec::snapshot_meta_encode(&meta));
+        store.engine.write(batch, true).unwrap();
+    }
+
     #[tokio::test]
     async fn a_purge_never_passes_the_durable_snapshot() {
         let mut store = store_with(1..=20);
         // No snapshot yet: nothing is purged.
         store.purge(entry(5).log_id).await.unwrap();
         assert!(store.get_meta(keys::META_PURGED, codec::log_id_decode).unwrap().is_none());
-        let meta = SnapshotMeta {
-            last_log_id: Some(entry(10).log_id),
-            last_membership: StoredMembership::default(),
-            snapshot_id: "1-10".into(),
-        };
-        let mut batch = WriteBatch::default();
-        batch.put(Cf::RaftMeta, keys::META_SNAPSHOT_META.to_vec(), codec::snapshot_meta_encode(&meta));
-        store.engine.write(batch, true).unwrap();
+        snapshot_at(&store, 10);
         // An install of a snapshot at 15 not yet durable: the purge stops at 10.
         store.purge(entry(15).log_id).await.unwrap();
         let purged = store.get_meta(keys::META_PURGED, codec::log_id_decode).unwrap().flatten().unwrap();
@@ -326,14 +331,7 @@ mod tests {
     #[test]
     fn a_snapshot_covers_the_entries_it_replaced() {
         let store = store_with(1..=3);
-        let meta = SnapshotMeta {
-            last_log_id: Some(entry(10).log_id),
-            last_membership: StoredMembership::default(),
-            snapshot_id: "1-10".into(),
-        };
-        let mut batch = WriteBatch::default();
-        batch.put(Cf::RaftMeta, keys::META_SNAPSHOT_META.to_vec(), codec::snapshot_meta_encode(&meta));
-        store.engine.write(batch, true).unwrap();
+        snapshot_at(&store, 10);
         assert!(store.check_continuous(&[entry(11)]).is_ok());
         assert!(store.check_continuous(&[entry(12)]).is_err());
     }

@@ -29,6 +29,17 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
     (0..len as u64).map(|i| ((i.wrapping_mul(2_654_435_761) >> 7) as u8) ^ (seed as u8)).collect()
 }
 
+async fn write(client: &Client, path: &str, data: &[u8]) {
+    let (p, d) = (path.to_string(), data.to_vec());
+    client
+        .run(|txn| {
+            let (p, d) = (p.clone(), d.clone());
+            async move { txn.write_file(&p, &d).await }
+        })
+        .await
+        .expect("write the file");
+}
+
 async fn file(client: &Client, path: &str) -> Vec<u8> {
     let p = path.to_string();
     client
@@ -221,14 +232,7 @@ async fn a_corrupted_replica_is_detected_and_read_around() {
     let cluster = ProcessCluster::start_with_blocks(64 * 1024).await;
     let client = cluster.client();
     let data = pattern(9, 100_000);
-    let d = data.clone();
-    client
-        .run(|txn| {
-            let d = d.clone();
-            async move { txn.write_file("/f", &d).await }
-        })
-        .await
-        .expect("write");
+    write(&client, "/f", &data).await;
     let map = client.cluster_map(true).await.expect("map");
     // Flip a byte of every block file of the first member of each group: a fresh client's
     // first read of a block goes to that member.
@@ -266,14 +270,7 @@ async fn the_scrubber_repairs_bad_copies_and_refills_an_empty_server() {
     let mut cluster = ProcessCluster::start_with_blocks(64 * 1024).await;
     let client = cluster.client();
     let data = pattern(3, 1_000_000);
-    let d = data.clone();
-    client
-        .run(|txn| {
-            let d = d.clone();
-            async move { txn.write_file("/f", &d).await }
-        })
-        .await
-        .expect("write");
+    write(&client, "/f", &data).await;
     let map = client.cluster_map(true).await.expect("map");
     let blocks_on = |status: &std::collections::BTreeMap<String, Result<cffs_proto::BlockStatusResponse, FsError>>,
                      addr: &str| {
