@@ -127,7 +127,7 @@ impl BlockIo {
         if let Some(client) = channels.get(addr) {
             return Ok(client.clone());
         }
-        let client = BlockClient::new(crate::client::endpoint(addr)?.connect_lazy())
+        let client = BlockClient::new(crate::calls::endpoint(addr)?.connect_lazy())
             .max_decoding_message_size(cffs_proto::limits::RPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(cffs_proto::limits::RPC_MESSAGE_BYTES_MAX);
         channels.insert(addr.to_string(), client.clone());

@@ -1,37 +1,24 @@
-//! The connection to a metadata group: finds and follows the leader, retries what is safe to
-//! retry, hands out inode numbers from ranges allocated in advance, and starts transactions.
-//!
-//! Retry rules: a read is retried on any transient error (reads change nothing). A commit is
-//! retried with the *same transaction id* on any transient error, including an unknown
-//! outcome; the server's deduplication applies it at most once. A definite refusal
-//! (`INVALID_ARGUMENT`, `TOO_LARGE`) is never retried.
+//! A client of one cluster: hands out inode numbers from ranges allocated in advance, starts
+//! transactions and runs functions as transactions (`run`), and holds the caches. Finding
+//! the leader, connections and the retry rules of every call are in `calls.rs`.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cffs_proto::metadata_client::MetadataClient;
-use cffs_proto::{
-    AllocateInodesRequest, ClusterStatusRequest, ClusterStatusResponse, CommitRequest, CommitResponse, ErrorCode,
-};
+use cffs_proto::{AllocateInodesRequest, ClusterStatusRequest, ClusterStatusResponse, CommitRequest, CommitResponse};
 use rand::Rng;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::cache::{Cache, CacheStats, CACHE_BYTES_DEFAULT};
+use crate::calls::Calls;
 use crate::error::FsError;
 use crate::txn::{Outcome, Transaction};
 
-/// How long one RPC is retried, across leader changes, before giving up; and the most
-/// attempts within that time.
-pub const RPC_RETRY_DURATION_MAX: Duration = Duration::from_secs(15);
-pub const RPC_ATTEMPTS_MAX: u32 = 1000;
-/// Backoff between RPC attempts: starts here, doubles, capped at `RPC_BACKOFF_MAX`.
-pub const RPC_BACKOFF_MIN: Duration = Duration::from_millis(10);
-pub const RPC_BACKOFF_MAX: Duration = Duration::from_millis(50);
-/// How long one RPC attempt may take.
-pub const RPC_TIMEOUT: Duration = Duration::from_secs(6);
+pub use crate::calls::{RPC_ATTEMPTS_MAX, RPC_BACKOFF_MAX, RPC_BACKOFF_MIN, RPC_RETRY_DURATION_MAX, RPC_TIMEOUT};
+
 /// Inode numbers fetched per allocation.
 pub const INODE_BATCH: u32 = 1024;
 /// How many times `run` re-runs a function that conflicted, before `FsError::Busy`.
@@ -72,10 +59,8 @@ impl Default for ClientOptions {
 }
 
 pub(crate) struct Inner {
-    pub(crate) endpoints: Vec<String>,
-    channels: Mutex<BTreeMap<String, MetadataClient<Channel>>>,
-    /// The address of the replica that last answered as leader.
-    leader: Mutex<Option<String>>,
+    /// Leader following and calls to the metadata group (shared, weakly, with the session).
+    pub(crate) calls: Arc<Calls>,
     /// Inode numbers allocated to this client and not yet used: [next, end).
     inodes: Mutex<(u64, u64)>,
     /// Random per client; with `txn_seq`, makes transaction ids unique.
@@ -86,46 +71,6 @@ pub(crate) struct Inner {
     /// Block servers, the cluster map and the block cache.
     pub(crate) blocks: crate::blocks::BlockIo,
     session_started: AtomicBool,
-    /// Requests sent by transactions and administrative calls (every attempt; the session
-    /// stream's messages are not counted).
-    requests: AtomicU64,
-}
-
-impl Inner {
-    pub(crate) fn leader(&self) -> Option<String> {
-        self.leader.lock().expect("leader lock").clone()
-    }
-
-    pub(crate) fn set_leader(&self, addr: &str) {
-        *self.leader.lock().expect("leader lock") = Some(addr.to_string());
-    }
-
-    pub(crate) fn forget_leader(&self) {
-        *self.leader.lock().expect("leader lock") = None;
-    }
-
-    pub(crate) fn channel(&self, addr: &str) -> Result<MetadataClient<Channel>, FsError> {
-        let mut channels = self.channels.lock().expect("channels lock");
-        if let Some(client) = channels.get(addr) {
-            return Ok(client.clone());
-        }
-        let client = MetadataClient::new(endpoint(addr)?.connect_lazy())
-            .max_decoding_message_size(cffs_proto::limits::RPC_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(cffs_proto::limits::RPC_MESSAGE_BYTES_MAX);
-        channels.insert(addr.to_string(), client.clone());
-        Ok(client)
-    }
-}
-
-/// The endpoint of a server (metadata replica or block server) at `addr`: connects lazily,
-/// with HTTP/2 windows sized for blocks.
-pub(crate) fn endpoint(addr: &str) -> Result<Endpoint, FsError> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| FsError::Invalid(format!("endpoint {addr}: {e}")))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .initial_stream_window_size(cffs_proto::limits::HTTP2_STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(cffs_proto::limits::HTTP2_CONNECTION_WINDOW_BYTES))
 }
 
 /// Splits an endpoints list (`host:port,host:port`) and checks it.
@@ -157,9 +102,7 @@ impl Client {
         let endpoints = parse_endpoints(&endpoints.iter().map(|e| e.as_ref()).collect::<Vec<_>>().join(","))?;
         Ok(Client {
             inner: Arc::new(Inner {
-                endpoints,
-                channels: Mutex::new(BTreeMap::new()),
-                leader: Mutex::new(None),
+                calls: Arc::new(Calls::new(endpoints)),
                 inodes: Mutex::new((0, 0)),
                 client_id: madsim::rand::thread_rng().gen(),
                 txn_seq: AtomicU64::new(1),
@@ -167,7 +110,6 @@ impl Client {
                 cache: Arc::new(Mutex::new(Cache::new(options.cache_bytes))),
                 blocks: crate::blocks::BlockIo::new(options.block_cache_bytes),
                 session_started: AtomicBool::new(false),
-                requests: AtomicU64::new(0),
             }),
         })
     }
@@ -181,8 +123,10 @@ impl Client {
         if !self.inner.session_started.load(Ordering::Acquire)
             && !self.inner.session_started.swap(true, Ordering::SeqCst)
         {
-            let link =
-                crate::session::SessionLink { inner: Arc::downgrade(&self.inner), cache: self.inner.cache.clone() };
+            let link = crate::session::SessionLink {
+                calls: Arc::downgrade(&self.inner.calls),
+                cache: self.inner.cache.clone(),
+            };
             tokio::spawn(crate::session::run(link));
         }
         Some(&self.inner.cache)
@@ -192,7 +136,7 @@ impl Client {
     /// keepalives and acknowledgements are not counted). A transaction served from the cache
     /// sends none.
     pub fn requests_sent(&self) -> u64 {
-        self.inner.requests.load(Ordering::Relaxed)
+        self.inner.calls.requests_sent()
     }
 
     /// The cache's counters (all zero when the cache is off).
@@ -262,103 +206,13 @@ impl Client {
         Err(FsError::Busy(format!("still conflicting after {RUN_ATTEMPTS_MAX} attempts on {last_conflict}")))
     }
 
-    fn channel(&self, addr: &str) -> Result<MetadataClient<Channel>, FsError> {
-        self.inner.channel(addr)
-    }
-
-    /// Calls the leader with `call`, following leader hints. Every call here is safe to send
-    /// again (reads change nothing; commits reuse their transaction id; allocations and
-    /// membership changes are idempotent or harmless to repeat). `mutates` says whether a
-    /// call that never got a definite answer must be reported as `OutcomeUnknown`.
-    ///
-    /// Order of attempts: the known leader; else the endpoints in turn, skipping those that
-    /// failed to answer during this call. A hint naming a replica that failed during this call
-    /// is not followed (followers keep naming a dead leader until they elect a new one). The
-    /// call sleeps (with doubling backoff) only when no leader is known and every endpoint was
-    /// tried, so a failover costs about one election, not a backoff series.
+    /// Calls the leader with `call`, following leader hints (`Calls::call`).
     pub(crate) async fn call<T, F, Fut>(&self, what: &str, mutates: bool, call: F) -> Result<T, FsError>
     where
         F: Fn(MetadataClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let endpoints = &self.inner.endpoints;
-        let mut backoff = RPC_BACKOFF_MIN;
-        let mut last_error = FsError::Unavailable("no attempt made".into());
-        let mut outcome_unknown = false;
-        let mut unreachable: BTreeSet<String> = BTreeSet::new();
-        let mut tried_without_leader = 0usize;
-        let mut rotation = 0usize;
-        let deadline = tokio::time::Instant::now() + RPC_RETRY_DURATION_MAX;
-        for attempt in 0..RPC_ATTEMPTS_MAX {
-            if attempt > 0 && tokio::time::Instant::now() >= deadline {
-                break;
-            }
-            let known_leader = self.inner.leader.lock().expect("leader lock").clone();
-            let addr = match known_leader {
-                Some(leader) => leader,
-                None => {
-                    let candidates: Vec<&String> = endpoints.iter().filter(|e| !unreachable.contains(*e)).collect();
-                    let pool = if candidates.is_empty() { endpoints.iter().collect() } else { candidates };
-                    rotation += 1;
-                    pool[rotation % pool.len()].clone()
-                }
-            };
-            let client = self.channel(&addr)?;
-            self.inner.requests.fetch_add(1, Ordering::Relaxed);
-            let status = match tokio::time::timeout(RPC_TIMEOUT, call(client)).await {
-                Ok(Ok(response)) => {
-                    // Whoever answered is the leader (only the leader serves): go there next.
-                    *self.inner.leader.lock().expect("leader lock") = Some(addr);
-                    return Ok(response.into_inner());
-                }
-                Ok(Err(status)) => status,
-                Err(_) => tonic::Status::deadline_exceeded(format!("{what} to {addr} timed out")),
-            };
-            let detail = cffs_proto::error_code::detail(&status);
-            let code = cffs_proto::error_code::detail_code(&detail);
-            last_error = FsError::from_status(&status);
-            // For a call that changes state, only a refusal before proposing (a bad or oversized
-            // request) or a connection never made is definite: `NOT_LEADER` can come from a
-            // leader that proposed the entry and then lost its leadership.
-            outcome_unknown |= code.is_outcome_unknown()
-                || (mutates
-                    && !matches!(
-                        code,
-                        ErrorCode::InvalidArgument
-                            | ErrorCode::TooLarge
-                            | ErrorCode::Unavailable
-                            | ErrorCode::BlockMissing
-                    ));
-            let hint = detail.leader_addr;
-            if code == ErrorCode::NotLeader && !hint.is_empty() && hint != addr && !unreachable.contains(&hint) {
-                *self.inner.leader.lock().expect("leader lock") = Some(hint);
-                continue; // follow the hint at once
-            }
-            // The replica is not (or no longer) the leader, or cannot be reached: forget it.
-            *self.inner.leader.lock().expect("leader lock") = None;
-            if code != ErrorCode::NotLeader {
-                unreachable.insert(addr.clone());
-            }
-            if !code.is_retryable() {
-                break;
-            }
-            tracing::debug!(what, %addr, ?code, attempt, "rpc failed; retrying");
-            tried_without_leader += 1;
-            if tried_without_leader >= endpoints.len() {
-                tried_without_leader = 0;
-                unreachable.clear();
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(RPC_BACKOFF_MAX);
-            }
-        }
-        // A refusal that depends on the state (`BLOCK_MISSING`: blocks checked now) says
-        // nothing of an earlier attempt that may have been applied: still unknown. (Found by
-        // chaos seed 147: a retry refused for a missing block was taken as definite, `run`
-        // re-ran the function, and an append applied twice.)
-        if mutates && outcome_unknown && !matches!(last_error, FsError::Invalid(_) | FsError::TooLarge(_)) {
-            return Err(FsError::OutcomeUnknown(format!("{what}: {last_error}")));
-        }
-        Err(last_error)
+        self.inner.calls.call(what, mutates, call).await
     }
 
     /// Sends a commit, retrying with the same id until its outcome is known.
@@ -430,8 +284,8 @@ impl Client {
     /// did not answer.
     pub async fn cluster_status_all(&self) -> Vec<(String, Result<ClusterStatusResponse, FsError>)> {
         let mut all = Vec::new();
-        for addr in self.inner.endpoints.clone() {
-            let result = match self.channel(&addr) {
+        for addr in self.inner.calls.endpoints().to_vec() {
+            let result = match self.inner.calls.channel(&addr) {
                 Err(error) => Err(error),
                 Ok(mut client) => {
                     match tokio::time::timeout(Duration::from_secs(2), client.cluster_status(ClusterStatusRequest {}))

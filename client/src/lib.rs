@@ -19,6 +19,7 @@
 
 pub mod blocks;
 pub mod cache;
+mod calls;
 pub mod client;
 pub mod error;
 mod file_data;

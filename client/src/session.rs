@@ -12,12 +12,12 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::cache::{Cache, CacheKey};
-use crate::client::{Inner, RPC_BACKOFF_MAX, RPC_BACKOFF_MIN, RPC_TIMEOUT};
+use crate::calls::{Calls, RPC_BACKOFF_MAX, RPC_BACKOFF_MIN, RPC_TIMEOUT};
 use crate::error::FsError;
 
 /// How the session task reaches the rest of the client.
 pub(crate) struct SessionLink {
-    pub inner: Weak<Inner>,
+    pub calls: Weak<Calls>,
     pub cache: Arc<Mutex<Cache>>,
 }
 
@@ -26,10 +26,10 @@ pub(crate) async fn run(link: SessionLink) {
     let mut backoff = RPC_BACKOFF_MIN;
     let mut rotation = 0usize;
     loop {
-        if link.inner.strong_count() == 0 {
+        if link.calls.strong_count() == 0 {
             return; // the client is gone
         }
-        let opened = one_session(&link.inner, &link.cache, &mut rotation).await;
+        let opened = one_session(&link.calls, &link.cache, &mut rotation).await;
         link.cache.lock().expect("cache lock").session_lost();
         match opened {
             Ok(()) => backoff = RPC_BACKOFF_MIN,
@@ -43,14 +43,14 @@ pub(crate) async fn run(link: SessionLink) {
 }
 
 /// One session, from open to the end of its stream. `Ok` when a session was opened.
-async fn one_session(client: &Weak<Inner>, cache: &Mutex<Cache>, rotation: &mut usize) -> Result<(), FsError> {
+async fn one_session(client: &Weak<Calls>, cache: &Mutex<Cache>, rotation: &mut usize) -> Result<(), FsError> {
     // Held only while opening: the session must not keep its client alive.
     let Some(inner) = client.upgrade() else { return Ok(()) };
     let addr = match inner.leader() {
         Some(leader) => leader,
         None => {
             *rotation += 1;
-            inner.endpoints[*rotation % inner.endpoints.len()].clone()
+            inner.endpoints()[*rotation % inner.endpoints().len()].clone()
         }
     };
     let mut grpc = inner.channel(&addr)?;
@@ -136,7 +136,7 @@ async fn one_session(client: &Weak<Inner>, cache: &Mutex<Cache>, rotation: &mut 
 }
 
 /// Follows a leader hint in a refusal; returns the error.
-fn follow_hint(inner: &Inner, addr: &str, status: &tonic::Status) -> FsError {
+fn follow_hint(inner: &Calls, addr: &str, status: &tonic::Status) -> FsError {
     let detail = cffs_proto::error_code::detail(status);
     if cffs_proto::error_code::detail_code(&detail) == cffs_proto::ErrorCode::NotLeader
         && !detail.leader_addr.is_empty()

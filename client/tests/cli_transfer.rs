@@ -74,22 +74,16 @@ fn start_dev() -> Dev {
 }
 
 fn cffs(dev: &Dev, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cffs"))
+    // Standard input from a file: the child reads it at its own pace.
+    let mut input = tempfile::tempfile().expect("a file for standard input");
+    input.write_all(stdin.unwrap_or_default()).expect("write standard input");
+    std::io::Seek::rewind(&mut input).expect("rewind");
+    Command::new(env!("CARGO_BIN_EXE_cffs"))
         .args(args)
         .env("CFFS_ENDPOINTS", &dev.endpoints)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run cffs");
-    let mut input = child.stdin.take().expect("stdin");
-    let data = stdin.unwrap_or_default().to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let output = child.wait_with_output().expect("cffs output");
-    writer.join().expect("stdin writer");
-    output
+        .stdin(Stdio::from(input))
+        .output()
+        .expect("run cffs")
 }
 
 fn pattern(len: usize) -> Vec<u8> {
