@@ -37,9 +37,10 @@ fn server_exe() -> PathBuf {
     exe
 }
 
-/// Six free ports in a row, for `dev --base-port`.
+/// Six free ports in a row, for `dev --base-port`, below the ephemeral range (32768 and up,
+/// where an outgoing connection may take a port between our check and the server's bind).
 fn free_base_port() -> u16 {
-    for base in (20_000 + (std::process::id() % 20_000) as u16..60_000).step_by(7) {
+    for base in (10_000 + (std::process::id() % 2_000) as u16 * 7..32_000).step_by(7) {
         let free = (0..6).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
         if free {
             return base;

@@ -22,9 +22,20 @@ pub struct ProcessCluster {
     block_children: Vec<Option<Child>>,
 }
 
+/// A port no one listens on, below Linux's ephemeral range (32768 and up): a port the OS
+/// hands out for `bind(0)` may next be taken as the local port of some outgoing connection
+/// (the tests open many), and then a replica cannot listen on it. Each test process walks
+/// its own stretch of ports, so that parallel test binaries rarely meet.
 fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let base = 10_000 + (std::process::id() % 200) * 100;
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = (base + n % 22_000) % 22_000 + 10_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
 }
 
 impl ProcessCluster {
@@ -81,7 +92,7 @@ impl ProcessCluster {
             let child = cluster.spawn_block(id);
             cluster.block_children.push(Some(child));
         }
-        cluster.wait_for_leader(Duration::from_secs(30)).await;
+        cluster.wait_for_leader(Duration::from_secs(60)).await;
         let client = cluster.client();
         let member = |id: u64, port: u16| cffs_proto::BlockMember { id, addr: format!("127.0.0.1:{port}") };
         let first: Vec<_> = cluster.ports.iter().enumerate().map(|(i, p)| member(i as u64 + 1, *p)).collect();
@@ -201,7 +212,15 @@ impl ProcessCluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("no leader within {limit:?}; logs in {}", self.dir.path().display());
+        // The logs go with the temporary directory: their ends go into the message.
+        let tails: String = self
+            .logs()
+            .lines()
+            .filter(|l| l.starts_with("---") || l.contains("ERROR") || l.contains("WARN") || l.contains("rror"))
+            .take(40)
+            .collect::<Vec<_>>()
+            .join("\n");
+        panic!("no leader within {limit:?}; from the logs:\n{tails}");
     }
 
     pub fn logs(&self) -> String {
@@ -209,6 +228,10 @@ impl ProcessCluster {
         for id in 1..=self.ports.len() {
             let path = self.dir.path().join(format!("meta{id}.log"));
             text.push_str(&format!("--- meta{id}.log\n{}\n", std::fs::read_to_string(path).unwrap_or_default()));
+        }
+        for id in 4..4 + self.block_ports.len() as u64 {
+            let path = self.dir.path().join(format!("block{id}.log"));
+            text.push_str(&format!("--- block{id}.log\n{}\n", std::fs::read_to_string(path).unwrap_or_default()));
         }
         text
     }
