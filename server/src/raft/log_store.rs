@@ -10,6 +10,10 @@ use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
 use super::TypeConfig;
+
+/// How long a purge waits for the snapshot it follows to be durable, and how often it looks.
+const PURGE_WAIT_FOR_SNAPSHOT: std::time::Duration = std::time::Duration::from_secs(5);
+const PURGE_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 use crate::storage::codec;
 use crate::storage::keys;
 use crate::storage::{self as kv, Cf, KvEngine, WriteBatch};
@@ -83,6 +87,16 @@ impl LogStore {
                 "an append of entries from {first} would leave a hole after entry {held}"
             ))),
         }
+    }
+
+    /// The last log id a restart can rebuild the state machine from without the log: the
+    /// durable snapshot's, or that of an install under way (redone at start).
+    fn durable_state_index(&self) -> Result<Option<LogId<NodeId>>, kv::StorageError> {
+        let snapshot =
+            self.get_meta(keys::META_SNAPSHOT_META, codec::snapshot_meta_decode)?.and_then(|m| m.last_log_id);
+        let installing =
+            super::snapshot_file::installing(self.engine.as_ref())?.and_then(|(meta, _, _)| meta.last_log_id);
+        Ok(snapshot.max(installing))
     }
 
     /// True when this replica has ever voted or logged: it belongs to an initialized cluster.
@@ -235,27 +249,33 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        // Never past the durable snapshot: openraft 0.9 queues the purge that follows a
-        // snapshot install without waiting for the install, so an install that fails (a disk
-        // error) or is cut off by a crash would leave the log purged past the state it can
-        // restart from, and openraft refuses to start from that (chaos seed 1036: purged 472,
-        // snapshot 393). Entries kept here are purged by a later call; openraft never reads
-        // below the purge point it knows.
-        let snapshot = self
-            .get_meta(keys::META_SNAPSHOT_META, codec::snapshot_meta_decode)
-            .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e))?
-            .and_then(|meta| meta.last_log_id);
-        let log_id = match snapshot {
-            None => return Ok(()),
-            Some(snapshot) if snapshot.index < log_id.index => {
-                tracing::info!(asked = %log_id, kept_after = %snapshot, "log purge held back to the durable snapshot");
-                snapshot
+        // Never past what a restart can rebuild the state from: the durable snapshot, or an
+        // install under way (its marker is synced, and the install is redone at start).
+        // openraft 0.9 queues the purge that follows a snapshot install without waiting for
+        // the install, so the purge waits for it here (a while); an install that failed on
+        // a disk error or was cut off never comes, and the purge then stops at the snapshot
+        // on disk (chaos seed 1036: purged 472, snapshot 393, and openraft refused to start).
+        // Entries kept are purged by a later call; openraft never reads below its own purge
+        // point. Not holding the purge back past an install matters too: a new replica's log
+        // starts after the installed snapshot, and only the purge point says so (chaos seed
+        // 1507, when this waited for nothing).
+        let read = |e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e);
+        let deadline = tokio::time::Instant::now() + PURGE_WAIT_FOR_SNAPSHOT;
+        let log_id = loop {
+            let durable = self.durable_state_index().map_err(read)?;
+            match durable {
+                Some(durable) if durable.index >= log_id.index => break log_id,
+                _ if tokio::time::Instant::now() < deadline => tokio::time::sleep(PURGE_POLL).await,
+                Some(durable) => {
+                    tracing::warn!(asked = %log_id, kept_after = %durable, "log purge held back to the durable snapshot");
+                    break durable;
+                }
+                None => return Ok(()),
             }
-            Some(_) => log_id,
         };
         if self
             .get_meta(keys::META_PURGED, codec::log_id_decode)
-            .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e))?
+            .map_err(read)?
             .flatten()
             .is_some_and(|purged| purged.index >= log_id.index)
         {
@@ -316,16 +336,26 @@ mod tests {
     #[tokio::test]
     async fn a_purge_never_passes_the_durable_snapshot() {
         let mut store = store_with(1..=20);
-        // No snapshot yet: nothing is purged.
+        // No snapshot yet (and none comes within the wait): nothing is purged.
         store.purge(entry(5).log_id).await.unwrap();
         assert!(store.get_meta(keys::META_PURGED, codec::log_id_decode).unwrap().is_none());
         snapshot_at(&store, 10);
-        // An install of a snapshot at 15 not yet durable: the purge stops at 10.
+        // A snapshot at 15 that never becomes durable: the purge stops at 10.
         store.purge(entry(15).log_id).await.unwrap();
         let purged = store.get_meta(keys::META_PURGED, codec::log_id_decode).unwrap().flatten().unwrap();
         assert_eq!(purged.index, 10);
         assert!(store.engine.get(Cf::RaftLog, &keys::log_key(11)).unwrap().is_some(), "entry 11 is kept");
         assert!(store.engine.get(Cf::RaftLog, &keys::log_key(10)).unwrap().is_none());
+        // An install under way (its marker synced) lets the purge through at once.
+        let meta = SnapshotMeta {
+            last_log_id: Some(entry(18).log_id),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "1-18".into(),
+        };
+        super::super::snapshot_file::mark_installing(store.engine.as_ref(), &meta, 1, &[]).unwrap();
+        store.purge(entry(18).log_id).await.unwrap();
+        let purged = store.get_meta(keys::META_PURGED, codec::log_id_decode).unwrap().flatten().unwrap();
+        assert_eq!(purged.index, 18);
     }
 
     #[test]
