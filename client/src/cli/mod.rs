@@ -67,7 +67,9 @@ enum Command {
     /// one transaction: REMOTE is replaced at once or not at all. Shows progress on a
     /// terminal and prints size and throughput at the end.
     Put {
+        /// The local file to copy, or `-` for standard input.
         local: PathBuf,
+        /// The CFFS path to write (created, or replaced whole).
         remote: String,
         /// Print nothing but errors.
         #[arg(short, long)]
@@ -78,7 +80,9 @@ enum Command {
     /// Streams, fetching a few blocks ahead; every block's crc32 is checked. Fails, rather
     /// than writing a torn copy, if the file changed while it was read.
     Get {
+        /// The CFFS file to copy.
         remote: String,
+        /// The local file to write (created or truncated), or `-` for standard output.
         local: PathBuf,
         /// Print nothing but errors.
         #[arg(short, long)]
