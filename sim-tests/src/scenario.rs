@@ -441,7 +441,20 @@ pub async fn run() -> Report {
         let problems = checker::fsck::fsck(state);
         report.check("fsck", problems.into_iter().map(|p| format!("replica {id}: {p}")).collect());
         if converged && *state != states[0] {
-            report.check("replica-divergence", vec![format!("replica {id} differs from replica {}", members[0])]);
+            // The first key where they differ, to start the diagnosis from.
+            let first = state.iter().zip(&states[0]).find(|(a, b)| a != b);
+            let what = match first {
+                Some((a, b)) => format!(
+                    "first at key {:?} (value {} vs {} bytes) / key {:?}",
+                    String::from_utf8_lossy(&a.0),
+                    a.1.len(),
+                    b.1.len(),
+                    String::from_utf8_lossy(&b.0)
+                ),
+                None => format!("{} keys against {}", state.len(), states[0].len()),
+            };
+            report
+                .check("replica-divergence", vec![format!("replica {id} differs from replica {}: {what}", members[0])]);
         }
     }
     if plan.blocks {
