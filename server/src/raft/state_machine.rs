@@ -163,10 +163,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             let outcome = match entry.payload {
                 EntryPayload::Blank => None,
-                EntryPayload::Normal(command) => Some(
-                    txn::apply_command(self.state.engine.as_ref(), index, &command.0, &mut batch)
-                        .map_err(|e| sm_error(ErrorVerb::Read, e))?,
-                ),
+                EntryPayload::Normal(command) => {
+                    let outcome = txn::apply_command(self.state.engine.as_ref(), index, &command.0, &mut batch)
+                        .map_err(|e| sm_error(ErrorVerb::Read, e))?;
+                    tracing::debug!(target: "cffs_apply", index, command = ?command, ?outcome, "applied");
+                    Some(outcome)
+                }
                 #[cfg(madsim)]
                 EntryPayload::Membership(_)
                     if crate::planted::armed(crate::planted::Bug::StaleAppliedMembership)
