@@ -424,13 +424,25 @@ pub async fn run() -> Report {
     // Every replica converges to the same applied index, with identical state, and passes
     // fsck. fsck holds for any replica's state (each entry applies atomically), so it runs
     // even when the replicas did not converge; only the comparison needs them to.
-    let converged = cluster.wait_converged(LIVENESS_BOUND).await.is_some();
+    // The states are compared at one applied index: the leader's collector may still be
+    // proposing entries after the replicas reported the same index (chaos seed 3360 compared
+    // replicas at 443 and 444), so the states are read again until they agree on it.
+    let members = cluster.members();
+    let mut converged = false;
+    let mut states: Vec<_> = Vec::new();
+    for _ in 0..STATE_READS_MAX {
+        converged = cluster.wait_converged(LIVENESS_BOUND).await.is_some();
+        states = members.iter().map(|id| cluster.state_of(*id)).collect();
+        if !converged || states.iter().map(|s| applied_index(s)).collect::<std::collections::BTreeSet<_>>().len() == 1 {
+            break;
+        }
+        converged = false;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     if !converged {
         report.check("liveness", vec!["replicas did not converge after healing".into()]);
         report.skipped.push("the replicas did not converge: no replica-divergence check".into());
     }
-    let members = cluster.members();
-    let states: Vec<_> = members.iter().map(|id| cluster.state_of(*id)).collect();
     let mut hasher = crc32fast::Hasher::new();
     for (key, value) in states.iter().flatten() {
         hasher.update(key);
@@ -453,8 +465,15 @@ pub async fn run() -> Report {
                 ),
                 None => format!("{} keys against {}", state.len(), states[0].len()),
             };
-            report
-                .check("replica-divergence", vec![format!("replica {id} differs from replica {}: {what}", members[0])]);
+            report.check(
+                "replica-divergence",
+                vec![format!(
+                    "replica {id} (applied {:?}) differs from replica {} (applied {:?}): {what}",
+                    applied_index(state),
+                    members[0],
+                    applied_index(&states[0])
+                )],
+            );
         }
     }
     if plan.blocks {
@@ -492,6 +511,19 @@ pub async fn run() -> Report {
         report.check("block-fsck", found.problems);
     }
     report
+}
+
+/// How many times the final states are read, waiting for the replicas to agree on one
+/// applied index.
+const STATE_READS_MAX: usize = 50;
+
+/// The applied log index recorded in a replica's state dump.
+fn applied_index(state: &[(Vec<u8>, Vec<u8>)]) -> Option<u64> {
+    state
+        .iter()
+        .find(|(k, _)| k.as_slice() == cffs_server::storage::keys::SYSTEM_APPLIED)
+        .and_then(|(_, v)| cffs_server::storage::codec::log_id_decode(v).ok().flatten())
+        .map(|l| l.index)
 }
 
 /// Waits out the collector's grace period, then until the leader's collector has finished

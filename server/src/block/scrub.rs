@@ -123,7 +123,7 @@ async fn pass(
                 if !leads(raft) {
                     return Ok(());
                 }
-                let read = scrub_block(&map, blocks, block, stats).await;
+                let read = scrub_block(&map, state, blocks, block, stats).await;
                 stats.blocks_checked.fetch_add(1, Ordering::Relaxed);
                 stats.pass_blocks.fetch_add(1, Ordering::Relaxed);
                 if config.bytes_per_sec > 0 && read > 0 {
@@ -149,7 +149,13 @@ enum Copy {
 
 /// Checks every member's copy of `block` and repairs the bad and missing ones from a good
 /// one; returns the bytes read.
-async fn scrub_block(map: &cffs_proto::ClusterMap, blocks: &BlockCheck, block: &BlockRef, stats: &ScrubStats) -> u64 {
+async fn scrub_block(
+    map: &cffs_proto::ClusterMap,
+    state: &MetaState,
+    blocks: &BlockCheck,
+    block: &BlockRef,
+    stats: &ScrubStats,
+) -> u64 {
     let Some(group) = map.groups.iter().find(|g| g.id == block.group) else { return 0 };
     let mut copies = Vec::with_capacity(group.members.len());
     let mut read = 0u64;
@@ -181,6 +187,11 @@ async fn scrub_block(map: &cffs_proto::ClusterMap, blocks: &BlockCheck, block: &
         copies.push((member, copy));
     }
     stats.bytes_read.fetch_add(read, Ordering::Relaxed);
+    // The page of inodes was read before the copies: a block overwritten or deleted since
+    // (and collected) is garbage, neither to repair nor to count as lost.
+    if !still_referenced(state, &block.id) {
+        return read;
+    }
     let good = copies.iter().find_map(|(_, c)| match c {
         Copy::Good(data) => Some(data.clone()),
         _ => None,
@@ -206,6 +217,12 @@ async fn scrub_block(map: &cffs_proto::ClusterMap, blocks: &BlockCheck, block: &
         tracing::error!(block = %hex(&block.id), group = block.group, "block lost: no intact copy on any member");
     }
     read
+}
+
+fn still_referenced(state: &MetaState, id: &[u8]) -> bool {
+    let _guard = state.apply_lock.read().expect("apply lock");
+    // A read error counts as referenced: the scrubber then errs on the side of repairing.
+    !matches!(state.engine.get(Cf::State, &keys::block_ref_key(id)), Ok(None))
 }
 
 fn hex(id: &[u8]) -> String {
