@@ -159,13 +159,14 @@ pub(crate) fn hex(id: &[u8]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The group a fresh block id goes to: by hash of the id over the map's groups.
-pub fn group_for<'a>(map: &'a ClusterMap, id: &[u8]) -> Option<&'a BlockGroup> {
+/// The group a fresh block id goes to: by hash of the id over the map's groups, moved on
+/// by `attempt` (a write that found its group without a majority tries the next one).
+pub fn group_for<'a>(map: &'a ClusterMap, id: &[u8], attempt: usize) -> Option<&'a BlockGroup> {
     if map.groups.is_empty() {
         return None;
     }
     let hash = crc32fast::hash(id) as usize;
-    map.groups.get(hash % map.groups.len())
+    map.groups.get((hash + attempt) % map.groups.len())
 }
 
 fn crc_checked() -> bool {
@@ -228,7 +229,7 @@ impl Client {
         for attempt in 0..BLOCK_WRITE_ATTEMPTS {
             let map = self.cluster_map(attempt > 0).await?;
             let id: [u8; BLOCK_ID_LEN] = madsim::rand::thread_rng().gen();
-            let Some(group) = group_for(&map, &id) else {
+            let Some(group) = group_for(&map, &id, attempt) else {
                 return Err(FsError::Unavailable("the cluster has no block groups".into()));
             };
             match self.put_on_group(group, &id, crc, data.clone()).await {

@@ -25,6 +25,9 @@ use crate::blocks::BLOCKS_IN_FLIGHT;
 use crate::error::FsError;
 use crate::txn::{now_ns, FileHandle, Transaction};
 
+/// Zeros to write for holes and short blocks.
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
 /// Where the old bytes of one block come from when a write patches it.
 enum OldBlock {
     Hole,
@@ -129,16 +132,6 @@ impl Transaction {
         }
     }
 
-    /// The bytes of one block's span of the file, `want` bytes of it (zeros past its data).
-    async fn block_bytes(&self, block: Option<&BlockRef>, want: usize) -> Result<Vec<u8>, FsError> {
-        let mut bytes = match block {
-            Some(block) => self.client.get_block(block).await?.to_vec(),
-            None => Vec::new(),
-        };
-        bytes.resize(want, 0);
-        Ok(bytes)
-    }
-
     /// `len` bytes of `inode`'s data from `offset` (fewer at the end of the file). Only the
     /// blocks the range touches are fetched, `BLOCKS_IN_FLIGHT` at a time.
     pub(crate) async fn read_range(&self, inode: &Inode, offset: u64, len: u64) -> Result<Vec<u8>, FsError> {
@@ -227,13 +220,20 @@ impl Transaction {
             }
             blocks.insert(block.index, block);
         }
-        if inode.block_size == 0 && !inode.data.is_empty() && !touched.contains(&0) {
+        if !touched.contains(&0) {
             // The former inline content, untouched by this write, becomes block 0.
-            let mut block = self.client.put_block(Bytes::from(inode.data.clone())).await?;
-            block.index = 0;
-            blocks.insert(0, block);
+            self.inline_as_block_0(inode, &mut blocks).await?;
         }
         Ok(Self::with_data(inode, size, Vec::new(), block_size as u32, blocks))
+    }
+
+    /// An inline file turning into blocks: its bytes (if any) become block 0.
+    async fn inline_as_block_0(&self, inode: &Inode, blocks: &mut BTreeMap<u64, BlockRef>) -> Result<(), FsError> {
+        if inode.block_size == 0 && !inode.data.is_empty() {
+            let block = self.client.put_block(Bytes::from(inode.data.clone())).await?;
+            blocks.insert(0, BlockRef { index: 0, ..block });
+        }
+        Ok(())
     }
 
     /// `inode` cut or extended to `size` bytes (extended with zeros: a hole).
@@ -249,11 +249,7 @@ impl Transaction {
         }
         let mut blocks = blocks_of(inode);
         if inode.block_size == 0 {
-            if !inode.data.is_empty() {
-                let mut block = self.client.put_block(Bytes::from(inode.data.clone())).await?;
-                block.index = 0;
-                blocks.insert(0, block);
-            }
+            self.inline_as_block_0(inode, &mut blocks).await?;
             return Ok(Self::with_data(inode, size, Vec::new(), block_size as u32, blocks));
         }
         // Blocks wholly past the new end go; the one the end cuts is written shorter.
@@ -411,13 +407,29 @@ impl Transaction {
             let mut fetched = futures::stream::iter((0..count).map(|index| {
                 let block = blocks.get(&index).cloned();
                 let want = (inode.size - index * block_size).min(block_size) as usize;
-                async move { self.block_bytes(block.as_ref(), want).await }
+                async move {
+                    let bytes = match &block {
+                        Some(block) => Some(self.client.get_block(block).await?),
+                        None => None,
+                    };
+                    Ok::<_, FsError>((bytes, want))
+                }
             }))
             .buffered(BLOCKS_IN_FLIGHT);
             let mut written = 0u64;
-            while let Some(bytes) = fetched.try_next().await? {
-                writer.write_all(&bytes).await.map_err(io)?;
-                written += bytes.len() as u64;
+            while let Some((bytes, want)) = fetched.try_next().await? {
+                // The block's bytes as fetched, then zeros to the end of its span (a hole, or
+                // a short block).
+                let data = bytes.as_deref().unwrap_or(&[]);
+                let stored = &data[..data.len().min(want)];
+                writer.write_all(stored).await.map_err(io)?;
+                let mut zeros = want - stored.len();
+                while zeros > 0 {
+                    let n = zeros.min(ZEROS.len());
+                    writer.write_all(&ZEROS[..n]).await.map_err(io)?;
+                    zeros -= n;
+                }
+                written += want as u64;
                 progress(written);
             }
         }

@@ -5,7 +5,7 @@
 //! planted bug makes one) and every delete are pending: a process crash keeps them (the OS
 //! has them), a power loss drops each pending put and reverts each pending delete as the
 //! caller's seeded random source decides (`power_loss`). Faults: a stored copy corrupted
-//! (one byte flipped, as bit rot would), a stored copy lost, reads failing.
+//! (one byte flipped, as bit rot would), a stored copy lost.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -19,7 +19,6 @@ struct Disk {
     /// Ids put without a sync, and deleted ids with what they held: undone by power loss.
     unsynced_puts: Vec<BlockId>,
     unsynced_deletes: Vec<(BlockId, BlockInfo, Arc<Vec<u8>>)>,
-    reads_fail: bool,
 }
 
 #[derive(Clone, Default)]
@@ -74,10 +73,6 @@ impl SimBlockStore {
         self.disk().blocks.remove(id).is_some()
     }
 
-    pub fn set_reads_fail(&self, fails: bool) {
-        self.disk().reads_fail = fails;
-    }
-
     /// Empties the store: the server is replaced by a new one with an empty disk.
     pub fn wipe(&self) {
         let mut disk = self.disk();
@@ -114,11 +109,7 @@ impl BlockStore for SimBlockStore {
     }
 
     fn get(&self, id: &BlockId) -> Result<Option<(BlockInfo, Vec<u8>)>, StorageError> {
-        let disk = self.disk();
-        if disk.reads_fail {
-            return Err(StorageError::Io("injected read failure".into()));
-        }
-        Ok(disk.blocks.get(id).map(|(info, data)| (*info, data.to_vec())))
+        Ok(self.disk().blocks.get(id).map(|(info, data)| (*info, data.to_vec())))
     }
 
     fn stat(&self, id: &BlockId) -> Result<Option<BlockInfo>, StorageError> {
