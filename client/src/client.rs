@@ -169,8 +169,11 @@ impl Client {
     {
         let mut backoff = RUN_BACKOFF_MIN;
         let mut last_conflict = String::new();
-        for _ in 0..RUN_ATTEMPTS_MAX {
+        for attempt in 0..RUN_ATTEMPTS_MAX {
             let txn = self.begin();
+            // A first attempt may take fresh names for absent without a lookup; a re-run
+            // (after a conflict, perhaps on such a name) looks every name up.
+            txn.state().assume_new_names = attempt == 0;
             let retry = match function(txn.clone()).await {
                 Ok(value) => match txn.commit().await {
                     Ok(Outcome::Committed { .. }) => return Ok(value),

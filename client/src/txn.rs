@@ -185,6 +185,11 @@ pub(crate) struct TxnState {
     /// transaction re-checks every lease with a fresh clock before it commits locally, and a
     /// read-write one has its reads validated by the leader.
     clock: Option<tokio::time::Instant>,
+    /// Whether `create` may take a name that neither the view nor the cache knows to be
+    /// absent, without asking the leader (`Transaction::create_assuming_absent`). Set by
+    /// `Client::run` on a first attempt only: if the name did exist, the commit conflicts on
+    /// it and the re-run looks it up.
+    pub(crate) assume_new_names: bool,
 }
 
 impl TxnState {
@@ -732,6 +737,9 @@ impl Transaction {
     /// Creates a regular file. With `exclusive`, an existing name is `Exists`; without, an
     /// existing file is kept as it is (O_CREAT without O_EXCL).
     pub async fn create(&self, path: &str, mode: u32, exclusive: bool) -> Result<Attr, FsError> {
+        if let Some(attr) = self.create_assuming_absent(path, mode).await? {
+            return Ok(attr);
+        }
         let resolved = self.resolve(path, true).await?;
         if let Some(dentry) = &resolved.target {
             if exclusive {
@@ -750,6 +758,39 @@ impl Transaction {
         let attr = attr_of(&inode)?;
         self.create_entry(resolved.parent, &name, inode);
         Ok(attr)
+    }
+
+    /// A create that sends no lookup: on a `run`'s first attempt (`assume_new_names`), a
+    /// final name that neither the view nor the cache knows is taken to be absent, and the
+    /// read set records it so (version 0, unleased): the leader checks at commit that it
+    /// still is. A function creating fresh names (the common case: a new output file, a new
+    /// entry in a busy shared directory, whose listing other creates keep invalidating)
+    /// then commits with one request instead of two. If the name did exist, the commit
+    /// conflicts on its dentry and `run` re-runs the function, which then looks the name up
+    /// (and, say, returns `Exists`). None: the ordinary path decides (no assumption allowed,
+    /// the name is known here, or the parent is not a plain directory).
+    async fn create_assuming_absent(&self, path: &str, mode: u32) -> Result<Option<Attr>, FsError> {
+        if !self.state().assume_new_names || path.ends_with('/') {
+            return Ok(None);
+        }
+        let Some(&name) = components(path)?.last() else { return Ok(None) };
+        if name == b".." {
+            return Ok(None);
+        }
+        let dir = match path.rsplit_once('/') {
+            Some(("", _)) | None => "/",
+            Some((dir, _)) => dir,
+        };
+        let parent = self.resolve(dir, true).await?;
+        let (Some(parent_ino), Some(kind)) = (parent.ino(), parent.kind()) else { return Ok(None) };
+        if kind != FileKind::Directory as i32 || self.lookup_local(parent_ino, name).is_some() {
+            return Ok(None);
+        }
+        self.state().record_dentry(parent_ino, name, 0, None, None);
+        let inode = self.new_inode(self.client.allocate_ino().await?, Kind::File, mode);
+        let attr = attr_of(&inode)?;
+        self.create_entry(parent_ino, name, inode);
+        Ok(Some(attr))
     }
 
     /// The regular file `path` names (following symlinks), created when missing if `create`.

@@ -6,7 +6,9 @@
 //!   SIGCONT;
 //! - a read-only transaction served from the cache sends no request at all, and the same
 //!   transaction with the cache off sends three (the path in one lookup, the inode, the
-//!   commit).
+//!   commit);
+//! - a create of a fresh name in a cached directory sends one request (the commit), and a
+//!   create of a name that exists is still refused or finds the file there.
 //!
 //! The frozen client is this test binary run again, as the `lease_holder_process` test with
 //! `CFFS_IT_LEASE_HOLDER` set (without it, that test does nothing).
@@ -104,6 +106,39 @@ async fn a_warm_read_only_transaction_sends_no_request_and_a_cold_one_three() {
     }
     eprintln!("round trips: cold 3 requests per transaction; warm {local} of 200 local, with none");
     assert!(local > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_create_sends_only_its_commit_and_an_existing_name_is_still_found() {
+    let cluster = ProcessCluster::start(3);
+    cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let client = cluster.client();
+    client.run(|txn| async move { txn.mkdir_all("/d", 0o755).await }).await.expect("setup");
+    let first = client.run(|txn| async move { txn.create("/d/f0", 0o644, true).await }).await.expect("create f0");
+
+    // Each create's requests: the commit alone while /d stays cached (a lease that lapsed
+    // on a loaded machine costs one lookup more), and an inode range now and then.
+    let mut counts = Vec::new();
+    for i in 1..=20 {
+        let before = client.requests_sent();
+        let path = format!("/d/f{i}");
+        let path = path.as_str();
+        client.run(|txn| async move { txn.create(path, 0o644, true).await }).await.expect("create");
+        counts.push(client.requests_sent() - before);
+    }
+    let ones = counts.iter().filter(|n| **n == 1).count();
+    eprintln!("requests per fresh create: {counts:?}");
+    assert!(ones >= counts.len() / 2, "most fresh creates send their commit alone: {counts:?}");
+
+    // A name that exists: the first attempt takes it for absent, its commit conflicts, the
+    // re-run looks it up.
+    let again = client.run(|txn| async move { txn.create("/d/f0", 0o644, true).await }).await;
+    assert!(matches!(again, Err(FsError::Exists)), "exclusive create of an existing name: {again:?}");
+    let found = client.run(|txn| async move { txn.create("/d/f0", 0o644, false).await }).await.expect("create f0");
+    assert_eq!(found.ino, first.ino, "a non-exclusive create of an existing name finds that file");
+    let other = cluster.client();
+    let listing = other.run(|txn| async move { txn.readdir("/d").await }).await.expect("readdir");
+    assert_eq!(listing.len(), 21, "f0..f20, each once: {listing:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
