@@ -32,12 +32,16 @@ pub const RPC_TIMEOUT: Duration = Duration::from_secs(6);
 /// The endpoint of a server (metadata replica or block server) at `addr`: connects lazily,
 /// with HTTP/2 windows sized for blocks.
 pub(crate) fn endpoint(addr: &str) -> Result<Endpoint, FsError> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| FsError::Invalid(format!("endpoint {addr}: {e}")))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .initial_stream_window_size(cffs_proto::limits::HTTP2_STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(cffs_proto::limits::HTTP2_CONNECTION_WINDOW_BYTES))
+        .initial_connection_window_size(cffs_proto::limits::HTTP2_CONNECTION_WINDOW_BYTES);
+    // The simulated transport has no frames.
+    #[cfg(not(madsim))]
+    let endpoint = endpoint.max_frame_size(cffs_proto::limits::HTTP2_MAX_FRAME_BYTES);
+    Ok(endpoint)
 }
 
 pub(crate) struct Calls {

@@ -53,6 +53,9 @@ pub const RPC_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// a connection several.
 pub const HTTP2_STREAM_WINDOW_BYTES: u32 = 2 * BLOCK_SIZE_MAX;
 pub const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 8 * BLOCK_SIZE_MAX;
+/// The largest HTTP/2 frame every server and channel accepts: h2's default of 16 KiB cuts a
+/// 4 MiB block into 256 DATA frames, each read and parsed on its own.
+pub const HTTP2_MAX_FRAME_BYTES: u32 = 1 << 20;
 
 /// Most components one `LookupPath` request may name.
 pub const LOOKUP_PATH_COMPONENTS_MAX: usize = 256;

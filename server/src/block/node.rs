@@ -20,6 +20,7 @@ impl BlockNode {
         let router = tonic::transport::Server::builder()
             .initial_stream_window_size(cffs_proto::limits::HTTP2_STREAM_WINDOW_BYTES)
             .initial_connection_window_size(cffs_proto::limits::HTTP2_CONNECTION_WINDOW_BYTES)
+            .max_frame_size(cffs_proto::limits::HTTP2_MAX_FRAME_BYTES)
             .add_service(service.clone().server());
         tokio::spawn(async move {
             if let Err(error) = router.serve(listen).await {

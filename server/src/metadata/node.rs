@@ -117,7 +117,8 @@ impl MetaNode {
                 anyhow::bail!("{why}");
             }
         }
-        let raft = MetaRaft::new(config.id, raft_config(&config)?, Network, log_store, state_machine).await?;
+        let raft =
+            MetaRaft::new(config.id, raft_config(&config)?, Network::default(), log_store, state_machine).await?;
 
         if let Some(floor) = floor {
             info!(node_id = config.id, vote = %floor.vote, last_log_index = floor.last_log_index, "restarting as the leader of its stored term; reads wait for the log found at startup");
@@ -145,6 +146,7 @@ impl MetaNode {
         let router = tonic::transport::Server::builder()
             .initial_stream_window_size(cffs_proto::limits::HTTP2_STREAM_WINDOW_BYTES)
             .initial_connection_window_size(cffs_proto::limits::HTTP2_CONNECTION_WINDOW_BYTES)
+            .max_frame_size(cffs_proto::limits::HTTP2_MAX_FRAME_BYTES)
             .add_service(
                 cffs_proto::metadata_server::MetadataServer::new(metadata)
                     .max_decoding_message_size(RPC_MESSAGE_BYTES_MAX)

@@ -23,12 +23,15 @@ type NodeId = u64;
 
 /// Opens a lazily connecting channel to `addr` (host:port).
 pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(RAFT_RPC_TIMEOUT)
         .tcp_nodelay(true)
         .initial_stream_window_size(cffs_proto::limits::HTTP2_STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(cffs_proto::limits::HTTP2_CONNECTION_WINDOW_BYTES)
-        .connect_lazy())
+        .initial_connection_window_size(cffs_proto::limits::HTTP2_CONNECTION_WINDOW_BYTES);
+    // The simulated transport has no frames.
+    #[cfg(not(madsim))]
+    let endpoint = endpoint.max_frame_size(cffs_proto::limits::HTTP2_MAX_FRAME_BYTES);
+    Ok(endpoint.connect_lazy())
 }
 
 /// Raft RPC payloads are openraft's serde types in bincode: on the wire only, never on disk
@@ -37,14 +40,33 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     bincode::serialize(value).expect("in-memory values always serialize")
 }
 
+/// openraft asks for a new client for every replication stream and for every round that
+/// confirms leadership (each read index, `ensure_linearizable`): a fresh channel each time
+/// would open a TCP connection per peer per read. Channels are kept per address and shared
+/// (a tonic channel multiplexes calls over one HTTP/2 connection, and reconnects by itself
+/// after the peer restarts).
 #[derive(Clone, Default)]
-pub struct Network;
+pub struct Network {
+    channels: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, Channel>>>,
+}
+
+impl Network {
+    fn channel_to(&self, addr: &str) -> Option<Channel> {
+        let mut channels = self.channels.lock().expect("raft channels lock");
+        if let Some(channel) = channels.get(addr) {
+            return Some(channel.clone());
+        }
+        let opened = channel(addr).ok()?;
+        channels.insert(addr.to_string(), opened.clone());
+        Some(opened)
+    }
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        let client = channel(&node.addr).ok().map(|channel| {
+        let client = self.channel_to(&node.addr).map(|channel| {
             RaftClient::new(channel)
                 .max_decoding_message_size(RPC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(RPC_MESSAGE_BYTES_MAX)
