@@ -1,4 +1,5 @@
-//! Compiles `protos/cffs.proto` for both the real and the simulated (madsim) build.
+//! Compiles `protos/cffs.proto` for both the real and the simulated (madsim) build, and the
+//! client side of `protos/etcd_kv.proto` (the peer `cffs bench --peer etcd` measures).
 //! protoc comes from `protoc-bin-vendored`, so no system protoc is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -10,5 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_build::configure()
         .bytes([".cffs.v1.PutBlockRequest.data", ".cffs.v1.GetBlockResponse.data"])
         .compile_protos(&["protos/cffs.proto"], &["protos"])?;
+    println!("cargo:rerun-if-changed=protos/etcd_kv.proto");
+    tonic_build::configure().build_server(false).compile_protos(&["protos/etcd_kv.proto"], &["protos"])?;
     Ok(())
 }

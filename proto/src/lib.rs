@@ -1,10 +1,18 @@
-//! The CFFS wire protocol: generated prost messages and tonic services (`v1`), and the one
+//! The CFFS wire protocol: generated prost messages and tonic services (`v1`; `etcd`, the
+//! client side of the peer the benchmark compares with), and the one
 //! error-code set shared by servers and clients (`error_code`). Nothing here knows how a
 //! message is stored or what a transaction means.
 
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("cffs.v1");
+}
+
+/// etcd's KV API, client side: the peer the benchmark runs beside CFFS (`cffs bench --peer
+/// etcd`).
+#[allow(clippy::all, missing_docs)]
+pub mod etcd {
+    tonic::include_proto!("etcdserverpb");
 }
 
 pub mod error_code;

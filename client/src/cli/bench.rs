@@ -10,22 +10,43 @@ use crate::{Client, FsError};
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Concurrent clients, each with its own connection.
-    #[arg(long, default_value_t = 16)]
-    clients: usize,
+    /// Concurrent clients, each with its own connection; a list (`1,16,64`) runs every
+    /// workload at each count.
+    #[arg(long, value_delimiter = ',', default_values_t = [16])]
+    pub(super) clients: Vec<usize>,
     /// Seconds each workload runs.
     #[arg(long, default_value_t = 5)]
-    duration: u64,
-    /// Workloads to run, in order.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Workload::CreateShared, Workload::CreatePrivate, Workload::Stat, Workload::Rmw, Workload::ReadWarm, Workload::ReadCold, Workload::ReadTmpfs])]
-    workloads: Vec<Workload>,
+    pub(super) duration: u64,
+    /// Workloads to run, in order [default: all of them; with --peer, create-shared,rmw].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub(super) workloads: Option<Vec<Workload>>,
     /// Directory the benchmark works under (a fresh subdirectory per run).
     #[arg(long, default_value = "/bench")]
-    dir: String,
+    pub(super) dir: String,
     /// Local directory for the `read-tmpfs` baseline (a tmpfs, to compare with memory speed).
     #[arg(long, default_value = "/dev/shm")]
-    tmpfs_dir: std::path::PathBuf,
+    pub(super) tmpfs_dir: std::path::PathBuf,
+    /// Run the same workloads against a peer system in the same run, side by side, and print
+    /// both with their ratio and each system's CPU time per operation (all its processes and
+    /// this client, from /proc). `ops/scripts/bench-peer.sh` starts both clusters and runs it.
+    #[arg(long, value_enum)]
+    pub(super) peer: Option<Peer>,
+    /// The peer's client endpoints (host:port), for --peer etcd.
+    #[arg(long, value_delimiter = ',', default_values_t = ["127.0.0.1:23791".to_string(), "127.0.0.1:23792".to_string(), "127.0.0.1:23793".to_string()])]
+    pub(super) etcd_endpoints: Vec<String>,
 }
+
+/// A system `cffs bench --peer` measures beside CFFS.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+pub enum Peer {
+    /// etcd v3 (its KV API over gRPC): a create is a transaction comparing the key's version
+    /// with 0 and putting it; a read-modify-write is a get, then a transaction comparing the
+    /// key's mod revision and putting the new value.
+    Etcd,
+}
+
+/// The most clients a run may ask for.
+const CLIENTS_MAX: usize = 4096;
 
 /// Size of the file the read workloads stat and read.
 const READ_FILE_BYTES: usize = 4096;
@@ -50,7 +71,7 @@ pub enum Workload {
 }
 
 impl Workload {
-    fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             Workload::CreateShared => "create (shared dir)",
             Workload::CreatePrivate => "create (private dirs)",
@@ -63,22 +84,22 @@ impl Workload {
     }
 }
 
-struct Report {
-    workload: Workload,
-    ops: usize,
-    errors: usize,
-    seconds: f64,
+pub(super) struct Report {
+    pub(super) workload: Workload,
+    pub(super) ops: usize,
+    pub(super) errors: usize,
+    pub(super) seconds: f64,
     /// Each operation's latency, in nanoseconds, sorted.
-    latencies_ns: Vec<u64>,
+    pub(super) latencies_ns: Vec<u64>,
     /// The clients' cache counters over the workload (summed).
-    cache: crate::CacheStats,
+    pub(super) cache: crate::CacheStats,
     /// Requests the clients sent over the workload (every attempt).
-    requests: u64,
+    pub(super) requests: u64,
 }
 
 impl Report {
     /// Requests per operation (a warm read-only transaction sends none).
-    fn requests_per_op(&self) -> Option<f64> {
+    pub(super) fn requests_per_op(&self) -> Option<f64> {
         (self.ops > 0 && self.workload != Workload::ReadTmpfs).then(|| self.requests as f64 / self.ops as f64)
     }
 
@@ -89,7 +110,7 @@ impl Report {
 }
 
 impl Report {
-    fn percentile_us(&self, p: f64) -> f64 {
+    pub(super) fn percentile_us(&self, p: f64) -> f64 {
         if self.latencies_ns.is_empty() {
             return 0.0;
         }
@@ -99,44 +120,27 @@ impl Report {
 }
 
 pub async fn run(client: &Client, args: BenchArgs, json: bool) -> Result<(), FsError> {
-    if args.clients == 0 || args.clients > 4096 {
-        return Err(FsError::Invalid("--clients must be 1..=4096".into()));
+    if let Some(bad) = args.clients.iter().find(|n| **n == 0 || **n > CLIENTS_MAX) {
+        return Err(FsError::Invalid(format!("--clients {bad}: each count must be 1..={CLIENTS_MAX}")));
     }
-    let run_id = format!(
-        "{}/run-{}",
-        args.dir.trim_end_matches('/'),
-        std::process::id() as u64 * 1000 + rand::random::<u16>() as u64 % 1000
-    );
-    let root = run_id.clone();
-    client
-        .run(|txn| {
-            let root = root.clone();
-            async move { txn.mkdir_all(&root, 0o755).await }
-        })
-        .await?;
-    let endpoints: Vec<String> =
-        client.cluster_status().await.map(|s| s.members.into_iter().map(|m| m.addr).collect()).unwrap_or_default();
+    if args.peer.is_some() {
+        return super::bench_peer::run(client, args, json).await;
+    }
+    let workloads = args.workloads.clone().unwrap_or_else(|| Workload::value_variants().to_vec());
+    let run_id = run_dir(&args.dir);
     let mut reports = Vec::new();
-    for workload in args.workloads.clone() {
-        eprintln!("bench: {} with {} clients for {} s ...", workload.name(), args.clients, args.duration);
-        reports.push(
-            run_workload(
-                client,
-                &endpoints,
-                &run_id,
-                workload,
-                args.clients,
-                Duration::from_secs(args.duration),
-                &args.tmpfs_dir,
-            )
-            .await?,
-        );
+    for clients in args.clients.iter().copied() {
+        for workload in workloads.iter().copied() {
+            eprintln!("bench: {} with {clients} clients for {} s ...", workload.name(), args.duration);
+            let report = cffs_workload(client, &run_id, workload, clients, &args).await?;
+            reports.push((clients, report));
+        }
     }
     if json {
         let rows: Vec<_> = reports
             .iter()
-            .map(|r| serde_json::json!({
-                "workload": format!("{:?}", r.workload), "clients": args.clients, "ops": r.ops, "errors": r.errors,
+            .map(|(clients, r)| serde_json::json!({
+                "workload": format!("{:?}", r.workload), "clients": clients, "ops": r.ops, "errors": r.errors,
                 "ops_per_second": r.ops as f64 / r.seconds,
                 "latency_us_p50": r.percentile_us(0.50), "latency_us_p99": r.percentile_us(0.99), "latency_us_p999": r.percentile_us(0.999),
                 "cache_hit_rate": r.hit_rate(), "local_commits": r.cache.local_commits,
@@ -149,11 +153,11 @@ pub async fn run(client: &Client, args: BenchArgs, json: bool) -> Result<(), FsE
             "{:<22} {:>8} {:>9} {:>10} {:>9} {:>9} {:>9} {:>7} {:>7}",
             "WORKLOAD", "CLIENTS", "OPS", "OPS/S", "P50 us", "P99 us", "P999 us", "HITS", "REQ/OP"
         );
-        for r in &reports {
+        for (clients, r) in &reports {
             println!(
                 "{:<22} {:>8} {:>9} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>7} {:>7}{}",
                 r.workload.name(),
-                args.clients,
+                clients,
                 r.ops,
                 r.ops as f64 / r.seconds,
                 r.percentile_us(0.50),
@@ -166,6 +170,30 @@ pub async fn run(client: &Client, args: BenchArgs, json: bool) -> Result<(), FsE
         }
     }
     Ok(())
+}
+
+/// A fresh directory name for this run under `dir`.
+pub(super) fn run_dir(dir: &str) -> String {
+    format!(
+        "{}/run-{}",
+        dir.trim_end_matches('/'),
+        std::process::id() as u64 * 1000 + rand::random::<u16>() as u64 % 1000
+    )
+}
+
+/// Runs one workload on CFFS with `clients` clients for the run's duration.
+pub(super) async fn cffs_workload(
+    client: &Client,
+    run_id: &str,
+    workload: Workload,
+    clients: usize,
+    args: &BenchArgs,
+) -> Result<Report, FsError> {
+    let endpoints: Vec<String> =
+        client.cluster_status().await.map(|s| s.members.into_iter().map(|m| m.addr).collect()).unwrap_or_default();
+    let run_id = format!("{run_id}/c{clients}");
+    run_workload(client, &endpoints, &run_id, workload, clients, Duration::from_secs(args.duration), &args.tmpfs_dir)
+        .await
 }
 
 async fn run_workload(

@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_data;
+mod bench_peer;
 mod transfer;
 
 use std::io::Write;
@@ -137,6 +138,11 @@ enum Command {
     /// Prints per workload: operations per second, latency percentiles (µs), the client
     /// cache's hit rate and the requests sent per operation (a warm read-only transaction
     /// sends none). Each operation is one whole transaction.
+    ///
+    /// With `--peer etcd`, creates and read-modify-writes run on CFFS and then on a running
+    /// etcd cluster (`--etcd-endpoints`) at each client count, side by side, with their ratio
+    /// and each system's CPU time per operation and memory; `ops/scripts/bench-peer.sh`
+    /// starts both clusters on loopback and runs it.
     Bench(bench::BenchArgs),
     /// Measure file data on the block service: sequential write and read of one large file,
     /// the read again from a warm block cache, 4 KiB random reads cold and warm, beside the
