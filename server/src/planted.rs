@@ -67,6 +67,13 @@ pub enum Bug {
     /// reference to blocks that are then deleted. The twin of "GC without the grace rule":
     /// here what protects an in-flight transaction is the tombstone rule, not the clock.
     CommitIgnoresTombstones = 19,
+    /// A batch of commits validated against the state before the batch: a later commit in
+    /// one entry does not see what an earlier one wrote (a read of a key the earlier one
+    /// changed passes validation), so one of two conflicting read-modify-writes is lost.
+    BatchValidatesAgainstBase = 20,
+    /// Only the first commit of a batch keeps a dedup record: a retry of any other one
+    /// applies it a second time.
+    BatchSharesDedup = 21,
 }
 
 static ARMED: AtomicU8 = AtomicU8::new(0);

@@ -94,6 +94,11 @@ pub enum Planted {
     BlockMapLosesRange,
     /// Commits ignore the block collector's tombstones and fence.
     CommitIgnoresTombstones,
+    /// A batch of commits validated against the state before the batch, not each against
+    /// what the ones before it in the batch wrote.
+    BatchValidatesAgainstBase,
+    /// Only the first commit of a batch keeps a dedup record.
+    BatchSharesDedup,
 }
 
 impl Planted {
@@ -125,6 +130,8 @@ impl Planted {
             }
             Planted::BlockMapLosesRange => cffs_client::planted::arm_block_map_loses_range(on),
             Planted::CommitIgnoresTombstones => server(Bug::CommitIgnoresTombstones),
+            Planted::BatchValidatesAgainstBase => server(Bug::BatchValidatesAgainstBase),
+            Planted::BatchSharesDedup => server(Bug::BatchSharesDedup),
             Planted::IgnoreInvalidations => cffs_client::planted::arm_ignore_invalidations(on),
             Planted::RenameWithoutAncestorCheck => cffs_client::planted::arm_rename_without_ancestor_check(on),
         }

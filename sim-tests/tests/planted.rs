@@ -159,3 +159,21 @@ fn commits_that_ignore_the_collectors_tombstones_are_caught() {
         "file-data",
     );
 }
+
+#[test]
+fn a_batch_validated_against_the_state_before_it_is_caught() {
+    caught_by(
+        "a batch of commits validated against the state before the batch (batched commits)",
+        Planted::BatchValidatesAgainstBase,
+        "bank",
+    );
+}
+
+#[test]
+fn a_batch_with_one_dedup_record_is_caught() {
+    caught_by(
+        "only a batch's first commit keeps a dedup record (batched commits)",
+        Planted::BatchSharesDedup,
+        "lost-commit",
+    );
+}

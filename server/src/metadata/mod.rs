@@ -1,6 +1,7 @@
 //! The metadata service: the namespace state (inodes, dentries, listing versions), the
 //! transaction validator that runs at apply time, and the gRPC service in front of Raft.
 
+pub mod batcher;
 pub mod leases;
 pub mod node;
 pub mod read_index;

@@ -16,6 +16,7 @@ use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::BasicNode;
 use tonic::{Request, Response, Status};
 
+use super::batcher::{self, Batcher, ProposeError};
 use super::leases::LeaseConfig;
 use super::read_index::{ReadIndex, ReadIndexError, RestartFloor};
 use super::sessions::{self, EventStream, Sessions};
@@ -24,7 +25,6 @@ use super::txn::{self, CommandOutcome};
 use crate::clock::Clock;
 use crate::constants::{INODE_ALLOCATE_MAX, READDIR_PAGE_MAX, REQUEST_TIMEOUT};
 use crate::raft::state_machine::MetaState;
-use crate::raft::type_config::RaftCommand;
 use crate::raft::MetaRaft;
 use crate::storage::keys;
 use crate::storage::{Cf, StorageError};
@@ -44,6 +44,8 @@ pub struct MetadataService {
     scrub: std::sync::Arc<crate::block::scrub::ScrubStats>,
     /// The block collector's counters (it runs while this replica leads).
     gc: std::sync::Arc<crate::block::gc::GcStats>,
+    /// Puts concurrent commits into shared log entries.
+    batcher: Batcher,
     /// This replica's clock (read only by a planted bug's path today).
     #[cfg_attr(not(madsim), allow(dead_code))]
     clock: Clock,
@@ -76,7 +78,19 @@ impl MetadataService {
         crate::block::scrub::spawn(raft.clone(), state.clone(), blocks.clone(), scrub, scrub_stats.clone());
         let gc_stats = std::sync::Arc::new(crate::block::gc::GcStats::default());
         crate::block::gc::spawn(raft.clone(), state.clone(), blocks.clone(), gc, gc_stats.clone());
-        MetadataService { node_id, raft, state, read_index, sessions, blocks, scrub: scrub_stats, gc: gc_stats, clock }
+        let batcher = Batcher::start(raft.clone());
+        MetadataService {
+            node_id,
+            raft,
+            state,
+            read_index,
+            sessions,
+            blocks,
+            scrub: scrub_stats,
+            gc: gc_stats,
+            batcher,
+            clock,
+        }
     }
 
     fn term(&self) -> Option<u64> {
@@ -120,17 +134,18 @@ impl MetadataService {
     }
 
     async fn propose(&self, command: Command) -> Result<CommandOutcome, Status> {
-        let write = self.raft.client_write(RaftCommand(command));
-        match tokio::time::timeout(REQUEST_TIMEOUT, write).await {
-            Err(_) => Err(status(ErrorCode::Timeout, "commit timed out; its outcome is unknown")),
-            Ok(Ok(response)) => match response.data.0 {
-                Some(outcome) => Ok(outcome),
-                None => Err(status(ErrorCode::Internal, "entry applied without an outcome")),
-            },
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
-                Err(self.not_leader(forward.leader_id, forward.leader_node.as_ref()))
+        batcher::propose(&self.raft, command).await.map_err(|error| self.propose_status(error))
+    }
+
+    fn propose_status(&self, error: ProposeError) -> Status {
+        match error {
+            ProposeError::Timeout => status(ErrorCode::Timeout, "commit timed out; its outcome is unknown"),
+            ProposeError::NotLeader { leader_id, leader_node } => self.not_leader(leader_id, leader_node.as_ref()),
+            ProposeError::Failed(why) => status(ErrorCode::LeaderChanged, why),
+            ProposeError::Internal(why) => status(ErrorCode::Internal, why),
+            ProposeError::TermChanged => {
+                status(ErrorCode::LeaderChanged, "the leader's term changed before the commit was proposed")
             }
-            Ok(Err(error)) => Err(status(ErrorCode::LeaderChanged, format!("commit: {error}"))),
         }
     }
 
@@ -522,7 +537,7 @@ impl MetadataService {
             .sessions
             .before_write(move || leader_term(&raft), request.session_id, sessions::written_keys(&request))
             .await?;
-        let outcome = self.propose(Command { kind: Some(command::Kind::Commit(request)) }).await;
+        let outcome = self.batcher.commit(request, pending.term()).await.map_err(|error| self.propose_status(error));
         if outcome.is_err() {
             pending.release_when_applied(self.raft.clone());
         }

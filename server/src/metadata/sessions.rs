@@ -78,9 +78,17 @@ pub struct Sessions {
 pub struct WriteGuard {
     sessions: Sessions,
     keys: BTreeSet<Vec<u8>>,
+    /// The term this write began in: its invalidations were sent, and its keys marked, in
+    /// that term's lease table. A new term starts a new table, so the write must be
+    /// proposed in this term or not at all (`batcher.rs`).
+    term: Option<u64>,
 }
 
 impl WriteGuard {
+    pub fn term(&self) -> Option<u64> {
+        self.term
+    }
+
     /// Keeps the keys pending until this replica has applied every entry logged so far (an
     /// entry whose outcome is unknown may still apply), then releases them.
     pub fn release_when_applied(self, raft: crate::raft::MetaRaft) {
@@ -198,10 +206,10 @@ impl Sessions {
         keys: BTreeSet<Vec<u8>>,
     ) -> Result<WriteGuard, Status> {
         let deadline = self.clock.now() + REQUEST_TIMEOUT;
-        let wait = loop {
+        let (wait, began_in) = loop {
             let now = self.clock.now();
+            let term = term();
             let begun = {
-                let term = term();
                 let mut state = self.lock();
                 state.sync(term, now);
                 if !state.settings_confirmed {
@@ -210,7 +218,7 @@ impl Sessions {
                 state.table.begin_write(term, writer, &keys, now)
             };
             match begun {
-                Ok(wait) => break wait,
+                Ok(wait) => break (wait, term),
                 Err(WriteRefused::NotLeader) => return Err(status(ErrorCode::NotLeader, "not the leader")),
                 Err(WriteRefused::NewLeaderWait(until)) if until <= deadline => self.clock.sleep_until(until).await,
                 Err(WriteRefused::TooManyPending) => {
@@ -224,7 +232,7 @@ impl Sessions {
                 }
             }
         };
-        let guard = WriteGuard { sessions: self.clone(), keys };
+        let guard = WriteGuard { sessions: self.clone(), keys, term: began_in };
         {
             let state = self.lock();
             for invalidation in &wait.send {

@@ -47,6 +47,8 @@ pub enum CommandOutcome {
     /// The command was malformed; it had no effect. (The leader checks requests before
     /// proposing them, so this is reached only by a bug or a corrupted entry.)
     Rejected(String),
+    /// A batch of commits: each one's outcome (`Commit` or `Rejected`), in order.
+    Commits(Vec<CommandOutcome>),
 }
 
 /// Why a commit request is refused before it is proposed.
@@ -314,6 +316,7 @@ pub fn apply_command(
     assert!(index > 0, "index 0 holds only the initial membership");
     match command.kind.as_ref() {
         Some(command::Kind::Commit(request)) => apply_commit(engine, index, request, batch),
+        Some(command::Kind::CommitBatch(commits)) => apply_commit_batch(engine, index, &commits.commits, batch),
         Some(command::Kind::AllocateInodes(request)) => apply_allocate_inodes(engine, request.count, batch),
         Some(command::Kind::ClusterSettings(settings)) => apply_cluster_settings(engine, settings, batch),
         Some(command::Kind::AddBlockGroup(request)) => apply_add_block_group(engine, index, request, batch),
@@ -327,6 +330,46 @@ pub fn apply_command(
         }
         None => Ok(CommandOutcome::Rejected("empty command".into())),
     }
+}
+
+/// Applies a batch of commits in order, as if each had an entry of its own: each reads (its
+/// dedup record, its validation, its overlay) through a view that holds what the ones before
+/// it wrote, and keeps its own outcome and dedup record. All of them write at version
+/// `index`: two commits of one batch that both write a key leave the later one's value, and
+/// no reader can have seen the earlier one's (nothing of the entry is visible before all of
+/// it is applied).
+fn apply_commit_batch(
+    engine: &dyn KvEngine,
+    index: u64,
+    commits: &[CommitRequest],
+    batch: &mut WriteBatch,
+) -> Result<CommandOutcome, StorageError> {
+    #[cfg(madsim)]
+    let blind = crate::planted::armed(crate::planted::Bug::BatchValidatesAgainstBase);
+    #[cfg(not(madsim))]
+    let blind = false;
+    #[cfg(madsim)]
+    let shared_dedup = crate::planted::armed(crate::planted::Bug::BatchSharesDedup);
+    #[cfg(not(madsim))]
+    let shared_dedup = false;
+    let mut view = crate::storage::pending::Pending::new(engine);
+    let mut outcomes = Vec::with_capacity(commits.len());
+    for (i, request) in commits.iter().enumerate() {
+        let from = batch.ops.len();
+        let reads: &dyn KvEngine = if blind { engine } else { &view };
+        outcomes.push(apply_commit(reads, index, request, batch)?);
+        if shared_dedup && i > 0 {
+            if let Ok(txn_id) = <[u8; TXN_ID_LEN]>::try_from(request.txn_id.as_slice()) {
+                let (record, by_index) = (keys::dedup_key(&txn_id), keys::dedup_by_index_key(index, &txn_id));
+                let tail = batch.ops.split_off(from);
+                batch.ops.extend(tail.into_iter().filter(|op| {
+                    !matches!(op, crate::storage::kv_engine::BatchOp::Put { key, .. } if *key == record || *key == by_index)
+                }));
+            }
+        }
+        view.absorb(&batch.ops[from..]);
+    }
+    Ok(CommandOutcome::Commits(outcomes))
 }
 
 /// Stores the cluster settings if none are stored yet; never changes stored ones.
@@ -695,6 +738,27 @@ mod tests {
             }
         }
 
+        /// Applies `requests` as one batch entry; each one's response.
+        fn apply_batch(&mut self, requests: &[CommitRequest]) -> Vec<CommitResponse> {
+            self.index += 1;
+            let mut batch = WriteBatch::default();
+            let command = Command {
+                kind: Some(command::Kind::CommitBatch(cffs_proto::CommitBatch { commits: requests.to_vec() })),
+            };
+            let outcome = apply_command(&self.engine, self.index, &command, &mut batch).unwrap();
+            self.engine.write(batch, false).unwrap();
+            match outcome {
+                CommandOutcome::Commits(outcomes) => outcomes
+                    .into_iter()
+                    .map(|outcome| match outcome {
+                        CommandOutcome::Commit(response) => response,
+                        other => panic!("unexpected outcome in a batch {other:?}"),
+                    })
+                    .collect(),
+                other => panic!("unexpected outcome {other:?}"),
+            }
+        }
+
         fn version(&self, key: &Key) -> u64 {
             state::read_version(&self.engine, &state::storage_key(key).unwrap()).unwrap()
         }
@@ -779,6 +843,58 @@ mod tests {
         assert!(committed(&state.apply(&a)));
         assert!(committed(&state.apply(&b)));
         assert!(state.inode(20).is_some() && state.inode(21).is_some());
+    }
+
+    #[test]
+    fn a_batch_validates_each_commit_against_the_ones_before_it() {
+        let mut state = State::new();
+        // Two creates of one name and one of another, all built on the same reads: in one
+        // entry the second create of "x" sees the first's dentry and conflicts.
+        let a = create(&state, 1, ROOT_INO, "x", 20);
+        let b = create(&state, 2, ROOT_INO, "x", 21);
+        let c = create(&state, 3, ROOT_INO, "y", 22);
+        let responses = state.apply_batch(&[a.clone(), b.clone(), c]);
+        assert!(committed(&responses[0]));
+        assert_eq!(conflict_key(&responses[1]), Some(Key::dentry(ROOT_INO, b"x")));
+        assert!(committed(&responses[2]), "a create of another name is not touched");
+        assert!(state.inode(20).is_some() && state.inode(21).is_none() && state.inode(22).is_some());
+        // Each kept its own outcome: retried alone later, each is answered as in the batch.
+        assert!(committed(&state.apply(&a)));
+        assert_eq!(conflict_key(&state.apply(&b)), Some(Key::dentry(ROOT_INO, b"x")));
+        assert!(state.inode(21).is_none());
+    }
+
+    #[test]
+    fn a_retry_inside_the_same_batch_is_answered_from_the_first() {
+        let mut state = State::new();
+        let a = create(&state, 1, ROOT_INO, "x", 20);
+        let responses = state.apply_batch(&[a.clone(), a]);
+        assert!(committed(&responses[0]));
+        assert_eq!(responses[0], responses[1], "one transaction id, one outcome");
+        let listing = state.read(Key::listing(ROOT_INO)).version;
+        assert_eq!(listing, state.index, "the directory changed once, in this entry");
+    }
+
+    #[test]
+    fn a_batch_ends_in_the_state_its_commits_leave_in_separate_entries() {
+        // Read-modify-writes of one counter file, each read at the version before the batch:
+        // one commits, the others conflict, as they would one entry each.
+        let mut batched = State::new();
+        let mut separate = State::new();
+        let setup = txn(9, vec![], vec![put_inode(file(30, b"0"))]);
+        batched.apply(&setup);
+        separate.apply(&setup);
+        let rmw = |state: &State, id: u8, value: &[u8]| {
+            txn(id, vec![state.read(Key::inode(30))], vec![put_inode(file(30, value))])
+        };
+        let requests: Vec<_> = (1..=3).map(|i| rmw(&batched, i, format!("{i}").as_bytes())).collect();
+        let in_batch = batched.apply_batch(&requests);
+        let one_by_one: Vec<_> = requests.iter().map(|r| separate.apply(r)).collect();
+        let outcomes = |responses: &[CommitResponse]| responses.iter().map(committed).collect::<Vec<_>>();
+        assert_eq!(outcomes(&in_batch), vec![true, false, false]);
+        assert_eq!(outcomes(&in_batch), outcomes(&one_by_one));
+        assert_eq!(batched.inode(30).unwrap().data, b"1");
+        assert_eq!(separate.inode(30).unwrap().data, b"1");
     }
 
     #[test]

@@ -48,6 +48,7 @@ impl fmt::Debug for RaftCommand {
             }
             Some(cffs_proto::command::Kind::TombstoneBlocks(b)) => write!(f, "TombstoneBlocks({})", b.ids.len()),
             Some(cffs_proto::command::Kind::DropTombstones(b)) => write!(f, "DropTombstones({})", b.ids.len()),
+            Some(cffs_proto::command::Kind::CommitBatch(b)) => write!(f, "CommitBatch({} commits)", b.commits.len()),
             None => write!(f, "Empty"),
         }
     }
@@ -112,9 +113,37 @@ impl Serialize for RaftOutcome {
             Some(CommandOutcome::ClusterMap(m)) => (5, m.encode_to_vec()),
             Some(CommandOutcome::Tombstoned(ids)) => (6, cffs_proto::BlockIds { ids: ids.clone() }.encode_to_vec()),
             Some(CommandOutcome::TombstonesDropped) => (7, Vec::new()),
+            Some(CommandOutcome::Commits(outcomes)) => (8, batch_outcome_encode(outcomes).encode_to_vec()),
         };
         (tag, serde_bytes_wrap(bytes)).serialize(serializer)
     }
+}
+
+fn batch_outcome_encode(outcomes: &[CommandOutcome]) -> cffs_proto::CommitBatchOutcome {
+    use cffs_proto::commit_batch_item::Outcome;
+    let item = |outcome: &CommandOutcome| cffs_proto::CommitBatchItem {
+        outcome: Some(match outcome {
+            CommandOutcome::Commit(response) => Outcome::Commit(response.clone()),
+            CommandOutcome::Rejected(why) => Outcome::Rejected(why.clone()),
+            other => Outcome::Rejected(format!("not a commit's outcome: {other:?}")),
+        }),
+    };
+    cffs_proto::CommitBatchOutcome { outcomes: outcomes.iter().map(item).collect() }
+}
+
+fn batch_outcome_decode(outcome: cffs_proto::CommitBatchOutcome) -> CommandOutcome {
+    use cffs_proto::commit_batch_item::Outcome;
+    CommandOutcome::Commits(
+        outcome
+            .outcomes
+            .into_iter()
+            .map(|item| match item.outcome {
+                Some(Outcome::Commit(response)) => CommandOutcome::Commit(response),
+                Some(Outcome::Rejected(why)) => CommandOutcome::Rejected(why),
+                None => CommandOutcome::Rejected("empty outcome".into()),
+            })
+            .collect(),
+    )
 }
 
 #[derive(Serialize, Deserialize)]
@@ -145,6 +174,9 @@ impl<'de> Deserialize<'de> for RaftOutcome {
                 cffs_proto::BlockIds::decode(bytes.as_slice()).map_err(D::Error::custom)?.ids,
             )),
             7 => Some(CommandOutcome::TombstonesDropped),
+            8 => Some(batch_outcome_decode(
+                cffs_proto::CommitBatchOutcome::decode(bytes.as_slice()).map_err(D::Error::custom)?,
+            )),
             _ => return Err(D::Error::custom("unknown outcome tag")),
         };
         Ok(RaftOutcome(outcome))

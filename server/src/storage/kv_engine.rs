@@ -98,7 +98,7 @@ impl StorageError {
 pub type KvPair = (Vec<u8>, Vec<u8>);
 pub type KvPairs = Vec<KvPair>;
 
-pub trait KvEngine: Send + Sync + 'static {
+pub trait KvEngine: Send + Sync {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
 
     /// Keys in `[start, end)` in order (`end = None`: to the end of the family), at most

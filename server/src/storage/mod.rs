@@ -5,6 +5,7 @@ pub mod codec;
 pub mod fail_stop;
 pub mod keys;
 pub mod kv_engine;
+pub mod pending;
 #[cfg(not(madsim))]
 pub mod rocks;
 pub mod sim_disk;
