@@ -66,11 +66,15 @@ fn launcher() -> Launcher {
 /// applied index, read again until they agree on it (`scenario::run`).
 ///
 /// 411: stale-read (a counter read 34 after 35 was acknowledged), found by the first run of
-/// batched commits. A commit waited in the batcher's queue while its leader lost and regained
-/// leadership in a new term; the new term's lease table did not hold its pending keys, a
-/// reader was leased the old value, and the commit then applied without invalidating it.
-/// Fixed: a write remembers the term it began in, and the batcher proposes it only in that
-/// term (`batcher::propose_batch`; otherwise it is answered, unproposed, "term changed").
+/// batched commits. In its trace replica 1 leads term 3, loses it to a vote for term 4 and
+/// leads again in term 5 within half a second, while commits wait in its batcher's queue
+/// behind proposals stuck on a cut-off peer. A commit that began in term 3 and is proposed in
+/// term 5 applies without invalidating readers leased in the new term's lease table, which
+/// never held its pending keys: the stale read. Fixed: a write remembers the term it began
+/// in, and the batcher proposes it only in that term (`batcher::propose_batch`; otherwise it
+/// is answered, unproposed, "term changed"). The fixed replay diverges earlier (two queued
+/// commits of the deposed term-2 leader are refused at 36.49 s), so it does not replay the
+/// path itself; a targeted scenario for it is still to write.
 const REGRESSION_SEEDS: &[u64] = &[10, 147, 182, 411, 1036, 1507, 3360, 4494, 13929];
 
 fn env_u64(name: &str, default: u64) -> u64 {
