@@ -135,11 +135,7 @@ async fn propose_batch(raft: &MetaRaft, batch: Vec<Queued>) {
     // starts a new lease table, whose holders its invalidations never reached. (Without the
     // queue the same could happen only between the end of the write's wait and its
     // proposal, with no await between them.)
-    let term = {
-        let metrics = raft.metrics();
-        let metrics = metrics.borrow();
-        (metrics.state == openraft::ServerState::Leader).then_some(metrics.current_term)
-    };
+    let term = super::service::leader_term(raft);
     let (batch, stale): (Vec<Queued>, Vec<Queued>) =
         batch.into_iter().partition(|q| q.term.is_some() && q.term == term);
     for queued in stale {

@@ -51,8 +51,9 @@ pub struct MetadataService {
     clock: Clock,
 }
 
-/// The term this replica leads, if it leads.
-fn leader_term(raft: &MetaRaft) -> Option<u64> {
+/// The term this replica leads, if it leads (as its metrics say: the lease table and the
+/// batcher both read leadership here).
+pub(super) fn leader_term(raft: &MetaRaft) -> Option<u64> {
     let metrics = raft.metrics();
     let metrics = metrics.borrow();
     (metrics.state == openraft::ServerState::Leader).then_some(metrics.current_term)
