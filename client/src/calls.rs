@@ -29,9 +29,38 @@ pub const RPC_BACKOFF_MIN: Duration = Duration::from_millis(10);
 pub const RPC_BACKOFF_MAX: Duration = Duration::from_millis(50);
 /// How long one RPC attempt may take.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(6);
-/// The endpoint of a server (metadata replica or block server) at `addr`: connects lazily,
-/// with HTTP/2 windows sized for blocks.
+/// Addresses dialed instead of the ones the cluster names (`set_address_map`).
+static ADDRESS_MAP: std::sync::OnceLock<BTreeMap<String, String>> = std::sync::OnceLock::new();
+
+/// Makes every connection to `from` (an address a replica or the cluster map names) go to
+/// `to` instead: for a process outside the cluster's network, which reaches the servers
+/// through published ports. Process-wide, since which addresses are reachable is a property
+/// of where the process runs; set once, before the first connection (later calls are
+/// ignored).
+pub fn set_address_map(map: BTreeMap<String, String>) {
+    let _ = ADDRESS_MAP.set(map);
+}
+
+/// Parses `FROM=TO,FROM=TO` (both HOST:PORT).
+pub fn parse_address_map(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut map = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (from, to) = part.split_once('=').ok_or_else(|| format!("'{part}' is not FROM_ADDR=TO_ADDR"))?;
+        let (from, to) = (from.trim(), to.trim());
+        if !from.contains(':') || !to.contains(':') {
+            return Err(format!("'{part}': both sides are HOST:PORT"));
+        }
+        if map.insert(from.to_string(), to.to_string()).is_some() {
+            return Err(format!("{from} is mapped twice"));
+        }
+    }
+    Ok(map)
+}
+
+/// The endpoint of a server (metadata replica or block server) at `addr` (or where the
+/// address map sends it): connects lazily, with HTTP/2 windows sized for blocks.
 pub(crate) fn endpoint(addr: &str) -> Result<Endpoint, FsError> {
+    let addr = ADDRESS_MAP.get().and_then(|map| map.get(addr)).map_or(addr, String::as_str);
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| FsError::Invalid(format!("endpoint {addr}: {e}")))?
         .connect_timeout(Duration::from_secs(2))
@@ -189,5 +218,18 @@ impl Calls {
             return Err(FsError::OutcomeUnknown(format!("{what}: {last_error}")));
         }
         Err(last_error)
+    }
+}
+
+#[cfg(test)]
+mod address_map_tests {
+    #[test]
+    fn address_maps_parse_and_reject_bad_input() {
+        let map = super::parse_address_map("cffs1:7100=127.0.0.1:7101, cffs2:7100=127.0.0.1:7102").unwrap();
+        assert_eq!(map["cffs2:7100"], "127.0.0.1:7102");
+        assert!(super::parse_address_map("").unwrap().is_empty());
+        for bad in ["a:1", "a=b:1", "a:1=b:2,a:1=c:3"] {
+            assert!(super::parse_address_map(bad).is_err(), "{bad}");
+        }
     }
 }

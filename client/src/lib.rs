@@ -20,6 +20,7 @@
 pub mod blocks;
 pub mod cache;
 mod calls;
+pub use calls::{parse_address_map, set_address_map};
 pub mod client;
 pub mod error;
 mod file_data;

@@ -1,7 +1,6 @@
 //! Command line of `cffs-server`.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -10,16 +9,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use cffs_server::block::file_store::FileBlockStore;
-use cffs_server::block::gc::GcConfig;
 use cffs_server::block::node::BlockNode;
-use cffs_server::block::scrub::ScrubConfig;
 use cffs_server::block::service::BlockService;
-use cffs_server::block::Maintenance;
-use cffs_server::constants::{LEASE_DRIFT_PPM_DEFAULT, LEASE_DURATION_DEFAULT};
-use cffs_server::metadata::leases::LeaseConfig;
+use cffs_server::config::{self, BlockSettings, LogFormat, MetaSettings, RawConfig};
+use cffs_server::http;
 use cffs_server::metadata::node::{MetaNode, MetaNodeConfig};
 use cffs_server::storage::rocks::RocksEngine;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "cffs-server", version, about = "CFFS server: metadata replicas and block servers of a CFFS cluster")]
@@ -32,67 +28,17 @@ struct Cli {
 enum Role {
     /// Run one metadata replica (one member of the metadata Raft group).
     ///
-    /// Start every replica of a new cluster with the same --peers; the lowest id initializes
-    /// the cluster. A restarted replica rejoins from its --data-dir and never re-initializes.
-    Meta {
-        /// This replica's id: a positive integer listed in --peers.
-        #[arg(long)]
-        id: u64,
-        /// Address to listen on, HOST:PORT (e.g. 0.0.0.0:7101).
-        #[arg(long)]
-        listen: SocketAddr,
-        /// Every replica of the initial cluster: ID=HOST:PORT,ID=HOST:PORT,...
-        #[arg(long, value_parser = parse_peers)]
-        peers: BTreeMap<u64, String>,
-        /// Directory of this replica's RocksDB data (created if missing).
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// Client lease duration in milliseconds: how long a cached item stays good without
-        /// news; also how long a writer may wait for a silent client, and a new leader for
-        /// its predecessor's leases. Every replica should use the same value.
-        #[arg(long, default_value_t = LEASE_DURATION_DEFAULT.as_millis() as u64,
-              value_parser = clap::value_parser!(u64).range(50..=60_000))]
-        lease_ms: u64,
-        /// Bound on clock rate error (parts per million) that leases allow for.
-        #[arg(long, default_value_t = LEASE_DRIFT_PPM_DEFAULT,
-              value_parser = clap::value_parser!(u32).range(0..=500_000))]
-        lease_drift_ppm: u32,
-        /// Also serve as a block server (block server id = --id), on the same address, with
-        /// its blocks in this directory. Add it to a block group with `cffs cluster
-        /// add-block-group`.
-        #[arg(long)]
-        block_dir: Option<PathBuf>,
-        /// The scrubber's rate (it runs on the leader, re-reading every copy of every block
-        /// and repairing bad or missing ones): bytes of copies read per second.
-        #[arg(long, default_value_t = 32 * 1024 * 1024)]
-        scrub_bytes_per_sec: u64,
-        /// Seconds between two scrub passes.
-        #[arg(long, default_value_t = 60)]
-        scrub_pause_secs: u64,
-        /// Blocks unreferenced and stored longer ago than this are deleted by the collector
-        /// (it runs on the leader). Safety does not depend on it (docs/design/blocks.md); it
-        /// keeps the collector from aborting slow transactions.
-        #[arg(long, default_value_t = 3600)]
-        gc_grace_secs: u64,
-        /// Seconds between two collection rounds.
-        #[arg(long, default_value_t = 300)]
-        gc_interval_secs: u64,
-    },
+    /// Start every replica of a new cluster with the same peers; the lowest id initializes
+    /// the cluster. A restarted replica rejoins from its data directory and never
+    /// re-initializes. Settings come from --config (TOML; see ops/config/), overridden by
+    /// CFFS_* environment variables, overridden by flags.
+    Meta(NodeArgs),
     /// Run one block server: stores file data as immutable, checksummed blocks.
     ///
     /// A block server joins the cluster when a block group naming it is added
-    /// (`cffs cluster add-block-group ID=HOST:PORT,ID=HOST:PORT,ID=HOST:PORT`).
-    Block {
-        /// This block server's id: a positive integer, unique among block servers.
-        #[arg(long)]
-        id: u64,
-        /// Address to listen on, HOST:PORT.
-        #[arg(long)]
-        listen: SocketAddr,
-        /// Directory of this server's blocks (created if missing).
-        #[arg(long)]
-        data_dir: PathBuf,
-    },
+    /// (`cffs cluster add-block-group ID=HOST:PORT,ID=HOST:PORT,ID=HOST:PORT`). Takes id,
+    /// listen, metrics_listen, data_dir and log_format (file, CFFS_* or flags).
+    Block(NodeArgs),
     /// Run a local cluster on loopback: three metadata replicas that are also block servers
     /// (block group 1), and three more block servers (block group 2), as six processes.
     ///
@@ -103,12 +49,91 @@ enum Role {
         data_dir: PathBuf,
         /// The replicas listen on 127.0.0.1 at this port and the next two, the other block
         /// servers on the three after.
-        #[arg(long, default_value_t = 7101)]
+        /// (Their /metrics and /health are served over HTTP at these ports plus 1000.)
+        #[arg(long, default_value_t = 7101, value_parser = clap::value_parser!(u16).range(1..=64_000))]
         base_port: u16,
         /// Block size of the cluster's files, in bytes (set when the cluster is created).
         #[arg(long, default_value_t = cffs_proto::limits::BLOCK_SIZE_DEFAULT, value_parser = parse_block_size)]
         block_size: u32,
     },
+}
+
+/// A node's settings as flags and environment (each optional: the config file may give it).
+#[derive(Args)]
+struct NodeArgs {
+    /// A TOML file of this node's settings (keys as the flags, with `_`; lease, scrub and gc
+    /// settings in [leases], [scrub], [gc] tables; peers in a [peers] table of ID = "HOST:PORT").
+    #[arg(long, env = "CFFS_CONFIG")]
+    config: Option<PathBuf>,
+    /// This node's id: a positive integer (a replica's is listed in its peers).
+    #[arg(long, env = "CFFS_ID")]
+    id: Option<u64>,
+    /// Address to listen on for gRPC, IP:PORT (e.g. 0.0.0.0:7100).
+    #[arg(long, env = "CFFS_LISTEN")]
+    listen: Option<String>,
+    /// Address to serve Prometheus /metrics and /health on over HTTP, IP:PORT (none when unset).
+    #[arg(long, env = "CFFS_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+    /// Directory of this node's data (created if missing): a replica's RocksDB, a block
+    /// server's blocks.
+    #[arg(long, env = "CFFS_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Log lines as text or json (one object per line). The level filter is RUST_LOG.
+    #[arg(long, env = "CFFS_LOG_FORMAT")]
+    log_format: Option<String>,
+    /// Replica only. Every replica of the initial cluster: ID=HOST:PORT,ID=HOST:PORT,...
+    #[arg(long, env = "CFFS_PEERS", value_parser = config::peers_from_list)]
+    peers: Option<BTreeMap<String, String>>,
+    /// Replica only. Also serve as a block server (block server id = --id), on the same
+    /// address, with its blocks in this directory.
+    #[arg(long, env = "CFFS_BLOCK_DIR")]
+    block_dir: Option<PathBuf>,
+    /// Replica only. Client lease duration in milliseconds (50..=60000; default 2000): how
+    /// long a cached item stays good without news. A cluster-wide setting: the first leader
+    /// stores it, and a replica given another value refuses to start.
+    #[arg(long, env = "CFFS_LEASE_MS")]
+    lease_ms: Option<u64>,
+    /// Replica only. Bound on clock rate error (parts per million) that leases allow for;
+    /// cluster-wide like --lease-ms.
+    #[arg(long, env = "CFFS_LEASE_DRIFT_PPM")]
+    lease_drift_ppm: Option<u32>,
+    /// Replica only. The scrubber's rate (it runs on the leader, re-reading every copy of every
+    /// block and repairing bad or missing ones): bytes read per second (default 32 MiB/s).
+    #[arg(long, env = "CFFS_SCRUB_BYTES_PER_SEC")]
+    scrub_bytes_per_sec: Option<u64>,
+    /// Replica only. Seconds between two scrub passes (default 60).
+    #[arg(long, env = "CFFS_SCRUB_PAUSE_SECS")]
+    scrub_pause_secs: Option<u64>,
+    /// Replica only. Blocks unreferenced and stored longer ago than this are deleted by the
+    /// collector (default 3600). Safety does not depend on it (docs/design/blocks.md).
+    #[arg(long, env = "CFFS_GC_GRACE_SECS")]
+    gc_grace_secs: Option<u64>,
+    /// Replica only. Seconds between two collection rounds (default 300).
+    #[arg(long, env = "CFFS_GC_INTERVAL_SECS")]
+    gc_interval_secs: Option<u64>,
+}
+
+impl NodeArgs {
+    /// The flags and environment over the config file, not yet validated.
+    fn raw(self) -> anyhow::Result<RawConfig> {
+        let file = match &self.config {
+            Some(path) => RawConfig::load(path)?,
+            None => RawConfig::default(),
+        };
+        let flags = RawConfig {
+            id: self.id,
+            listen: self.listen,
+            metrics_listen: self.metrics_listen,
+            data_dir: self.data_dir,
+            block_dir: self.block_dir,
+            peers: self.peers,
+            log_format: self.log_format,
+            leases: config::RawLeases { duration_ms: self.lease_ms, drift_ppm: self.lease_drift_ppm },
+            scrub: config::RawScrub { bytes_per_sec: self.scrub_bytes_per_sec, pause_secs: self.scrub_pause_secs },
+            gc: config::RawGc { grace_secs: self.gc_grace_secs, interval_secs: self.gc_interval_secs },
+        };
+        Ok(flags.over(file))
+    }
 }
 
 fn parse_block_size(text: &str) -> Result<u32, String> {
@@ -119,65 +144,28 @@ fn parse_block_size(text: &str) -> Result<u32, String> {
     Ok(size)
 }
 
-fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, String> {
-    let mut peers = BTreeMap::new();
-    for part in text.split(',').filter(|p| !p.is_empty()) {
-        let (id, addr) = part.split_once('=').ok_or_else(|| format!("'{part}' is not ID=HOST:PORT"))?;
-        let id: u64 = id.trim().parse().map_err(|_| format!("'{id}' is not a replica id"))?;
-        if id == 0 {
-            return Err("replica ids start at 1".into());
-        }
-        if !addr.contains(':') {
-            return Err(format!("'{addr}' is not HOST:PORT"));
-        }
-        if peers.insert(id, addr.trim().to_string()).is_some() {
-            return Err(format!("replica id {id} is listed twice"));
-        }
-    }
-    if peers.is_empty() {
-        return Err("no peers given".into());
-    }
-    Ok(peers)
-}
-
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,openraft=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // Settings are validated before logging starts: its format is one of them.
+    let command = match Validated::from(cli.command) {
+        Ok(command) => command,
+        Err(error) => {
+            eprintln!("cffs-server: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,openraft=warn".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match command.log_format() {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(async {
-        match cli.command {
-            Role::Meta {
-                id,
-                listen,
-                peers,
-                data_dir,
-                lease_ms,
-                lease_drift_ppm,
-                block_dir,
-                scrub_bytes_per_sec,
-                scrub_pause_secs,
-                gc_grace_secs,
-                gc_interval_secs,
-            } => {
-                let leases = LeaseConfig { duration: Duration::from_millis(lease_ms), drift_ppm: lease_drift_ppm };
-                let scrub = ScrubConfig {
-                    bytes_per_sec: scrub_bytes_per_sec,
-                    pass_pause: Duration::from_secs(scrub_pause_secs.max(1)),
-                };
-                let gc = GcConfig {
-                    grace: Duration::from_secs(gc_grace_secs),
-                    interval: Duration::from_secs(gc_interval_secs.max(1)),
-                };
-                run_meta(id, listen, peers, &data_dir, leases, block_dir.as_deref(), Maintenance { scrub, gc }).await
-            }
-            Role::Block { id, listen, data_dir } => run_block(id, listen, &data_dir).await,
-            Role::Dev { data_dir, base_port, block_size } => run_dev(&data_dir, base_port, block_size).await,
+        match command {
+            Validated::Meta(settings) => run_meta(settings).await,
+            Validated::Block(settings) => run_block(settings).await,
+            Validated::Dev { data_dir, base_port, block_size } => run_dev(&data_dir, base_port, block_size).await,
         }
     });
     match result {
@@ -189,31 +177,50 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run_meta(
-    id: u64,
-    listen: SocketAddr,
-    peers: BTreeMap<u64, String>,
-    data_dir: &Path,
-    leases: LeaseConfig,
-    block_dir: Option<&Path>,
-    maintenance: Maintenance,
-) -> anyhow::Result<()> {
-    if !peers.contains_key(&id) {
-        bail!("--peers does not list this replica's id {id}");
+/// A role with its settings validated.
+enum Validated {
+    Meta(MetaSettings),
+    Block(BlockSettings),
+    Dev { data_dir: PathBuf, base_port: u16, block_size: u32 },
+}
+
+impl Validated {
+    fn from(role: Role) -> anyhow::Result<Validated> {
+        Ok(match role {
+            Role::Meta(args) => Validated::Meta(args.raw()?.into_meta()?),
+            Role::Block(args) => Validated::Block(args.raw()?.into_block()?),
+            Role::Dev { data_dir, base_port, block_size } => Validated::Dev { data_dir, base_port, block_size },
+        })
     }
+
+    fn log_format(&self) -> LogFormat {
+        match self {
+            Validated::Meta(settings) => settings.log_format,
+            Validated::Block(settings) => settings.log_format,
+            Validated::Dev { .. } => LogFormat::Text,
+        }
+    }
+}
+
+async fn run_meta(settings: MetaSettings) -> anyhow::Result<()> {
+    let data_dir = &settings.data_dir;
     std::fs::create_dir_all(data_dir).with_context(|| format!("create data directory {}", data_dir.display()))?;
     let engine = RocksEngine::open(&data_dir.join("rocksdb"))
         .with_context(|| format!("open data directory {}", data_dir.display()))?;
-    let mut config = MetaNodeConfig::new(id, listen, peers);
-    config.leases = leases;
-    config.scrub = maintenance.scrub;
-    config.gc = maintenance.gc;
-    if let Some(block_dir) = block_dir {
-        config.block_service = Some(BlockService::new(id, open_block_store(block_dir)?));
+    let mut config = MetaNodeConfig::new(settings.id, settings.listen, settings.peers.clone());
+    config.leases = settings.leases;
+    config.scrub = settings.scrub;
+    config.gc = settings.gc;
+    if let Some(block_dir) = &settings.block_dir {
+        config.block_service = Some(BlockService::new(settings.id, open_block_store(block_dir)?));
     }
-    let node = MetaNode::start(config, Arc::new(engine)).await?;
+    let node = Arc::new(MetaNode::start(config, Arc::new(engine)).await?);
+    if let Some(listen) = settings.metrics_listen {
+        let (metrics, health) = (node.clone(), node.clone());
+        http::serve(listen, Arc::new(move || metrics.metrics_text()), Arc::new(move || health.health())).await?;
+    }
     shutdown_signal().await;
-    tracing::info!(node_id = id, "shutting down");
+    tracing::info!(node_id = settings.id, "shutting down");
     node.raft.shutdown().await.ok();
     Ok(())
 }
@@ -223,13 +230,14 @@ fn open_block_store(dir: &Path) -> anyhow::Result<Arc<FileBlockStore>> {
     Ok(Arc::new(store))
 }
 
-async fn run_block(id: u64, listen: SocketAddr, data_dir: &Path) -> anyhow::Result<()> {
-    if id == 0 {
-        bail!("block server ids start at 1");
+async fn run_block(settings: BlockSettings) -> anyhow::Result<()> {
+    let node = Arc::new(BlockNode::start(settings.id, settings.listen, open_block_store(&settings.data_dir)?).await?);
+    if let Some(listen) = settings.metrics_listen {
+        let (metrics, health) = (node.clone(), node.clone());
+        http::serve(listen, Arc::new(move || metrics.metrics_text()), Arc::new(move || health.health())).await?;
     }
-    BlockNode::start(id, listen, open_block_store(data_dir)?).await?;
     shutdown_signal().await;
-    tracing::info!(server_id = id, "shutting down");
+    tracing::info!(server_id = settings.id, "shutting down");
     Ok(())
 }
 
@@ -241,6 +249,9 @@ async fn shutdown_signal() {
         _ = terminate.recv() => {}
     }
 }
+
+/// A dev process's HTTP port (/metrics, /health) is its gRPC port plus this.
+const DEV_METRICS_PORT_OFFSET: u16 = 1000;
 
 async fn run_dev(data_dir: &Path, base_port: u16, block_size: u32) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir).with_context(|| format!("create {}", data_dir.display()))?;
@@ -288,6 +299,8 @@ async fn run_dev(data_dir: &Path, base_port: u16, block_size: u32) -> anyhow::Re
             data_dir.join(format!("meta{id}")).display().to_string(),
             "--block-dir".into(),
             dir("blocks"),
+            "--metrics-listen".into(),
+            format!("127.0.0.1:{}", port + DEV_METRICS_PORT_OFFSET),
         ];
         spawn(format!("meta{id}"), args, &mut children)?;
     }
@@ -301,6 +314,8 @@ async fn run_dev(data_dir: &Path, base_port: u16, block_size: u32) -> anyhow::Re
             format!("127.0.0.1:{port}"),
             "--data-dir".into(),
             data_dir.join(format!("block{id}")).display().to_string(),
+            "--metrics-listen".into(),
+            format!("127.0.0.1:{}", port + DEV_METRICS_PORT_OFFSET),
         ];
         spawn(format!("block{id}"), args, &mut children)?;
     }
@@ -315,6 +330,8 @@ async fn run_dev(data_dir: &Path, base_port: u16, block_size: u32) -> anyhow::Re
         Ok((leader, map)) => {
             println!("CFFS dev cluster: 3 metadata replicas (leader: replica {leader}), {} block groups of 3 servers, {} KiB blocks", map.groups.len(), map.block_size / 1024);
             println!("data and logs: {}", data_dir.display());
+            let first = base_port + DEV_METRICS_PORT_OFFSET;
+            println!("metrics and health: http://127.0.0.1:{first}/metrics .. :{}/metrics, /health", first + 5);
             println!();
             println!("  export CFFS_ENDPOINTS={endpoints}");
             println!("  cffs mkdir /hello && cffs ls -l /");
@@ -424,19 +441,5 @@ async fn stop_children(children: &mut [(String, Child)]) {
     for (_, child) in children.iter_mut() {
         let _ = child.kill();
         let _ = child.wait();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn peers_parse_and_reject_bad_input() {
-        let peers = parse_peers("1=127.0.0.1:7101,2=h:2").unwrap();
-        assert_eq!(peers[&2], "h:2");
-        for bad in ["", "1", "0=a:1", "x=a:1", "1=a:1,1=b:2", "1=nohost"] {
-            assert!(parse_peers(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -6,8 +6,13 @@ pub mod block;
 #[cfg(madsim)]
 pub mod buggify;
 pub mod clock;
+#[cfg(not(madsim))]
+pub mod config;
 pub mod constants;
+#[cfg(not(madsim))]
+pub mod http;
 pub mod metadata;
+pub mod metrics;
 #[cfg(madsim)]
 pub mod planted;
 pub mod raft;

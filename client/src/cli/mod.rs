@@ -29,6 +29,12 @@ struct Cli {
     /// Metadata replicas to contact, HOST:PORT[,HOST:PORT...]; any one is enough.
     #[arg(long, env = "CFFS_ENDPOINTS", global = true, default_value = "127.0.0.1:7101")]
     endpoints: String,
+    /// Addresses to dial instead of those the cluster names, CLUSTER_ADDR=REACHABLE_ADDR,...
+    /// For a client outside the cluster's network: the replicas and block servers advertise
+    /// addresses of that network (e.g. cffs1:7100 on a compose network), reached from the
+    /// host through published ports (cffs1:7100=127.0.0.1:7101).
+    #[arg(long, env = "CFFS_ADDRESS_MAP", global = true, default_value = "")]
+    address_map: String,
     /// Output format for commands that print data.
     #[arg(short, long, value_enum, default_value_t = Output::Text, global = true)]
     output: Output,
@@ -182,6 +188,10 @@ enum ClusterCommand {
         /// The cluster's block size in bytes, set by the first group (later groups keep it).
         #[arg(long)]
         block_size: Option<u32>,
+        /// Succeed without change when a group of exactly these servers exists already (for
+        /// scripts that set a cluster up and may run again).
+        #[arg(long)]
+        if_absent: bool,
     },
     /// Show the cluster map: block groups, their servers, and each server's blocks and
     /// bytes.
@@ -209,6 +219,9 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     let endpoints = crate::client::parse_endpoints(&cli.endpoints).map_err(|e| Failure(format!("--endpoints: {e}")))?;
+    let address_map =
+        crate::calls::parse_address_map(&cli.address_map).map_err(|e| Failure(format!("--address-map: {e}")))?;
+    crate::calls::set_address_map(address_map);
     let client = Client::connect(&endpoints).map_err(|e| Failure(e.to_string()))?;
     let json = cli.output == Output::Json;
     match cli.command {
@@ -337,12 +350,26 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .map_err(|e| Failure(format!("cannot change the voters to {voters:?}: {e}")))?;
             cluster_status(&client, json).await?;
         }
-        Command::Cluster { command: ClusterCommand::AddBlockGroup { members, block_size } } => {
+        Command::Cluster { command: ClusterCommand::AddBlockGroup { members, block_size, if_absent } } => {
             let members = parse_block_members(&members).map_err(|e| Failure(format!("add-block-group: {e}")))?;
-            client
-                .add_block_group(members, block_size.unwrap_or(0))
-                .await
-                .map_err(|e| Failure(format!("cannot add the block group: {e}")))?;
+            let wanted: std::collections::BTreeSet<(u64, &str)> =
+                members.iter().map(|m| (m.id, m.addr.as_str())).collect();
+            let present = match if_absent {
+                false => false,
+                true => {
+                    let map = client.cluster_map(false).await.map_err(|e| Failure(format!("cluster map: {e}")))?;
+                    map.groups.iter().any(|group| {
+                        group.members.iter().map(|m| (m.id, m.addr.as_str())).collect::<std::collections::BTreeSet<_>>()
+                            == wanted
+                    })
+                }
+            };
+            if !present {
+                client
+                    .add_block_group(members.clone(), block_size.unwrap_or(0))
+                    .await
+                    .map_err(|e| Failure(format!("cannot add the block group: {e}")))?;
+            }
             block_status(&client, json).await?;
         }
         Command::Cluster { command: ClusterCommand::Blocks } => block_status(&client, json).await?,

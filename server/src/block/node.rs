@@ -22,6 +22,13 @@ impl BlockNode {
             .initial_connection_window_size(cffs_proto::limits::HTTP2_CONNECTION_WINDOW_BYTES)
             .max_frame_size(cffs_proto::limits::HTTP2_MAX_FRAME_BYTES)
             .add_service(service.clone().server());
+        #[cfg(not(madsim))]
+        let router = {
+            let (reporter, health) = tonic_health::server::health_reporter();
+            reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+            reporter.set_service_status("cffs.v1.Block", tonic_health::ServingStatus::Serving).await;
+            router.add_service(health)
+        };
         tokio::spawn(async move {
             if let Err(error) = router.serve(listen).await {
                 tracing::error!(%error, %listen, "block server stopped");
@@ -29,5 +36,22 @@ impl BlockNode {
         });
         tracing::info!(server_id = id, %listen, blocks, bytes, "block server started");
         Ok(BlockNode { service })
+    }
+
+    pub fn metrics_text(&self) -> String {
+        let mut out = crate::metrics::Exposition::default();
+        self.service.render_metrics(&mut out);
+        out.finish()
+    }
+
+    /// A block server serves whenever its process runs: its store was opened at start, and a
+    /// failed read or write fails that request alone (the reader tries another replica).
+    pub fn health(&self) -> crate::metrics::Health {
+        let (blocks, bytes) = self.service.totals();
+        let body = serde_json::json!({
+            "status": "ok", "role": "block", "server_id": self.service.server_id(),
+            "blocks": blocks, "bytes": bytes,
+        });
+        crate::metrics::Health { healthy: true, body: body.to_string() }
     }
 }

@@ -35,6 +35,8 @@ pub const LIST_PAGE_MAX: usize = 4_096;
 struct Counters {
     puts: AtomicU64,
     gets: AtomicU64,
+    bytes_put: AtomicU64,
+    bytes_got: AtomicU64,
     checksum_refusals: AtomicU64,
     checksum_failures: AtomicU64,
 }
@@ -118,6 +120,40 @@ impl BlockService {
     }
 
     /// (blocks, bytes) stored.
+    /// This block server's figures for `/metrics`.
+    pub fn render_metrics(&self, out: &mut crate::metrics::Exposition) {
+        use crate::metrics::Kind::{Counter, Gauge};
+        let (blocks, bytes) = self.totals();
+        let c = &self.counters;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        out.single("cffs_block_server_id", Gauge, "This block server's id.", self.server_id);
+        out.single("cffs_block_stored_blocks", Gauge, "Blocks stored on this server.", blocks);
+        out.single("cffs_block_stored_bytes", Gauge, "Bytes of blocks stored on this server.", bytes);
+        let counters: [(&str, &str, u64); 6] = [
+            ("cffs_block_puts_total", "Blocks written (durable before acknowledged).", get(&c.puts)),
+            ("cffs_block_put_bytes_total", "Bytes of blocks written.", get(&c.bytes_put)),
+            ("cffs_block_gets_total", "Blocks served, crc checked.", get(&c.gets)),
+            ("cffs_block_get_bytes_total", "Bytes of blocks served.", get(&c.bytes_got)),
+            (
+                "cffs_block_crc_refusals_total",
+                "Blocks refused on write: bytes did not match their crc32.",
+                get(&c.checksum_refusals),
+            ),
+            (
+                "cffs_block_crc_mismatches_total",
+                "Stored copies found bad (crc32 mismatch) when read.",
+                get(&c.checksum_failures),
+            ),
+        ];
+        for (name, help, value) in counters {
+            out.single(name, Counter, help, value);
+        }
+    }
+
+    pub fn server_id(&self) -> u64 {
+        self.server_id
+    }
+
     pub fn totals(&self) -> (u64, u64) {
         self.store.totals()
     }
@@ -149,7 +185,8 @@ impl cffs_proto::block_server::Block for BlockService {
             self.counters.checksum_refusals.fetch_add(1, Ordering::Relaxed);
             return Err(status(ErrorCode::Checksum, "the block's bytes do not match its crc32"));
         }
-        let info = BlockInfo { id, len: request.data.len() as u32, crc: request.crc, stored_at_ms: now_ms() };
+        let len = request.data.len() as u64;
+        let info = BlockInfo { id, len: len as u32, crc: request.crc, stored_at_ms: now_ms() };
         #[cfg(madsim)]
         let durable = !crate::planted::armed(crate::planted::Bug::BlockAckBeforeDurable);
         #[cfg(not(madsim))]
@@ -163,6 +200,7 @@ impl cffs_proto::block_server::Block for BlockService {
         .await
         .map_err(storage_status)?;
         self.counters.puts.fetch_add(1, Ordering::Relaxed);
+        self.counters.bytes_put.fetch_add(len, Ordering::Relaxed);
         Ok(Response::new(PutBlockResponse {}))
     }
 
@@ -181,6 +219,7 @@ impl cffs_proto::block_server::Block for BlockService {
             return Err(self.bad_copy(&id, "crc mismatch"));
         }
         self.counters.gets.fetch_add(1, Ordering::Relaxed);
+        self.counters.bytes_got.fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(Response::new(GetBlockResponse { crc: info.crc, data: data.into() }))
     }
 

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::txn::CommandOutcome;
 use crate::constants::REQUEST_TIMEOUT;
+use crate::metrics::CommitMetrics;
 use crate::raft::type_config::RaftCommand;
 use crate::raft::MetaRaft;
 
@@ -80,9 +81,9 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    pub fn start(raft: MetaRaft) -> Batcher {
+    pub fn start(raft: MetaRaft, metrics: Arc<CommitMetrics>) -> Batcher {
         let (queue, receiver) = mpsc::channel(QUEUE_MAX);
-        tokio::spawn(run(raft, receiver));
+        tokio::spawn(run(raft, receiver, metrics));
         Batcher { queue }
     }
 
@@ -99,7 +100,7 @@ impl Batcher {
     }
 }
 
-async fn run(raft: MetaRaft, mut receiver: mpsc::Receiver<Queued>) {
+async fn run(raft: MetaRaft, mut receiver: mpsc::Receiver<Queued>, metrics: Arc<CommitMetrics>) {
     let in_flight = Arc::new(Semaphore::new(BATCH_PROPOSALS_IN_FLIGHT));
     let mut carried: Option<Queued> = None;
     loop {
@@ -122,15 +123,15 @@ async fn run(raft: MetaRaft, mut receiver: mpsc::Receiver<Queued>) {
             bytes += next.bytes;
             batch.push(next);
         }
-        let raft = raft.clone();
+        let (raft, metrics) = (raft.clone(), metrics.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            propose_batch(&raft, batch).await;
+            propose_batch(&raft, batch, &metrics).await;
         });
     }
 }
 
-async fn propose_batch(raft: &MetaRaft, batch: Vec<Queued>) {
+async fn propose_batch(raft: &MetaRaft, batch: Vec<Queued>, metrics: &CommitMetrics) {
     // A commit that waited in the queue across a change of term is not proposed: a new term
     // starts a new lease table, whose holders its invalidations never reached. (Without the
     // queue the same could happen only between the end of the write's wait and its
@@ -147,6 +148,7 @@ async fn propose_batch(raft: &MetaRaft, batch: Vec<Queued>) {
     }
     let (requests, replies): (Vec<CommitRequest>, Vec<_>) = batch.into_iter().map(|q| (q.request, q.reply)).unzip();
     let single = requests.len() == 1;
+    metrics.record_batch(requests.len());
     let kind = match single {
         true => command::Kind::Commit(requests.into_iter().next().expect("one request")),
         false => command::Kind::CommitBatch(CommitBatch { commits: requests }),

@@ -69,6 +69,27 @@ impl MetaNodeConfig {
 
 pub struct MetaNode {
     pub raft: MetaRaft,
+    /// The replica's metadata service (its figures and health: `metrics_text`, `health`).
+    pub service: MetadataService,
+    /// The block service this process also serves, if any.
+    pub block_service: Option<crate::block::service::BlockService>,
+}
+
+impl MetaNode {
+    /// This process's figures in Prometheus's text format: the replica's, and its block
+    /// server's when it is one.
+    pub fn metrics_text(&self) -> String {
+        let mut out = crate::metrics::Exposition::default();
+        self.service.render_metrics(&mut out);
+        if let Some(blocks) = &self.block_service {
+            blocks.render_metrics(&mut out);
+        }
+        out.finish()
+    }
+
+    pub fn health(&self) -> crate::metrics::Health {
+        self.service.health()
+    }
 }
 
 pub fn raft_config(node: &MetaNodeConfig) -> anyhow::Result<Arc<openraft::Config>> {
@@ -141,6 +162,7 @@ impl MetaNode {
                 let _ = raft.shutdown().await;
             });
         }
+        let service = metadata.clone();
         let contact = LeaderContact::new(clock);
         tokio::spawn(prompt_election::watch(raft.clone(), contact.clone()));
         let router = tonic::transport::Server::builder()
@@ -158,6 +180,8 @@ impl MetaNode {
                     .max_encoding_message_size(RPC_MESSAGE_BYTES_MAX),
             )
             .add_optional_service(config.block_service.clone().map(|service| service.server()));
+        #[cfg(not(madsim))]
+        let router = router.add_service(grpc_health(service.clone()));
         let listen = config.listen;
         tokio::spawn(async move {
             if let Err(error) = router.serve(listen).await {
@@ -178,8 +202,35 @@ impl MetaNode {
             let raft = raft.clone();
             tokio::spawn(async move { buggify_background(raft).await });
         }
-        Ok(MetaNode { raft })
+        Ok(MetaNode { raft, service, block_service: config.block_service })
     }
+}
+
+/// The standard gRPC health service (`grpc.health.v1.Health`): the whole server ("") and
+/// `cffs.v1.Metadata` are SERVING while the replica's own health check passes (its storage
+/// works and it knows a leader), re-read every second.
+#[cfg(not(madsim))]
+fn grpc_health(
+    service: MetadataService,
+) -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health> {
+    let (reporter, server) = tonic_health::server::health_reporter();
+    tokio::spawn(async move {
+        let mut last = None;
+        loop {
+            let serving = service.health().healthy;
+            if last != Some(serving) {
+                let status = match serving {
+                    true => tonic_health::ServingStatus::Serving,
+                    false => tonic_health::ServingStatus::NotServing,
+                };
+                reporter.set_service_status("", status).await;
+                reporter.set_service_status("cffs.v1.Metadata", status).await;
+                last = Some(serving);
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    });
+    server
 }
 
 /// Initializes a new cluster from the lowest-id node, unless a peer already belongs to one.

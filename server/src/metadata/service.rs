@@ -46,6 +46,8 @@ pub struct MetadataService {
     gc: std::sync::Arc<crate::block::gc::GcStats>,
     /// Puts concurrent commits into shared log entries.
     batcher: Batcher,
+    /// Commits by outcome, their latency, batch sizes (`/metrics`).
+    commit_metrics: std::sync::Arc<crate::metrics::CommitMetrics>,
     /// This replica's clock (read only by a planted bug's path today).
     #[cfg_attr(not(madsim), allow(dead_code))]
     clock: Clock,
@@ -79,7 +81,8 @@ impl MetadataService {
         crate::block::scrub::spawn(raft.clone(), state.clone(), blocks.clone(), scrub, scrub_stats.clone());
         let gc_stats = std::sync::Arc::new(crate::block::gc::GcStats::default());
         crate::block::gc::spawn(raft.clone(), state.clone(), blocks.clone(), gc, gc_stats.clone());
-        let batcher = Batcher::start(raft.clone());
+        let commit_metrics = std::sync::Arc::new(crate::metrics::CommitMetrics::default());
+        let batcher = Batcher::start(raft.clone(), commit_metrics.clone());
         MetadataService {
             node_id,
             raft,
@@ -90,6 +93,7 @@ impl MetadataService {
             scrub: scrub_stats,
             gc: gc_stats,
             batcher,
+            commit_metrics,
             clock,
         }
     }
@@ -178,6 +182,112 @@ impl MetadataService {
     }
 }
 
+impl MetadataService {
+    /// This replica's figures for `/metrics`: Raft, commits, leases (on the leader), the
+    /// scrubber and the collector (which run on the leader), storage health.
+    pub fn render_metrics(&self, out: &mut crate::metrics::Exposition) {
+        use crate::metrics::Kind::{Counter, Gauge};
+        let status = self.status_response();
+        let group = [("group", "meta")];
+        let gauges: [(&str, &str, u64); 8] = [
+            ("cffs_raft_term", "This replica's current Raft term.", status.term),
+            ("cffs_raft_leader_id", "The leader this replica knows of (0: none).", status.leader_id),
+            ("cffs_raft_is_leader", "1 on the leader.", u64::from(status.state == "Leader")),
+            ("cffs_raft_last_log_index", "Last index in this replica's log.", status.last_log_index),
+            (
+                "cffs_raft_commit_index",
+                "On the leader, the highest index a majority holds (0 elsewhere).",
+                status.log_committed,
+            ),
+            ("cffs_raft_applied_index", "Last index applied to this replica's state.", status.last_applied),
+            ("cffs_raft_snapshot_index", "Last index in this replica's latest snapshot.", status.snapshot_index),
+            (
+                "cffs_raft_voters",
+                "Voters in the group's membership.",
+                status.members.iter().filter(|m| m.voter).count() as u64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            out.family(name, Gauge, help);
+            out.sample(name, &group, value);
+        }
+        out.single(
+            "cffs_storage_failed",
+            Gauge,
+            "1 once this replica's storage failed (it stops serving until restarted).",
+            u64::from(self.state.health.failure().is_some()),
+        );
+        self.commit_metrics.render(out);
+        let leases = status.leases.unwrap_or_default();
+        out.single("cffs_lease_sessions", Gauge, "Client sessions in the leader's lease table.", leases.sessions);
+        out.single("cffs_lease_keys", Gauge, "Keys under lease in the leader's lease table.", leases.leased_keys);
+        let lease_counters: [(&str, &str, u64); 5] = [
+            ("cffs_lease_grants_total", "Leases granted by this leader.", leases.granted),
+            ("cffs_lease_invalidations_sent_total", "Invalidations sent to lease holders.", leases.invalidations_sent),
+            (
+                "cffs_lease_invalidations_acked_total",
+                "Invalidations acknowledged by holders.",
+                leases.invalidations_acked,
+            ),
+            (
+                "cffs_lease_writer_waits_total",
+                "Commits that waited for lease holders to let go.",
+                leases.commits_waited,
+            ),
+            (
+                "cffs_lease_writer_wait_milliseconds_total",
+                "Time commits spent waiting for lease holders.",
+                leases.commit_wait_ms,
+            ),
+        ];
+        for (name, help, value) in lease_counters {
+            out.single(name, Counter, help, value);
+        }
+        let scrub = status.scrub.unwrap_or_default();
+        let gc = status.gc.unwrap_or_default();
+        let maintenance: [(&str, &str, u64); 11] = [
+            ("cffs_scrub_passes_total", "Whole scrub passes over every referenced block.", scrub.passes),
+            ("cffs_scrub_blocks_checked_total", "Blocks the scrubber checked.", scrub.blocks_checked),
+            ("cffs_scrub_bytes_read_total", "Bytes of copies the scrubber read.", scrub.bytes_read),
+            ("cffs_scrub_copies_bad_total", "Copies whose bytes failed their crc32.", scrub.copies_bad),
+            ("cffs_scrub_copies_missing_total", "Members that did not hold a referenced block.", scrub.copies_missing),
+            ("cffs_scrub_copies_repaired_total", "Copies the scrubber repaired.", scrub.copies_repaired),
+            ("cffs_scrub_blocks_lost_total", "Referenced blocks with no intact copy.", scrub.blocks_lost),
+            ("cffs_gc_rounds_total", "Block collection rounds.", gc.rounds),
+            ("cffs_gc_blocks_listed_total", "Blocks the block servers listed to the collector.", gc.blocks_listed),
+            ("cffs_gc_tombstoned_total", "Unreferenced blocks past the grace period, marked.", gc.tombstoned),
+            ("cffs_gc_deleted_total", "Copies deleted from block servers.", gc.deleted),
+        ];
+        for (name, help, value) in maintenance {
+            out.single(name, Counter, help, value);
+        }
+        out.single("cffs_gc_tombstones_pending", Gauge, "Marked blocks not yet deleted.", gc.tombstones_pending);
+    }
+
+    /// Whether this replica can serve: its storage works and it knows a leader.
+    pub fn health(&self) -> crate::metrics::Health {
+        let status = self.status_response();
+        let storage = self.state.health.failure();
+        let healthy = storage.is_none() && status.leader_id != 0;
+        let detail = match (&storage, status.leader_id) {
+            (Some(error), _) => format!("storage failed: {error}"),
+            (None, 0) => "no leader known".to_string(),
+            (None, leader) => format!("leader {leader}"),
+        };
+        let body = serde_json::json!({
+            "status": if healthy { "ok" } else { "unavailable" },
+            "role": "meta",
+            "node_id": self.node_id,
+            "state": status.state,
+            "term": status.term,
+            "leader_id": status.leader_id,
+            "applied": status.last_applied,
+            "detail": detail,
+        });
+        crate::metrics::Health { healthy, body: body.to_string() }
+    }
+}
+
 /// On the leader, the highest log index a majority of voters hold (the committed index as
 /// the leader knows it); 0 elsewhere, where the replication progress is unknown.
 fn quorum_matched(
@@ -199,6 +309,44 @@ fn quorum_matched(
 }
 
 impl MetadataService {
+    /// The gRPC commit: `handle_commit`, or (in simulation) its drop when the caller goes.
+    async fn answer_commit(&self, request: Request<CommitRequest>) -> Result<Response<CommitResponse>, Status> {
+        #[cfg(madsim)]
+        let caller = request.remote_addr().map(|addr| addr.ip());
+        let handled = self.handle_commit(request.into_inner());
+        // What real tonic does and madsim's does not: the handler's future is dropped where it
+        // stands when its caller is killed, or (buggify) when it goes away otherwise.
+        #[cfg(madsim)]
+        {
+            let gone = async move {
+                match caller {
+                    Some(ip) => crate::sim_stats::caller_killed(ip).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let cut_short = crate::buggify::fire(crate::buggify::Site::CallerGone, 0.05);
+            let deadline = async move {
+                match cut_short {
+                    // Within a commit's usual span, so the drop lands in its wait or proposal.
+                    true => crate::buggify::delay_up_to(10).await,
+                    false => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased; // deterministic under madsim: no random branch order
+                result = handled => result,
+                _ = gone => {
+                    tracing::info!("commit handler dropped: its caller was killed");
+                    crate::sim_stats::commit_handler_dropped();
+                    Err(status(ErrorCode::Timeout, "the caller was killed mid-commit"))
+                }
+                _ = deadline => Err(status(ErrorCode::Timeout, "buggify: the caller went away mid-commit")),
+            }
+        }
+        #[cfg(not(madsim))]
+        handled.await
+    }
+
     /// A commit, checked, validated (read-only) or proposed (with writes).
     async fn handle_commit(&self, mut request: CommitRequest) -> Result<Response<CommitResponse>, Status> {
         // Only the leader says when blocks were checked (below).
@@ -292,6 +440,23 @@ impl MetadataService {
     fn storage_failed(&self, error: StorageError) -> Status {
         let error = self.state.health.fail(error);
         status(ErrorCode::Storage, format!("storage: {error}"))
+    }
+}
+
+/// How a commit request's answer is counted (`/metrics`).
+fn commit_outcome(result: &Result<Response<CommitResponse>, Status>) -> crate::metrics::CommitOutcome {
+    use crate::metrics::CommitOutcome;
+    use cffs_proto::commit_response::Outcome;
+    match result {
+        Ok(response) => match response.get_ref().outcome {
+            Some(Outcome::CommittedVersion(0)) => CommitOutcome::ReadOnly,
+            Some(Outcome::CommittedVersion(_)) => CommitOutcome::Committed,
+            Some(Outcome::Conflict(_)) => CommitOutcome::Conflict,
+            None => CommitOutcome::Failed(ErrorCode::Internal),
+        },
+        Err(status) => {
+            CommitOutcome::Failed(cffs_proto::error_code::detail_code(&cffs_proto::error_code::detail(status)))
+        }
     }
 }
 
@@ -421,40 +586,10 @@ impl cffs_proto::metadata_server::Metadata for MetadataService {
     }
 
     async fn commit(&self, request: Request<CommitRequest>) -> Result<Response<CommitResponse>, Status> {
-        #[cfg(madsim)]
-        let caller = request.remote_addr().map(|addr| addr.ip());
-        let handled = self.handle_commit(request.into_inner());
-        // What real tonic does and madsim's does not: the handler's future is dropped where it
-        // stands when its caller is killed, or (buggify) when it goes away otherwise.
-        #[cfg(madsim)]
-        {
-            let gone = async move {
-                match caller {
-                    Some(ip) => crate::sim_stats::caller_killed(ip).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let cut_short = crate::buggify::fire(crate::buggify::Site::CallerGone, 0.05);
-            let deadline = async move {
-                match cut_short {
-                    // Within a commit's usual span, so the drop lands in its wait or proposal.
-                    true => crate::buggify::delay_up_to(10).await,
-                    false => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                biased; // deterministic under madsim: no random branch order
-                result = handled => result,
-                _ = gone => {
-                    tracing::info!("commit handler dropped: its caller was killed");
-                    crate::sim_stats::commit_handler_dropped();
-                    Err(status(ErrorCode::Timeout, "the caller was killed mid-commit"))
-                }
-                _ = deadline => Err(status(ErrorCode::Timeout, "buggify: the caller went away mid-commit")),
-            }
-        }
-        #[cfg(not(madsim))]
-        handled.await
+        let started = tokio::time::Instant::now();
+        let result = self.answer_commit(request).await;
+        self.commit_metrics.record(commit_outcome(&result), started.elapsed());
+        result
     }
 
     async fn allocate_inodes(

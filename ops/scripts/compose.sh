@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The docker-compose cluster (ops/docker-compose.yml) from one command:
+#   ops/scripts/compose.sh up        build the binaries and the image (if changed), start the
+#                                    cluster, wait until every node is healthy, print how to use it
+#   ops/scripts/compose.sh down      stop and remove the containers; the data volumes stay
+#   ops/scripts/compose.sh destroy   the same, and delete the data volumes
+#   ops/scripts/compose.sh wait      wait until every node is healthy (after a restart)
+#   ops/scripts/compose.sh ARGS...   any other docker-compose command, on this project
+#                                    (ps, logs -f cffs2, exec client cffs ls /, kill cffs1, ...)
+# Works with Debian's docker-compose (v1) and with the `docker compose` plugin. The project
+# name is CFFS_COMPOSE_PROJECT (default cffs); the image is CFFS_IMAGE (default cffs:latest),
+# built from release binaries (CFFS_IMAGE_PROFILE=debug for a debug build).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+project="${CFFS_COMPOSE_PROJECT:-cffs}"
+export CFFS_IMAGE="${CFFS_IMAGE:-cffs:latest}"
+file=ops/docker-compose.yml
+services=(cffs1 cffs2 cffs3 cffs4 cffs5 cffs6 client)
+
+if docker compose version >/dev/null 2>&1; then
+  compose=(docker compose -p "$project" -f "$file")
+elif command -v docker-compose >/dev/null 2>&1; then
+  compose=(docker-compose -p "$project" -f "$file")
+else
+  echo "compose.sh: neither 'docker compose' nor 'docker-compose' is installed" >&2
+  exit 1
+fi
+
+# Waits until every service's container reports healthy; prints the time it took.
+wait_healthy() {
+  local deadline=$((SECONDS + ${1:-180})) started=$SECONDS
+  while :; do
+    local pending=()
+    for service in "${services[@]}"; do
+      local id health
+      id=$("${compose[@]}" ps -q "$service" 2>/dev/null || true)
+      health=$( [ -n "$id" ] && docker inspect --format '{{ if .State.Health }}{{ .State.Health.Status }}{{ else }}{{ .State.Status }}{{ end }}' "$id" 2>/dev/null || echo missing)
+      [ "$health" = healthy ] || pending+=("$service:$health")
+    done
+    if [ ${#pending[@]} -eq 0 ]; then
+      echo "compose.sh: every node is healthy ($((SECONDS - started)) s)" >&2
+      return 0
+    fi
+    if [ $SECONDS -ge $deadline ]; then
+      echo "compose.sh: not healthy after ${1:-180} s: ${pending[*]}" >&2
+      "${compose[@]}" ps >&2 || true
+      return 1
+    fi
+    sleep 1
+  done
+}
+
+case "${1:-}" in
+  up)
+    shift
+    ops/scripts/image.sh --profile "${CFFS_IMAGE_PROFILE:-release}" --tag "$CFFS_IMAGE" >/dev/null
+    "${compose[@]}" up -d "$@"
+    wait_healthy 180
+    "${compose[@]}" exec -T client cffs cluster status || true
+    map=""
+    for i in 1 2 3 4 5 6; do map="${map:+$map,}cffs$i:7100=127.0.0.1:710$i"; done
+    cat <<EOT
+
+CFFS cluster up (compose project '$project'). Inside the network:
+  ops/scripts/compose.sh exec client cffs mkdir /hello
+  ops/scripts/compose.sh exec client cffs ls -l /
+From this host, through the published ports (ops/bin or target dir's cffs):
+  export CFFS_ENDPOINTS=127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
+  export CFFS_ADDRESS_MAP=$map
+  cffs ls -l /
+Metrics and health: http://127.0.0.1:9101/metrics ... :9106, /health
+Stop: ops/scripts/compose.sh down (data kept) or destroy (data deleted).
+EOT
+    ;;
+  down) shift; "${compose[@]}" down "$@" ;;
+  destroy) shift; "${compose[@]}" down -v "$@" ;;
+  wait) shift; wait_healthy "${1:-180}" ;;
+  ""|-h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' ;;
+  *) "${compose[@]}" "$@" ;;
+esac
