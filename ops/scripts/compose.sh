@@ -2,6 +2,7 @@
 # The docker-compose cluster (ops/docker-compose.yml) from one command:
 #   ops/scripts/compose.sh up        build the binaries and the image (if changed), start the
 #                                    cluster, wait until every node is healthy, print how to use it
+#                                    (up --no-build ARGS: docker-compose's own up, image as it is)
 #   ops/scripts/compose.sh down      stop and remove the containers; the data volumes stay
 #   ops/scripts/compose.sh destroy   the same, and delete the data volumes
 #   ops/scripts/compose.sh wait      wait until every node is healthy (after a restart)
@@ -53,28 +54,33 @@ wait_healthy() {
 case "${1:-}" in
   up)
     shift
+    if [[ " $* " == *" --no-build "* ]]; then
+      # A service (re)created from the image as it is: no build, no wait, no banner.
+      exec "${compose[@]}" up "$@"
+    fi
     ops/scripts/image.sh --profile "${CFFS_IMAGE_PROFILE:-release}" --tag "$CFFS_IMAGE" >/dev/null
     "${compose[@]}" up -d "$@"
     wait_healthy 180
     "${compose[@]}" exec -T client cffs cluster status || true
     map=""
-    for i in 1 2 3 4 5 6; do map="${map:+$map,}cffs$i:7100=127.0.0.1:710$i"; done
+    grpc="${CFFS_GRPC_PORT_PREFIX:-710}"
+    for i in 1 2 3 4 5 6; do map="${map:+$map,}cffs$i:7100=127.0.0.1:$grpc$i"; done
     cat <<EOT
 
 CFFS cluster up (compose project '$project'). Inside the network:
   ops/scripts/compose.sh exec client cffs mkdir /hello
   ops/scripts/compose.sh exec client cffs ls -l /
 From this host, through the published ports (ops/bin or target dir's cffs):
-  export CFFS_ENDPOINTS=127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
+  export CFFS_ENDPOINTS=127.0.0.1:${grpc}1,127.0.0.1:${grpc}2,127.0.0.1:${grpc}3
   export CFFS_ADDRESS_MAP=$map
   cffs ls -l /
-Metrics and health: http://127.0.0.1:9101/metrics ... :9106, /health
+Metrics and health: http://127.0.0.1:${CFFS_HTTP_PORT_PREFIX:-910}1/metrics ... 6, and /health
 Stop: ops/scripts/compose.sh down (data kept) or destroy (data deleted).
 EOT
     ;;
   down) shift; "${compose[@]}" down "$@" ;;
   destroy) shift; "${compose[@]}" down -v "$@" ;;
   wait) shift; wait_healthy "${1:-180}" ;;
-  ""|-h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' ;;
+  ""|-h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) "${compose[@]}" "$@" ;;
 esac

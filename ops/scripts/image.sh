@@ -51,7 +51,7 @@ for exe in cffs-server cffs; do
   done
 done
 cp /bin/busybox "$context/rootfs/bin/busybox"
-for tool in sh ls cat wget sleep ps kill mkdir rm du df grep sed hostname nc top env; do
+for tool in sh ls cat wget sleep ps kill mkdir rm du df grep sed head tail touch sha256sum hostname nc top env date; do
   ln -s busybox "$context/rootfs/bin/$tool"
 done
 printf 'hosts: files dns\n' > "$context/rootfs/etc/nsswitch.conf"

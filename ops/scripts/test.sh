@@ -33,6 +33,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "build and test (real build: RocksDB, loopback clusters)"
 cargo test --workspace --locked
 
+step "containers: the compose cluster under chaos (ops/scripts/chaos.sh; skipped without a Docker engine)"
+# The image is built from the debug binaries the tests just built: no second (release) build
+# of RocksDB. Its timings are the debug build's.
+CFFS_IMAGE_PROFILE="${CFFS_IMAGE_PROFILE:-debug}" CFFS_IMAGE="${CFFS_IMAGE:-cffs:test}" ops/scripts/chaos.sh
+
 step "simulation: the chaos runner, release build (madsim; seeds run several times faster than in debug)"
 RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR="$CFFS_SIM_TARGET_DIR" \
   cargo build --release --locked -p cffs-sim-tests --bin cffs-sim

@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Chaos on real containers: the compose cluster (its own project, cffschaos, on ports 720N and
+# 920N) under a list-append workload that checks its own results (`cffs workload append`:
+# every acknowledged commit recorded, every list checked at the end), through these faults:
+#   1. docker kill the metadata leader        4. restart every node, one by one
+#   2. cut the leader off the network         5. replace a block server with an empty one
+#   3. pause the leader past its lease        6. kill a block server during a 200 MB write
+# After each: the cluster must take a commit again within RECOVERY_BOUND_SECS (the time from
+# the fault to the first probe commit that succeeds is measured and printed; a probe is one
+# `docker exec` of `cffs write`, about 0.2 s of it overhead). At the end: the workload's check
+# (no acknowledged append lost), the large file's sha256 read back, and `cffs fsck` (every
+# file read, every block's crc32 checked). Skips (exit 0) when no Docker engine answers.
+#   ops/scripts/chaos.sh            (CFFS_IMAGE_PROFILE=debug builds the image from debug binaries)
+# Logs and the summary go to CFFS_CHAOS_LOGS (default: a temporary directory, printed).
+set -Eeuo pipefail
+cd "$(dirname "$0")/../.."
+if ! docker info >/dev/null 2>&1; then
+  echo "chaos: skipped: no Docker engine answers (docker info failed)" >&2
+  exit 0
+fi
+export CFFS_COMPOSE_PROJECT=cffschaos CFFS_GRPC_PORT_PREFIX=720 CFFS_HTTP_PORT_PREFIX=920
+export CFFS_IMAGE="${CFFS_IMAGE:-cffs:latest}"
+RECOVERY_BOUND_SECS="${RECOVERY_BOUND_SECS:-30}"
+LEASE_SECS=2
+logs="${CFFS_CHAOS_LOGS:-$(mktemp -d /tmp/cffs-chaos.XXXXXX)}"
+mkdir -p "$logs"
+network=cffschaos_cffs
+c() { ops/scripts/compose.sh "$@"; }
+in_client() { c exec -T client "$@"; }
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+summary="$logs/summary.txt"
+: > "$summary"
+report() { echo "chaos: $*" | tee -a "$summary" >&2; }
+fail() { report "FAILED: $*"; exit 1; }
+
+cleanup() {
+  c logs --no-color > "$logs/compose.log" 2>&1 || true
+  c destroy >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+trap 'report "FAILED: line $LINENO exited with status $?: $BASH_COMMAND"' ERR
+
+echo "chaos: logs in $logs" >&2
+c destroy >/dev/null 2>&1 || true
+c up > "$logs/up.log" 2>&1 || { cat "$logs/up.log" >&2; fail "the cluster did not come up"; }
+
+# The leader's replica id, as the replicas say (`cffs cluster status`). (Not through /health
+# with the image's wget: a static busybox cannot resolve names.)
+leader() {
+  local id
+  for _ in $(seq 1 50); do
+    id=$(in_client cffs -o json cluster status 2>/dev/null | python3 -c '
+import json, sys
+try:
+    print(next(s["node_id"] for s in json.load(sys.stdin) if s.get("state") == "Leader"))
+except Exception:
+    pass' || true)
+    if [ -n "$id" ]; then echo "$id"; return 0; fi
+    sleep 0.2
+  done
+  fail "no replica knows a leader"
+}
+probe_n=0
+# Seconds from $1 (a `now`) until a probe commit succeeds; fails past the bound.
+recovered() {
+  local started="$1" what="$2"
+  while :; do
+    probe_n=$((probe_n + 1))
+    if echo "$probe_n" | in_client cffs write "/probe-$probe_n" >/dev/null 2>&1; then
+      local took; took=$(since "$started")
+      report "$what: a commit succeeded $took s after the fault"
+      awk -v t="$took" -v b="$RECOVERY_BOUND_SECS" 'BEGIN { exit !(t <= b) }' \
+        || fail "$what: no commit within $RECOVERY_BOUND_SECS s"
+      return 0
+    fi
+    awk -v t="$(since "$started")" -v b="$RECOVERY_BOUND_SECS" 'BEGIN { exit !(t <= b) }' \
+      || fail "$what: no commit within $RECOVERY_BOUND_SECS s"
+    sleep 0.2
+  done
+}
+container() { c ps -q "$1"; }
+
+in_client cffs mkdir -p /chaos
+in_client sh -c 'rm -f /tmp/stop-workload'
+in_client cffs workload append --clients 4 --keys 8 --duration-secs 3600 --stop-file /tmp/stop-workload \
+  > "$logs/workload.log" 2>&1 &
+workload=$!
+sleep 3
+
+# 1. Kill the leader.
+l=$(leader); t=$(now)
+c kill "cffs$l" >/dev/null 2>&1
+recovered "$t" "1. leader (cffs$l) killed"
+c start "cffs$l" >/dev/null 2>&1; c wait 120 >/dev/null
+
+# 2. Cut the leader off the network, then reconnect it under its name.
+l=$(leader); t=$(now)
+docker network disconnect "$network" "$(container "cffs$l")"
+recovered "$t" "2. leader (cffs$l) cut off the network"
+sleep 2
+docker network connect --alias "cffs$l" "$network" "$(container "cffs$l")"
+c wait 120 >/dev/null
+
+# 3. Pause the leader for three lease durations: when it wakes, its leases and leadership are
+# gone, and nothing it says may be believed.
+l=$(leader); t=$(now)
+docker pause "$(container "cffs$l")" >/dev/null
+recovered "$t" "3. leader (cffs$l) paused"
+sleep $((3 * LEASE_SECS))
+docker unpause "$(container "cffs$l")" >/dev/null
+c wait 120 >/dev/null
+
+# 4. Restart every node, one by one.
+for i in 1 2 3 4 5 6; do
+  t=$(now)
+  c restart "cffs$i" >/dev/null 2>&1
+  recovered "$t" "4. cffs$i restarted"
+  c wait 120 >/dev/null
+done
+
+# 5. Replace block server cffs6 with an empty one (same id, its volume deleted): reads come
+# from the other two copies; the scrubber refills it.
+t=$(now)
+c rm -f -s cffs6 >/dev/null 2>&1
+docker volume rm "${CFFS_COMPOSE_PROJECT}_cffs6-data" >/dev/null
+c up --no-build -d --no-deps cffs6 >/dev/null 2>&1
+recovered "$t" "5. block server cffs6 replaced by an empty one"
+c wait 120 >/dev/null
+
+# 6. Kill a block server during a large write: two copies of each block are enough.
+in_client sh -c 'head -c 200000000 /dev/urandom > /tmp/big && sha256sum < /tmp/big > /tmp/big.sha256'
+in_client cffs put --quiet /tmp/big /big > "$logs/put.log" 2>&1 &
+put=$!
+sleep 2
+t=$(now)
+c kill cffs5 >/dev/null 2>&1
+wait "$put" || { cat "$logs/put.log" >&2; fail "6. the 200 MB put failed after cffs5 was killed"; }
+report "6. block server cffs5 killed during a 200 MB write: the write completed $(since "$t") s after the kill"
+got=$(in_client sh -c 'cffs get --quiet /big - | sha256sum')
+want=$(in_client cat /tmp/big.sha256)
+[ "$got" = "$want" ] || fail "6. the large file read back differs (sha256 $got, written $want)"
+report "6. the 200 MB file reads back identical (sha256 ${got%% *})"
+c start cffs5 >/dev/null 2>&1; c wait 120 >/dev/null
+
+# The end: the workload's own check, then fsck.
+in_client touch /tmp/stop-workload
+if ! wait "$workload"; then
+  tail -30 "$logs/workload.log" >&2
+  fail "the workload's check failed"
+fi
+report "$(grep '^workload: [0-9]* acknowledged' "$logs/workload.log")"
+grep -q '^workload: check passed' "$logs/workload.log" || fail "the workload did not report its check"
+fsck=$(in_client cffs fsck /) || { echo "$fsck" >&2; fail "fsck found problems"; }
+report "$fsck"
+report "passed"
