@@ -21,7 +21,8 @@ fi
 export CFFS_COMPOSE_PROJECT=cffschaos CFFS_GRPC_PORT_PREFIX=720 CFFS_HTTP_PORT_PREFIX=920
 export CFFS_IMAGE="${CFFS_IMAGE:-cffs:latest}"
 RECOVERY_BOUND_SECS="${RECOVERY_BOUND_SECS:-30}"
-LEASE_SECS=2
+# Default leases last 250 ms: a 3 s pause outlasts a dozen of them, and the election timeout.
+PAUSE_SECS=3
 logs="${CFFS_CHAOS_LOGS:-$(mktemp -d /tmp/cffs-chaos.XXXXXX)}"
 mkdir -p "$logs"
 network=cffschaos_cffs
@@ -102,12 +103,12 @@ sleep 2
 docker network connect --alias "cffs$l" "$network" "$(container "cffs$l")"
 c wait 120 >/dev/null
 
-# 3. Pause the leader for three lease durations: when it wakes, its leases and leadership are
-# gone, and nothing it says may be believed.
+# 3. Pause the leader past its leases: when it wakes, its leases and leadership are gone, and
+# nothing it says may be believed.
 l=$(leader); t=$(now)
 docker pause "$(container "cffs$l")" >/dev/null
 recovered "$t" "3. leader (cffs$l) paused"
-sleep $((3 * LEASE_SECS))
+sleep "$PAUSE_SECS"
 docker unpause "$(container "cffs$l")" >/dev/null
 c wait 120 >/dev/null
 

@@ -88,7 +88,7 @@ struct NodeArgs {
     /// address, with its blocks in this directory.
     #[arg(long, env = "CFFS_BLOCK_DIR")]
     block_dir: Option<PathBuf>,
-    /// Replica only. Client lease duration in milliseconds (50..=60000; default 2000): how
+    /// Replica only. Client lease duration in milliseconds (50..=60000; default 250): how
     /// long a cached item stays good without news. A cluster-wide setting: the first leader
     /// stores it, and a replica given another value refuses to start.
     #[arg(long, env = "CFFS_LEASE_MS")]

@@ -10,6 +10,8 @@ use cffs_client::Client;
 
 pub struct ProcessCluster {
     pub ports: Vec<u16>,
+    /// Each replica's HTTP port (/metrics, /health), then each block-only server's.
+    pub metrics_ports: Vec<u16>,
     children: Vec<Option<Child>>,
     pub dir: tempfile::TempDir,
     peers: String,
@@ -44,8 +46,10 @@ impl ProcessCluster {
         let peers =
             ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect::<Vec<_>>().join(",");
         let dir = tempfile::tempdir().expect("temp dir");
+        let metrics_ports: Vec<u16> = (0..ports.len() + 3).map(|_| free_port()).collect();
         let mut cluster = ProcessCluster {
             ports,
+            metrics_ports,
             children: Vec::new(),
             dir,
             peers,
@@ -74,8 +78,10 @@ impl ProcessCluster {
             ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect::<Vec<_>>().join(",");
         let dir = tempfile::tempdir().expect("temp dir");
         let block_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let metrics_ports: Vec<u16> = (0..ports.len() + 3).map(|_| free_port()).collect();
         let mut cluster = ProcessCluster {
             ports,
+            metrics_ports,
             children: Vec::new(),
             dir,
             peers,
@@ -127,6 +133,7 @@ impl ProcessCluster {
         Command::new(env!("CARGO_BIN_EXE_cffs-server"))
             .args(["block", "--id", &id.to_string(), "--listen", &self.block_addr(id), "--data-dir"])
             .arg(self.block_dir(id))
+            .args(["--metrics-listen", &format!("127.0.0.1:{}", self.metrics_ports[id as usize - 1])])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -162,7 +169,8 @@ impl ProcessCluster {
         command
             .args(["meta", "--id", &id.to_string(), "--listen", &format!("127.0.0.1:{}", self.ports[id as usize - 1])])
             .args(["--peers", &self.peers, "--data-dir"])
-            .arg(self.data_dir(id));
+            .arg(self.data_dir(id))
+            .args(["--metrics-listen", &format!("127.0.0.1:{}", self.metrics_ports[id as usize - 1])]);
         if self.with_blocks {
             // A scrub pass every second, so that tests see repairs soon.
             command.arg("--block-dir").arg(self.block_dir(id)).args(["--scrub-pause-secs", "1"]);
@@ -221,6 +229,20 @@ impl ProcessCluster {
             .collect::<Vec<_>>()
             .join("\n");
         panic!("no leader within {limit:?}; from the logs:\n{tails}");
+    }
+
+    /// An HTTP GET of `path` from node `id`'s metrics port: (status code, body).
+    pub fn http_get(&self, id: u64, path: &str) -> std::io::Result<(u16, String)> {
+        use std::io::{Read, Write};
+        let port = self.metrics_ports[id as usize - 1];
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let code = response.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = response.split_once("\r\n\r\n").map_or(String::new(), |(_, body)| body.to_string());
+        Ok((code, body))
     }
 
     pub fn logs(&self) -> String {

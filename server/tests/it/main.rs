@@ -11,3 +11,4 @@ mod harness;
 mod kill_leader;
 mod leases;
 mod namespace;
+mod observability;
