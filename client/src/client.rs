@@ -288,20 +288,20 @@ impl Client {
     pub async fn cluster_status_all(&self) -> Vec<(String, Result<ClusterStatusResponse, FsError>)> {
         let mut all = Vec::new();
         for addr in self.inner.calls.endpoints().to_vec() {
-            let result = match self.inner.calls.channel(&addr) {
-                Err(error) => Err(error),
-                Ok(mut client) => {
-                    match tokio::time::timeout(Duration::from_secs(2), client.cluster_status(ClusterStatusRequest {}))
-                        .await
-                    {
-                        Ok(Ok(response)) => Ok(response.into_inner()),
-                        Ok(Err(status)) => Err(FsError::from_status(&status)),
-                        Err(_) => Err(FsError::Unavailable(format!("{addr} did not answer"))),
-                    }
-                }
-            };
+            let result = self.replica_status(&addr).await;
             all.push((addr, result));
         }
         all
+    }
+
+    /// The status of the replica at `addr` as it sees itself (any replica, or a server not yet
+    /// a member), within two seconds.
+    pub async fn replica_status(&self, addr: &str) -> Result<ClusterStatusResponse, FsError> {
+        let mut client = self.inner.calls.channel(addr)?;
+        match tokio::time::timeout(Duration::from_secs(2), client.cluster_status(ClusterStatusRequest {})).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(FsError::from_status(&status)),
+            Err(_) => Err(FsError::Unavailable(format!("{addr} did not answer"))),
+        }
     }
 }

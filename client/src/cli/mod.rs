@@ -5,6 +5,7 @@
 mod bench;
 mod bench_data;
 mod bench_peer;
+pub mod membership;
 mod transfer;
 mod workload;
 
@@ -187,6 +188,28 @@ enum ClusterCommand {
     /// groups (each server's blocks, bytes and bad copies found) and the scrubber's and
     /// collector's progress (as `cluster blocks`).
     Status,
+    /// Add a metadata replica as a voter: it joins as a learner, catches up with the log, then
+    /// becomes a voter. Start it first with `cffs-server meta --id ID` and the current members
+    /// as --peers. Refused (nothing changed) unless a majority of the new voters answer and
+    /// are caught up.
+    AddNode {
+        /// The new replica's id (unused in the cluster).
+        id: u64,
+        /// Its address, HOST:PORT, as the other replicas reach it.
+        addr: String,
+    },
+    /// Remove a metadata replica from the group. Refused (nothing changed) unless a majority
+    /// of the remaining voters answer and are caught up.
+    RemoveNode { id: u64 },
+    /// Replace metadata replica OLD by a new one (e.g. on an empty disk, with a new id): the
+    /// new one joins as a learner and catches up, then one change of voters swaps them.
+    /// Refused (nothing changed) unless a majority of the new voters answer and are caught up.
+    ReplaceNode {
+        old: u64,
+        new_id: u64,
+        /// The new replica's address, HOST:PORT.
+        new_addr: String,
+    },
     /// Add a replica as a learner (it receives the log but does not vote yet). Start it first
     /// with `cffs-server meta --id ID --peers` listing the current members and itself.
     AddLearner {
@@ -356,6 +379,18 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 println!();
                 block_status(&client, false).await?;
             }
+        }
+        Command::Cluster { command: ClusterCommand::AddNode { id, addr } } => {
+            membership::add_node(&client, id, &addr).await.map_err(Failure)?;
+            cluster_status(&client, json).await?;
+        }
+        Command::Cluster { command: ClusterCommand::RemoveNode { id } } => {
+            membership::remove_node(&client, id).await.map_err(Failure)?;
+            cluster_status(&client, json).await?;
+        }
+        Command::Cluster { command: ClusterCommand::ReplaceNode { old, new_id, new_addr } } => {
+            membership::replace_node(&client, old, new_id, &new_addr).await.map_err(Failure)?;
+            cluster_status(&client, json).await?;
         }
         Command::Cluster { command: ClusterCommand::AddLearner { id, addr } } => {
             client

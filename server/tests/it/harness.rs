@@ -192,6 +192,23 @@ impl ProcessCluster {
         Client::connect(&self.endpoints()).expect("valid endpoints")
     }
 
+    /// Starts one more replica (the next id, on a new port, listing the others and itself as
+    /// peers, so it never bootstraps a cluster of its own); returns its id and address. It is
+    /// not a member until added (`cffs cluster add-node`).
+    pub fn start_extra_replica(&mut self) -> (u64, String) {
+        let id = self.ports.len() as u64 + 1;
+        let port = free_port();
+        self.ports.push(port);
+        while self.metrics_ports.len() < self.ports.len() {
+            self.metrics_ports.push(free_port());
+        }
+        let addr = format!("127.0.0.1:{port}");
+        self.peers = format!("{},{id}={addr}", self.peers);
+        let child = self.spawn(id);
+        self.children.push(Some(child));
+        (id, addr)
+    }
+
     /// SIGKILL: the process dies at once, with whatever it had not synced in the page cache.
     pub fn kill(&mut self, id: u64) {
         if let Some(mut child) = self.children[id as usize - 1].take() {

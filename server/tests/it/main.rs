@@ -10,5 +10,6 @@ mod blocks;
 mod harness;
 mod kill_leader;
 mod leases;
+mod membership;
 mod namespace;
 mod observability;
