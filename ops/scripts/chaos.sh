@@ -4,7 +4,8 @@
 # every acknowledged commit recorded, every list checked at the end), through these faults:
 #   1. docker kill the metadata leader        4. restart every node, one by one
 #   2. cut the leader off the network         5. replace a block server with an empty one
-#   3. pause the leader past its lease        6. kill a block server during a 200 MB write
+#   3. pause the leader past its lease        6. replace a metadata replica with an empty one
+#                                             7. kill a block server during a 200 MB write
 # After each: the cluster must take a commit again within RECOVERY_BOUND_SECS (the time from
 # the fault to the first probe commit that succeeds is measured and printed; a probe is one
 # `docker exec` of `cffs write`, about 0.2 s of it overhead). At the end: the workload's check
@@ -18,14 +19,17 @@ if ! docker info >/dev/null 2>&1; then
   echo "chaos: skipped: no Docker engine answers (docker info failed)" >&2
   exit 0
 fi
-export CFFS_COMPOSE_PROJECT=cffschaos CFFS_GRPC_PORT_PREFIX=720 CFFS_HTTP_PORT_PREFIX=920
+export CFFS_COMPOSE_PROJECT="${CFFS_CHAOS_PROJECT:-cffschaos}"
+export CFFS_GRPC_PORT_PREFIX="${CFFS_CHAOS_GRPC_PORT_PREFIX:-720}" CFFS_HTTP_PORT_PREFIX="${CFFS_CHAOS_HTTP_PORT_PREFIX:-920}"
 export CFFS_IMAGE="${CFFS_IMAGE:-cffs:latest}"
 RECOVERY_BOUND_SECS="${RECOVERY_BOUND_SECS:-30}"
 # Default leases last 250 ms: a 3 s pause outlasts a dozen of them, and the election timeout.
 PAUSE_SECS=3
 logs="${CFFS_CHAOS_LOGS:-$(mktemp -d /tmp/cffs-chaos.XXXXXX)}"
 mkdir -p "$logs"
-network=cffschaos_cffs
+network="${CFFS_COMPOSE_PROJECT}_cffs"
+# Step 6's new replica runs outside the compose file (it is no service of the cluster's).
+extra="${CFFS_COMPOSE_PROJECT}_cffs7"
 c() { ops/scripts/compose.sh "$@"; }
 in_client() { c exec -T client "$@"; }
 now() { date +%s.%N; }
@@ -37,6 +41,9 @@ fail() { report "FAILED: $*"; exit 1; }
 
 cleanup() {
   c logs --no-color > "$logs/compose.log" 2>&1 || true
+  docker logs "$extra" > "$logs/cffs7.log" 2>&1 || true
+  docker rm -f "$extra" >/dev/null 2>&1 || true
+  docker volume rm "$extra-data" >/dev/null 2>&1 || true
   c destroy >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -129,20 +136,53 @@ c up --no-build -d --no-deps cffs6 >/dev/null 2>&1
 recovered "$t" "5. block server cffs6 replaced by an empty one"
 c wait 120 >/dev/null
 
-# 6. Kill a block server during a large write: two copies of each block are enough.
+# 6. Replace metadata replica cffs3 by an empty one, replica 7 (a disk lost for good): cffs3
+# stops, replica 7 starts empty, joins as a learner, catches up, and one change of voters
+# swaps 3 for 7 (`cffs cluster replace-node`). cffs3 then comes back with its volume wiped:
+# no longer a replica (it never bootstraps: it is not the lowest id), still block server 3,
+# which the scrubber refills.
+t=$(now)
+c kill cffs3 >/dev/null 2>&1
+docker run -d --name "$extra" --hostname cffs7 --network "$network" --network-alias cffs7 \
+  -v "$extra-data:/data" "$CFFS_IMAGE" cffs-server meta --id 7 --listen 0.0.0.0:7100 \
+  --peers 1=cffs1:7100,2=cffs2:7100,3=cffs3:7100,7=cffs7:7100 --data-dir /data/meta >/dev/null
+# replace-node checks that replica 7 answers before it changes anything: retried while the
+# new container is still starting, and only for that.
+for attempt in $(seq 1 60); do
+  if in_client cffs cluster replace-node 3 7 cffs7:7100 > "$logs/replace-node.log" 2>&1; then break; fi
+  if ! grep -q "does not answer" "$logs/replace-node.log" || [ "$attempt" = 60 ]; then
+    cat "$logs/replace-node.log" >&2
+    fail "6. replace-node 3 7 failed"
+  fi
+  sleep 0.5
+done
+report "6. metadata replica 3 replaced by an empty replica 7: voters changed $(since "$t") s after cffs3 was killed"
+recovered "$t" "6. metadata replica 3 replaced by an empty one"
+c rm -f -s cffs3 >/dev/null 2>&1
+docker volume rm "${CFFS_COMPOSE_PROJECT}_cffs3-data" >/dev/null
+c up --no-build -d --no-deps cffs3 >/dev/null 2>&1
+voters=$(in_client cffs -o json cluster status | python3 -c '
+import json, sys
+for s in json.load(sys.stdin):
+    if s.get("state") == "Leader":
+        print(",".join(str(m["id"]) for m in s["members"] if m["voter"]))')
+[ "$voters" = "1,2,7" ] || fail "6. the voters are '$voters', not 1,2,7"
+
+# 7. Kill a block server during a large write: two copies of each block are enough.
 in_client sh -c 'head -c 200000000 /dev/urandom > /tmp/big && sha256sum < /tmp/big > /tmp/big.sha256'
 in_client cffs put --quiet /tmp/big /big > "$logs/put.log" 2>&1 &
 put=$!
 sleep 2
 t=$(now)
 c kill cffs5 >/dev/null 2>&1
-wait "$put" || { cat "$logs/put.log" >&2; fail "6. the 200 MB put failed after cffs5 was killed"; }
-report "6. block server cffs5 killed during a 200 MB write: the write completed $(since "$t") s after the kill"
+wait "$put" || { cat "$logs/put.log" >&2; fail "7. the 200 MB put failed after cffs5 was killed"; }
+report "7. block server cffs5 killed during a 200 MB write: the write completed $(since "$t") s after the kill"
 got=$(in_client sh -c 'cffs get --quiet /big - | sha256sum')
 want=$(in_client cat /tmp/big.sha256)
-[ "$got" = "$want" ] || fail "6. the large file read back differs (sha256 $got, written $want)"
-report "6. the 200 MB file reads back identical (sha256 ${got%% *})"
-c start cffs5 >/dev/null 2>&1; c wait 120 >/dev/null
+[ "$got" = "$want" ] || fail "7. the large file read back differs (sha256 $got, written $want)"
+report "7. the 200 MB file reads back identical (sha256 ${got%% *})"
+# (cffs3 is no replica now: unhealthy by design, so only cffs5 is waited for.)
+c start cffs5 >/dev/null 2>&1; c wait 120 cffs5 >/dev/null
 
 # The end: the workload's own check, then fsck.
 in_client touch /tmp/stop-workload

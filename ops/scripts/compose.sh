@@ -5,7 +5,7 @@
 #                                    (up --no-build ARGS: docker-compose's own up, image as it is)
 #   ops/scripts/compose.sh down      stop and remove the containers; the data volumes stay
 #   ops/scripts/compose.sh destroy   the same, and delete the data volumes
-#   ops/scripts/compose.sh wait      wait until every node is healthy (after a restart)
+#   ops/scripts/compose.sh wait [SECS [SERVICE...]]  wait until every node (or those) is healthy
 #   ops/scripts/compose.sh ARGS...   any other docker-compose command, on this project
 #                                    (ps, logs -f cffs2, exec client cffs ls /, kill cffs1, ...)
 # Works with Debian's docker-compose (v1) and with the `docker compose` plugin. The project
@@ -27,12 +27,17 @@ else
   exit 1
 fi
 
-# Waits until every service's container reports healthy; prints the time it took.
+# Waits until every service's container (or those named after the limit) reports healthy;
+# prints the time it took.
 wait_healthy() {
-  local deadline=$((SECONDS + ${1:-180})) started=$SECONDS
+  local limit="${1:-180}"
+  shift || true
+  local deadline=$((SECONDS + limit)) started=$SECONDS
+  local wanted=("${services[@]}")
+  [ $# -gt 0 ] && wanted=("$@")
   while :; do
     local pending=()
-    for service in "${services[@]}"; do
+    for service in "${wanted[@]}"; do
       local id health
       id=$("${compose[@]}" ps -q "$service" 2>/dev/null || true)
       health=$( [ -n "$id" ] && docker inspect --format '{{ if .State.Health }}{{ .State.Health.Status }}{{ else }}{{ .State.Status }}{{ end }}' "$id" 2>/dev/null || echo missing)
@@ -43,7 +48,7 @@ wait_healthy() {
       return 0
     fi
     if [ $SECONDS -ge $deadline ]; then
-      echo "compose.sh: not healthy after ${1:-180} s: ${pending[*]}" >&2
+      echo "compose.sh: not healthy after $limit s: ${pending[*]}" >&2
       "${compose[@]}" ps >&2 || true
       return 1
     fi
@@ -80,7 +85,7 @@ EOT
     ;;
   down) shift; "${compose[@]}" down "$@" ;;
   destroy) shift; "${compose[@]}" down -v "$@" ;;
-  wait) shift; wait_healthy "${1:-180}" ;;
+  wait) shift; wait_healthy "$@" ;;
   ""|-h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) "${compose[@]}" "$@" ;;
 esac

@@ -49,14 +49,41 @@ pub fn check_quorum(voters: &BTreeSet<u64>, answers: &Answers, leader_applied: u
     Err(why + ". Nothing was changed.")
 }
 
-/// The leader's view: its status, and each member's address.
+/// How long to look for a leader (an election after a replica was lost may be under way).
+const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The leader's view: its status, and each member's address. Any replica answers a status
+/// request; the one that answers may be a follower, whose status names the leader to ask.
 async fn leader_view(client: &Client) -> Result<(ClusterStatusResponse, BTreeMap<u64, String>), String> {
-    let status = client.cluster_status().await.map_err(|e| format!("cluster status: {e}"))?;
-    if status.state != "Leader" {
-        return Err(format!("no leader answered (replica {} is {})", status.node_id, status.state));
+    let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+    loop {
+        let last = match client.cluster_status().await {
+            Err(error) => format!("cluster status: {error}"),
+            Ok(status) => {
+                let addrs: BTreeMap<u64, String> = status.members.iter().map(|m| (m.id, m.addr.clone())).collect();
+                if status.state == "Leader" {
+                    return Ok((status, addrs));
+                }
+                match addrs.get(&status.leader_id) {
+                    Some(addr) => match client.replica_status(addr).await {
+                        Ok(leader) if leader.state == "Leader" => {
+                            let addrs = leader.members.iter().map(|m| (m.id, m.addr.clone())).collect();
+                            return Ok((leader, addrs));
+                        }
+                        Ok(other) => {
+                            format!("replica {} at {addr} is {}, not the leader", other.node_id, other.state)
+                        }
+                        Err(error) => format!("the leader {} at {addr}: {error}", status.leader_id),
+                    },
+                    None => format!("replica {} knows no leader", status.node_id),
+                }
+            }
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("no leader found within {LEADER_WAIT:?} ({last}); nothing was changed"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    let addrs = status.members.iter().map(|m| (m.id, m.addr.clone())).collect();
-    Ok((status, addrs))
 }
 
 async fn answers(client: &Client, voters: &BTreeSet<u64>, addrs: &BTreeMap<u64, String>) -> Answers {
