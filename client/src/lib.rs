@@ -24,6 +24,7 @@ pub use calls::{parse_address_map, set_address_map};
 pub mod client;
 pub mod error;
 mod file_data;
+pub mod membership;
 #[cfg(madsim)]
 pub mod planted;
 mod session;

@@ -5,7 +5,6 @@
 mod bench;
 mod bench_data;
 mod bench_peer;
-pub mod membership;
 mod transfer;
 mod workload;
 
@@ -381,15 +380,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Cluster { command: ClusterCommand::AddNode { id, addr } } => {
-            membership::add_node(&client, id, &addr).await.map_err(Failure)?;
+            crate::membership::add_node(&client, id, &addr).await.map_err(Failure)?;
             cluster_status(&client, json).await?;
         }
         Command::Cluster { command: ClusterCommand::RemoveNode { id } } => {
-            membership::remove_node(&client, id).await.map_err(Failure)?;
+            crate::membership::remove_node(&client, id).await.map_err(Failure)?;
             cluster_status(&client, json).await?;
         }
         Command::Cluster { command: ClusterCommand::ReplaceNode { old, new_id, new_addr } } => {
-            membership::replace_node(&client, old, new_id, &new_addr).await.map_err(Failure)?;
+            crate::membership::replace_node(&client, old, new_id, &new_addr).await.map_err(Failure)?;
             cluster_status(&client, json).await?;
         }
         Command::Cluster { command: ClusterCommand::AddLearner { id, addr } } => {

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use cffs_client::cli::membership;
+use cffs_client::membership;
 use cffs_client::Client;
 
 use crate::harness::ProcessCluster;

@@ -1,4 +1,5 @@
-//! `cffs cluster add-node`, `remove-node` and `replace-node`: changes of the metadata group's
+//! Membership changes as `cffs cluster add-node`, `remove-node` and `replace-node` make them
+//! (and the simulation, `sim-tests/tests/membership.rs`): changes of the metadata group's
 //! voters, each as openraft makes them safe (a new replica joins as a learner, catches up
 //! with the log, and only then becomes a voter, in one joint-consensus change), refused
 //! before anything changes when the new voters could not form a quorum: a majority of them
@@ -75,7 +76,14 @@ async fn leader_view(client: &Client) -> Result<(ClusterStatusResponse, BTreeMap
                         }
                         Err(error) => format!("the leader {} at {addr}: {error}", status.leader_id),
                     },
-                    None => format!("replica {} knows no leader", status.node_id),
+                    // (A replica outside the group, a new one not yet added, knows none.)
+                    None => match leader_among_endpoints(client).await {
+                        Some(leader) => {
+                            let addrs = leader.members.iter().map(|m| (m.id, m.addr.clone())).collect();
+                            return Ok((leader, addrs));
+                        }
+                        None => format!("replica {} knows no leader, nor does any endpoint", status.node_id),
+                    },
                 }
             }
         };
@@ -84,6 +92,12 @@ async fn leader_view(client: &Client) -> Result<(ClusterStatusResponse, BTreeMap
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+/// The status of a replica among the endpoints that says it leads.
+async fn leader_among_endpoints(client: &Client) -> Option<ClusterStatusResponse> {
+    let all = client.cluster_status_all().await;
+    all.into_iter().filter_map(|(_, status)| status.ok()).find(|status| status.state == "Leader")
 }
 
 async fn answers(client: &Client, voters: &BTreeSet<u64>, addrs: &BTreeMap<u64, String>) -> Answers {
