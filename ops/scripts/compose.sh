@@ -69,13 +69,14 @@ case "${1:-}" in
     "${compose[@]}" exec -T client cffs cluster status || true
     map=""
     grpc="${CFFS_GRPC_PORT_PREFIX:-710}"
+    cffs_bin="$(source ops/scripts/env.sh && echo "$CARGO_TARGET_DIR")/${CFFS_IMAGE_PROFILE:-release}/cffs"
     for i in 1 2 3 4 5 6; do map="${map:+$map,}cffs$i:7100=127.0.0.1:$grpc$i"; done
     cat <<EOT
 
 CFFS cluster up (compose project '$project'). Inside the network:
   ops/scripts/compose.sh exec client cffs mkdir /hello
   ops/scripts/compose.sh exec client cffs ls -l /
-From this host, through the published ports (ops/bin or target dir's cffs):
+From this host, through the published ports (cffs is at $cffs_bin):
   export CFFS_ENDPOINTS=127.0.0.1:${grpc}1,127.0.0.1:${grpc}2,127.0.0.1:${grpc}3
   export CFFS_ADDRESS_MAP=$map
   cffs ls -l /
