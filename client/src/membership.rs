@@ -53,51 +53,45 @@ pub fn check_quorum(voters: &BTreeSet<u64>, answers: &Answers, leader_applied: u
 /// How long to look for a leader (an election after a replica was lost may be under way).
 const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The leader's view: its status, and each member's address. Any replica answers a status
-/// request; the one that answers may be a follower, whose status names the leader to ask.
+/// The leader's view: its status, and each member's address. Waits out an election.
 async fn leader_view(client: &Client) -> Result<(ClusterStatusResponse, BTreeMap<u64, String>), String> {
     let deadline = tokio::time::Instant::now() + LEADER_WAIT;
     loop {
-        let last = match client.cluster_status().await {
-            Err(error) => format!("cluster status: {error}"),
-            Ok(status) => {
-                let addrs: BTreeMap<u64, String> = status.members.iter().map(|m| (m.id, m.addr.clone())).collect();
-                if status.state == "Leader" {
-                    return Ok((status, addrs));
-                }
-                match addrs.get(&status.leader_id) {
-                    Some(addr) => match client.replica_status(addr).await {
-                        Ok(leader) if leader.state == "Leader" => {
-                            let addrs = leader.members.iter().map(|m| (m.id, m.addr.clone())).collect();
-                            return Ok((leader, addrs));
-                        }
-                        Ok(other) => {
-                            format!("replica {} at {addr} is {}, not the leader", other.node_id, other.state)
-                        }
-                        Err(error) => format!("the leader {} at {addr}: {error}", status.leader_id),
-                    },
-                    // (A replica outside the group, a new one not yet added, knows none.)
-                    None => match leader_among_endpoints(client).await {
-                        Some(leader) => {
-                            let addrs = leader.members.iter().map(|m| (m.id, m.addr.clone())).collect();
-                            return Ok((leader, addrs));
-                        }
-                        None => format!("replica {} knows no leader, nor does any endpoint", status.node_id),
-                    },
-                }
+        let why = match find_leader(client).await {
+            Ok(leader) => {
+                let addrs = leader.members.iter().map(|m| (m.id, m.addr.clone())).collect();
+                return Ok((leader, addrs));
             }
+            Err(why) => why,
         };
         if tokio::time::Instant::now() >= deadline {
-            return Err(format!("no leader found within {LEADER_WAIT:?} ({last}); nothing was changed"));
+            return Err(format!("no leader found within {LEADER_WAIT:?} ({why}); nothing was changed"));
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
 
-/// The status of a replica among the endpoints that says it leads.
-async fn leader_among_endpoints(client: &Client) -> Option<ClusterStatusResponse> {
+/// The leader's own status. Any replica answers a status request: the one that answers may
+/// be a follower, whose status names the leader to ask, or a replica outside the group (a
+/// new one not yet added) that knows none, and then every endpoint is asked.
+async fn find_leader(client: &Client) -> Result<ClusterStatusResponse, String> {
+    let status = client.cluster_status().await.map_err(|e| format!("cluster status: {e}"))?;
+    if status.state == "Leader" {
+        return Ok(status);
+    }
+    let named = status.members.iter().find(|m| m.id == status.leader_id && status.leader_id != 0);
+    if let Some(member) = named {
+        if let Ok(leader) = client.replica_status(&member.addr).await {
+            if leader.state == "Leader" {
+                return Ok(leader);
+            }
+        }
+    }
     let all = client.cluster_status_all().await;
-    all.into_iter().filter_map(|(_, status)| status.ok()).find(|status| status.state == "Leader")
+    all.into_iter()
+        .filter_map(|(_, status)| status.ok())
+        .find(|status| status.state == "Leader")
+        .ok_or_else(|| format!("replica {} is {} and no endpoint leads", status.node_id, status.state))
 }
 
 async fn answers(client: &Client, voters: &BTreeSet<u64>, addrs: &BTreeMap<u64, String>) -> Answers {
@@ -116,8 +110,8 @@ fn voters_of(status: &ClusterStatusResponse) -> BTreeSet<u64> {
     status.members.iter().filter(|m| m.voter).map(|m| m.id).collect()
 }
 
-/// Checks that the server at `addr` runs and is not in another cluster already, then adds it
-/// as a learner (returns once it has caught up).
+/// Checks that `id` and `addr` are new to the group and that the server at `addr` runs as
+/// replica `id`, then adds it as a learner (returns once it has caught up).
 async fn add_learner(client: &Client, id: u64, addr: &str, members: &BTreeMap<u64, String>) -> Result<(), String> {
     if members.contains_key(&id) {
         return Err(format!("replica {id} is a member already (at {})", members[&id]));

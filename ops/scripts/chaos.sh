@@ -19,6 +19,14 @@ if ! docker info >/dev/null 2>&1; then
   echo "chaos: skipped: no Docker engine answers (docker info failed)" >&2
   exit 0
 fi
+# What the script itself runs beside Docker: a compose tool (compose.sh), python3 (reading
+# `cffs -o json` output), busybox-static (image.sh installs it).
+need=()
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
+  need+=(docker-compose)
+fi
+ops/scripts/apt-install.sh "${need[@]+"${need[@]}"}"
 export CFFS_COMPOSE_PROJECT="${CFFS_CHAOS_PROJECT:-cffschaos}"
 export CFFS_GRPC_PORT_PREFIX="${CFFS_CHAOS_GRPC_PORT_PREFIX:-720}" CFFS_HTTP_PORT_PREFIX="${CFFS_CHAOS_HTTP_PORT_PREFIX:-920}"
 export CFFS_IMAGE="${CFFS_IMAGE:-cffs:latest}"

@@ -24,11 +24,7 @@ ops/scripts/setup.sh
 source ops/scripts/env.sh
 # The image's shell and tools: a static busybox (Debian's busybox-static owns /bin/busybox).
 if ! dpkg -s busybox-static >/dev/null 2>&1; then
-  echo "image.sh: installing busybox-static (apt)" >&2
-  sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
-  export DEBIAN_FRONTEND=noninteractive
-  $sudo_cmd apt-get install -y -qq busybox-static >/dev/null \
-    || { $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq busybox-static >/dev/null; }
+  ops/scripts/apt-install.sh busybox-static
 fi
 
 cargo_flags=(--locked -p cffs-server -p cffs-client --bins)

@@ -14,12 +14,7 @@ if ! command -v g++ >/dev/null 2>&1; then
   need_apt+=(g++)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "setup: installing ${need_apt[*]} (apt)" >&2
-  sudo_cmd=""
-  if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
-  export DEBIAN_FRONTEND=noninteractive
-  $sudo_cmd apt-get update -qq || echo "setup: apt-get update failed; trying the install anyway" >&2
-  $sudo_cmd apt-get install -y -qq "${need_apt[@]}"
+  "$(dirname "$0")/apt-install.sh" "${need_apt[@]}"
 fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo is missing; install the Rust toolchain (https://rustup.rs)" >&2

@@ -25,6 +25,11 @@ use crate::metadata::leases::LeaseConfig;
 /// Bounds on the lease settings (ms, ppm): what a replica accepts from any source.
 pub const LEASE_MS_RANGE: std::ops::RangeInclusive<u64> = 50..=60_000;
 pub const LEASE_DRIFT_PPM_MAX: u32 = 500_000;
+/// Defaults of a replica's share of the maintenance work (`--help` gives them too).
+pub const SCRUB_BYTES_PER_SEC_DEFAULT: u64 = 32 * 1024 * 1024;
+pub const SCRUB_PAUSE_SECS_DEFAULT: u64 = 60;
+pub const GC_GRACE_SECS_DEFAULT: u64 = 3600;
+pub const GC_INTERVAL_SECS_DEFAULT: u64 = 300;
 
 /// Everything a node's file, flags or environment may set; `None` = not set there.
 #[derive(Debug, Default, Clone, Deserialize, PartialEq)]
@@ -218,7 +223,7 @@ impl RawConfig {
         if drift_ppm > LEASE_DRIFT_PPM_MAX {
             bail!("{}: {drift_ppm} is over {LEASE_DRIFT_PPM_MAX}", source("leases.drift_ppm"));
         }
-        let scrub_rate = self.scrub.bytes_per_sec.unwrap_or(32 * 1024 * 1024);
+        let scrub_rate = self.scrub.bytes_per_sec.unwrap_or(SCRUB_BYTES_PER_SEC_DEFAULT);
         if scrub_rate == 0 {
             bail!("{}: the scrubber needs a rate above 0", source("scrub.bytes_per_sec"));
         }
@@ -233,11 +238,11 @@ impl RawConfig {
             leases: LeaseConfig { duration: Duration::from_millis(lease_ms), drift_ppm },
             scrub: ScrubConfig {
                 bytes_per_sec: scrub_rate,
-                pass_pause: Duration::from_secs(self.scrub.pause_secs.unwrap_or(60).max(1)),
+                pass_pause: Duration::from_secs(self.scrub.pause_secs.unwrap_or(SCRUB_PAUSE_SECS_DEFAULT).max(1)),
             },
             gc: GcConfig {
-                grace: Duration::from_secs(self.gc.grace_secs.unwrap_or(3600)),
-                interval: Duration::from_secs(self.gc.interval_secs.unwrap_or(300).max(1)),
+                grace: Duration::from_secs(self.gc.grace_secs.unwrap_or(GC_GRACE_SECS_DEFAULT)),
+                interval: Duration::from_secs(self.gc.interval_secs.unwrap_or(GC_INTERVAL_SECS_DEFAULT).max(1)),
             },
         })
     }

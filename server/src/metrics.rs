@@ -139,10 +139,6 @@ impl CommitMetrics {
         self.batch_commits.observe(commits as u64);
     }
 
-    pub fn count(&self, outcome: CommitOutcome) -> u64 {
-        self.outcomes[outcome.index()].load(Ordering::Relaxed)
-    }
-
     pub fn render(&self, out: &mut Exposition) {
         out.family(
             "cffs_commits_total",

@@ -6,6 +6,15 @@ use std::time::Duration;
 
 use cffs_sim_tests::cluster::Cluster;
 
+/// Writes `data` to `path` in one transaction, from a client node.
+async fn write(cluster: &Cluster, path: &'static str, data: &'static [u8]) -> Result<(), cffs_client::FsError> {
+    cluster
+        .with_client(
+            move |client| async move { client.run(|txn| async move { txn.write_file(path, data).await }).await },
+        )
+        .await
+}
+
 #[test]
 fn a_replica_joins_as_learner_then_replaces_a_voter() {
     cffs_sim_tests::runner::scenario_seeds(a_replica_joins_as_learner_then_replaces_a_voter_scenario);
@@ -13,12 +22,7 @@ fn a_replica_joins_as_learner_then_replaces_a_voter() {
 
 async fn a_replica_joins_as_learner_then_replaces_a_voter_scenario() {
     let cluster = Cluster::start(3).await;
-    cluster
-        .with_client(
-            |client| async move { client.run(|txn| async move { txn.write_file("/before", b"1").await }).await },
-        )
-        .await
-        .expect("write before the change");
+    write(&cluster, "/before", b"1").await.expect("write before the change");
 
     let peers = (1..=4).map(|id| (id, Cluster::addr_of(id))).collect();
     let new = cluster.add_replica(peers);
@@ -34,12 +38,7 @@ async fn a_replica_joins_as_learner_then_replaces_a_voter_scenario() {
     let status = cluster.with_client(|client| async move { client.cluster_status().await }).await.expect("status");
     let voters: Vec<u64> = status.members.iter().filter(|m| m.voter).map(|m| m.id).collect();
     assert_eq!(voters, vec![1, 2, 4]);
-    cluster
-        .with_client(
-            |client| async move { client.run(|txn| async move { txn.write_file("/after", b"2").await }).await },
-        )
-        .await
-        .expect("the new configuration commits without replica 3");
+    write(&cluster, "/after", b"2").await.expect("the new configuration commits without replica 3");
 
     // The new replica holds the same state as the others once it has applied everything.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -59,12 +58,7 @@ async fn membership_changes_that_would_lose_quorum_are_refused_scenario() {
     use cffs_client::membership;
 
     let cluster = Cluster::start(3).await;
-    cluster
-        .with_client(
-            |client| async move { client.run(|txn| async move { txn.write_file("/before", b"1").await }).await },
-        )
-        .await
-        .expect("write before the change");
+    write(&cluster, "/before", b"1").await.expect("write before the change");
     let leader = cluster.leader().await.expect("a leader");
     let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
     let (dead, alive) = (followers[0], followers[1]);
@@ -87,16 +81,8 @@ async fn membership_changes_that_would_lose_quorum_are_refused_scenario() {
     let mut expected = vec![leader, alive, new];
     expected.sort_unstable();
     assert_eq!(voters, expected);
-    cluster
-        .with_client(
-            |client| async move { client.run(|txn| async move { txn.write_file("/after", b"2").await }).await },
-        )
-        .await
-        .expect("the new configuration commits");
+    write(&cluster, "/after", b"2").await.expect("the new configuration commits");
     // With the new replica a voter, losing the old leader's follower still leaves a quorum.
     cluster.kill(alive);
-    cluster
-        .with_client(|client| async move { client.run(|txn| async move { txn.write_file("/last", b"3").await }).await })
-        .await
-        .expect("the leader and the new replica commit alone");
+    write(&cluster, "/last", b"3").await.expect("the leader and the new replica commit alone");
 }

@@ -407,21 +407,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Cluster { command: ClusterCommand::AddBlockGroup { members, block_size, if_absent } } => {
             let members = parse_block_members(&members).map_err(|e| Failure(format!("add-block-group: {e}")))?;
-            let wanted: std::collections::BTreeSet<(u64, &str)> =
-                members.iter().map(|m| (m.id, m.addr.as_str())).collect();
-            let present = match if_absent {
-                false => false,
-                true => {
-                    let map = client.cluster_map(false).await.map_err(|e| Failure(format!("cluster map: {e}")))?;
-                    map.groups.iter().any(|group| {
-                        group.members.iter().map(|m| (m.id, m.addr.as_str())).collect::<std::collections::BTreeSet<_>>()
-                            == wanted
-                    })
-                }
+            let present = if_absent && {
+                let map = client.cluster_map(false).await.map_err(|e| Failure(format!("cluster map: {e}")))?;
+                has_group(&map, &members)
             };
             if !present {
                 client
-                    .add_block_group(members.clone(), block_size.unwrap_or(0))
+                    .add_block_group(members, block_size.unwrap_or(0))
                     .await
                     .map_err(|e| Failure(format!("cannot add the block group: {e}")))?;
             }
@@ -448,6 +440,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// True when `map` has a group of exactly `members` (ids and addresses).
+fn has_group(map: &cffs_proto::ClusterMap, members: &[cffs_proto::BlockMember]) -> bool {
+    let key = |group: &[cffs_proto::BlockMember]| {
+        group.iter().map(|m| (m.id, m.addr.clone())).collect::<std::collections::BTreeSet<_>>()
+    };
+    let wanted = key(members);
+    map.groups.iter().any(|group| key(&group.members) == wanted)
 }
 
 fn parse_block_members(text: &str) -> Result<Vec<cffs_proto::BlockMember>, String> {

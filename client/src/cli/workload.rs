@@ -154,14 +154,7 @@ pub async fn append(endpoints: &[String], args: AppendArgs) -> Result<(), String
     let mut checked = 0u64;
     for key in 0..args.keys {
         let path = format!("{dir}/{key}");
-        let read = path.clone();
-        let text = match reader
-            .run(|txn| {
-                let path = read.clone();
-                async move { txn.read_file(&path).await }
-            })
-            .await
-        {
+        let text = match read_whole(&reader, &path).await {
             Ok(bytes) => String::from_utf8(bytes).map_err(|_| format!("{path} is not text"))?,
             Err(FsError::NotFound) => String::new(),
             Err(error) => return Err(format!("read {path} for the check: {error}")),
@@ -233,6 +226,16 @@ fn check_list(path: &str, text: &str, acked: &[(u32, u64)], unknown: &BTreeSet<(
     problems
 }
 
+/// The whole content of the file at `path`, read in a transaction of its own.
+async fn read_whole(client: &Client, path: &str) -> Result<Vec<u8>, FsError> {
+    client
+        .run(|txn| {
+            let path = path.to_string();
+            async move { txn.read_file(&path).await }
+        })
+        .await
+}
+
 /// `cffs fsck`: walks the tree from `root` and reads every regular file whole (each block's
 /// crc32 checked by the server and again here, from another replica on a mismatch), in one
 /// read-only transaction per directory and per file. Returns (directories, files, bytes).
@@ -260,22 +263,13 @@ pub async fn fsck(client: &Client, root: &str) -> Result<(u64, u64, u64), Vec<St
             let path = format!("{}/{}", dir.trim_end_matches('/'), entry.name);
             match entry.kind {
                 crate::Kind::Dir => pending.push(path),
-                crate::Kind::File => {
-                    let read = path.clone();
-                    match client
-                        .run(|txn| {
-                            let path = read.clone();
-                            async move { txn.read_file(&path).await }
-                        })
-                        .await
-                    {
-                        Ok(data) => {
-                            files += 1;
-                            bytes += data.len() as u64;
-                        }
-                        Err(error) => problems.push(format!("{path}: cannot read: {error}")),
+                crate::Kind::File => match read_whole(client, &path).await {
+                    Ok(data) => {
+                        files += 1;
+                        bytes += data.len() as u64;
                     }
-                }
+                    Err(error) => problems.push(format!("{path}: cannot read: {error}")),
+                },
                 crate::Kind::Symlink => {}
             }
         }

@@ -119,7 +119,6 @@ impl BlockService {
             .max_encoding_message_size(cffs_proto::limits::RPC_MESSAGE_BYTES_MAX)
     }
 
-    /// (blocks, bytes) stored.
     /// This block server's figures for `/metrics`.
     pub fn render_metrics(&self, out: &mut crate::metrics::Exposition) {
         use crate::metrics::Kind::{Counter, Gauge};
@@ -154,6 +153,7 @@ impl BlockService {
         self.server_id
     }
 
+    /// (blocks, bytes) stored.
     pub fn totals(&self) -> (u64, u64) {
         self.store.totals()
     }

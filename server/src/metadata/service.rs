@@ -264,12 +264,19 @@ impl MetadataService {
         out.single("cffs_gc_tombstones_pending", Gauge, "Marked blocks not yet deleted.", gc.tombstones_pending);
     }
 
-    /// Whether this replica can serve: its storage works and it knows a leader.
+    /// Whether this replica can serve: its storage works and it knows a leader. Read from
+    /// Raft's metrics alone (not `status_response`, which reads the collector's tombstones
+    /// from storage): the gRPC health task asks every second, container healthchecks as often.
     pub fn health(&self) -> crate::metrics::Health {
-        let status = self.status_response();
+        let (state, term, leader_id, applied) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            let applied = metrics.last_applied.map_or(0, |l| l.index);
+            (format!("{:?}", metrics.state), metrics.current_term, metrics.current_leader.unwrap_or(0), applied)
+        };
         let storage = self.state.health.failure();
-        let healthy = storage.is_none() && status.leader_id != 0;
-        let detail = match (&storage, status.leader_id) {
+        let healthy = storage.is_none() && leader_id != 0;
+        let detail = match (&storage, leader_id) {
             (Some(error), _) => format!("storage failed: {error}"),
             (None, 0) => "no leader known".to_string(),
             (None, leader) => format!("leader {leader}"),
@@ -278,10 +285,10 @@ impl MetadataService {
             "status": if healthy { "ok" } else { "unavailable" },
             "role": "meta",
             "node_id": self.node_id,
-            "state": status.state,
-            "term": status.term,
-            "leader_id": status.leader_id,
-            "applied": status.last_applied,
+            "state": state,
+            "term": term,
+            "leader_id": leader_id,
+            "applied": applied,
             "detail": detail,
         });
         crate::metrics::Health { healthy, body: body.to_string() }
