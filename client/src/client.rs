@@ -12,7 +12,7 @@ use cffs_proto::{AllocateInodesRequest, ClusterStatusRequest, ClusterStatusRespo
 use rand::Rng;
 use tonic::transport::Channel;
 
-use crate::cache::{Cache, CacheStats, CACHE_BYTES_DEFAULT};
+use crate::cache::{Cache, CacheKey, CacheStats, CACHE_BYTES_DEFAULT};
 use crate::calls::Calls;
 use crate::error::FsError;
 use crate::txn::{Outcome, Transaction};
@@ -58,6 +58,9 @@ impl Default for ClientOptions {
     }
 }
 
+/// What `Client::on_invalidate` calls: the keys invalidated, or `None` for everything.
+pub type InvalidationListener = Arc<dyn Fn(Option<&[CacheKey]>) + Send + Sync>;
+
 pub(crate) struct Inner {
     /// Leader following and calls to the metadata group (shared, weakly, with the session).
     pub(crate) calls: Arc<Calls>,
@@ -68,6 +71,8 @@ pub(crate) struct Inner {
     txn_seq: AtomicU64,
     options: ClientOptions,
     pub(crate) cache: Arc<Mutex<Cache>>,
+    /// Told of every invalidation the session applies (the mount drops the kernel's copies).
+    listener: Arc<Mutex<Option<InvalidationListener>>>,
     /// Block servers, the cluster map and the block cache.
     pub(crate) blocks: crate::blocks::BlockIo,
     session_started: AtomicBool,
@@ -108,6 +113,7 @@ impl Client {
                 txn_seq: AtomicU64::new(1),
                 options,
                 cache: Arc::new(Mutex::new(Cache::new(options.cache_bytes))),
+                listener: Arc::new(Mutex::new(None)),
                 blocks: crate::blocks::BlockIo::new(options.block_cache_bytes),
                 session_started: AtomicBool::new(false),
             }),
@@ -126,10 +132,19 @@ impl Client {
             let link = crate::session::SessionLink {
                 calls: Arc::downgrade(&self.inner.calls),
                 cache: self.inner.cache.clone(),
+                listener: self.inner.listener.clone(),
             };
             tokio::spawn(crate::session::run(link));
         }
         Some(&self.inner.cache)
+    }
+
+    /// Calls `listener` with the keys of every invalidation the session applies to the cache,
+    /// before it is acknowledged (so before the writer's commit completes), and with `None`
+    /// when the session is lost and the whole cache dropped. A FUSE mount drops the kernel's
+    /// copies of what changed here. The listener must not block.
+    pub fn on_invalidate(&self, listener: InvalidationListener) {
+        *self.inner.listener.lock().expect("listener lock") = Some(listener);
     }
 
     /// Requests this client has sent (every attempt of every call; the session stream's

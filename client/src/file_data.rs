@@ -108,7 +108,7 @@ fn old_block(inode: &Inode, blocks: &BTreeMap<u64, BlockRef>, index: u64) -> Old
 
 impl Transaction {
     /// Writes the inode back with new data (or into the orphan an open handle keeps).
-    fn set_file(&self, inode: Inode) {
+    pub(crate) fn set_file(&self, inode: Inode) {
         let mut state = self.state();
         if let Some(orphan) = state.orphans.get_mut(&inode.ino) {
             *orphan = inode;
@@ -172,7 +172,7 @@ impl Transaction {
     }
 
     /// Writes `data` at `offset` of `inode`'s data, copy-on-write; returns the new inode.
-    async fn write_range(&self, inode: &Inode, offset: u64, data: &[u8]) -> Result<Inode, FsError> {
+    pub(crate) async fn write_range(&self, inode: &Inode, offset: u64, data: &[u8]) -> Result<Inode, FsError> {
         if data.is_empty() {
             return Ok(inode.clone());
         }
@@ -237,7 +237,7 @@ impl Transaction {
     }
 
     /// `inode` cut or extended to `size` bytes (extended with zeros: a hole).
-    async fn resize(&self, inode: &Inode, size: u64) -> Result<Inode, FsError> {
+    pub(crate) async fn resize(&self, inode: &Inode, size: u64) -> Result<Inode, FsError> {
         if size <= INLINE_DATA_MAX as u64 {
             let mut content = self.read_range(inode, 0, size).await?;
             content.resize(size as usize, 0);

@@ -24,6 +24,7 @@ pub use calls::{parse_address_map, set_address_map};
 pub mod client;
 pub mod error;
 mod file_data;
+mod inode_ops;
 pub mod membership;
 #[cfg(madsim)]
 pub mod planted;
@@ -32,8 +33,9 @@ pub mod txn;
 
 pub use blocks::BlockStats;
 pub use cache::CacheStats;
-pub use client::{Client, ClientOptions};
+pub use client::{Client, ClientOptions, InvalidationListener};
 pub use error::FsError;
+pub use inode_ops::{RenameMode, SetAttr};
 pub use txn::{Attr, DirEntry, FileHandle, Kind, Outcome, Transaction};
 
 #[cfg(not(madsim))]

@@ -19,6 +19,16 @@ use crate::error::FsError;
 pub(crate) struct SessionLink {
     pub calls: Weak<Calls>,
     pub cache: Arc<Mutex<Cache>>,
+    pub listener: Arc<Mutex<Option<crate::client::InvalidationListener>>>,
+}
+
+impl SessionLink {
+    fn tell(&self, keys: Option<&[CacheKey]>) {
+        let listener = self.listener.lock().expect("listener lock").clone();
+        if let Some(listener) = listener {
+            listener(keys);
+        }
+    }
 }
 
 /// Runs sessions for as long as the client exists.
@@ -29,8 +39,9 @@ pub(crate) async fn run(link: SessionLink) {
         if link.calls.strong_count() == 0 {
             return; // the client is gone
         }
-        let opened = one_session(&link.calls, &link.cache, &mut rotation).await;
+        let opened = one_session(&link, &mut rotation).await;
         link.cache.lock().expect("cache lock").session_lost();
+        link.tell(None);
         match opened {
             Ok(()) => backoff = RPC_BACKOFF_MIN,
             Err(error) => {
@@ -43,7 +54,8 @@ pub(crate) async fn run(link: SessionLink) {
 }
 
 /// One session, from open to the end of its stream. `Ok` when a session was opened.
-async fn one_session(client: &Weak<Calls>, cache: &Mutex<Cache>, rotation: &mut usize) -> Result<(), FsError> {
+async fn one_session(link: &SessionLink, rotation: &mut usize) -> Result<(), FsError> {
+    let (client, cache) = (&link.calls, &*link.cache);
     // Held only while opening: the session must not keep its client alive.
     let Some(inner) = client.upgrade() else { return Ok(()) };
     let addr = match inner.leader() {
@@ -119,6 +131,7 @@ async fn one_session(client: &Weak<Calls>, cache: &Mutex<Cache>, rotation: &mut 
                         tracing::debug!(session, seq = invalidate.seq, ?keys, "invalidation received");
                         #[cfg(madsim)]
                         let keys = if crate::planted::ignore_invalidations() { Vec::new() } else { keys };
+                        link.tell(Some(&keys));
                         cache.lock().expect("cache lock").invalidate(invalidate.seq, keys);
                         let ack = SessionRequest {
                             msg: Some(session_request::Msg::Ack(InvalidateAck { seq: invalidate.seq })),

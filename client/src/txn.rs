@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-use cffs_proto::limits::{check_name, LOOKUP_PATH_COMPONENTS_MAX, ROOT_INO, SYMLINK_TARGET_MAX};
+use cffs_proto::limits::{check_name, LOOKUP_PATH_COMPONENTS_MAX, ROOT_INO};
 use cffs_proto::{
     commit_response, write_op, AdjustDir, CommitRequest, Dentry, DentryKey, FileKind, GetInodeRequest, Inode,
     LookupPathRequest, LookupRequest, PutDentry, ReadDirRequest, ReadEntry, WriteOp,
@@ -27,6 +27,7 @@ use cffs_proto::{
 use crate::cache::{CacheKey, CacheValue, KeyRef};
 use crate::client::Client;
 use crate::error::FsError;
+use crate::inode_ops::SetAttr;
 
 /// Most symbolic links followed while resolving one path (Linux's MAXSYMLINKS).
 pub const SYMLINK_FOLLOW_MAX: u32 = 40;
@@ -68,7 +69,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn from_wire(kind: i32) -> Result<Kind, FsError> {
+    pub(crate) fn from_wire(kind: i32) -> Result<Kind, FsError> {
         match FileKind::try_from(kind) {
             Ok(FileKind::Regular) => Ok(Kind::File),
             Ok(FileKind::Directory) => Ok(Kind::Dir),
@@ -100,7 +101,7 @@ pub struct FileHandle {
     pub ino: u64,
 }
 
-fn attr_of(inode: &Inode) -> Result<Attr, FsError> {
+pub(crate) fn attr_of(inode: &Inode) -> Result<Attr, FsError> {
     Ok(Attr {
         ino: inode.ino,
         kind: Kind::from_wire(inode.kind)?,
@@ -171,7 +172,7 @@ pub(crate) struct TxnState {
     /// Inodes created by this transaction: the server has nothing to say about them.
     created: BTreeSet<u64>,
     /// Files opened through `open`, and unlinked ones kept readable through their handle.
-    open: BTreeSet<u64>,
+    pub(crate) open: BTreeSet<u64>,
     pub(crate) orphans: BTreeMap<u64, Inode>,
     finished: bool,
     /// Bumped by every write to the view (puts and deletes): a resolution remembered at
@@ -423,13 +424,13 @@ impl Transaction {
     }
 
     /// An inode to change: the view's copy, unshared.
-    async fn inode_to_write(&self, ino: u64) -> Result<Inode, FsError> {
+    pub(crate) async fn inode_to_write(&self, ino: u64) -> Result<Inode, FsError> {
         Ok(Arc::unwrap_or_clone(self.existing_inode(ino).await?))
     }
 
     /// The dentry from the view (absent under a directory this transaction created), from
     /// what a path lookup fetched ahead, or from the cache (then recorded as a leased read).
-    fn lookup_local(&self, parent: u64, name: &[u8]) -> Option<Option<Dentry>> {
+    pub(crate) fn lookup_local(&self, parent: u64, name: &[u8]) -> Option<Option<Dentry>> {
         let mut state = self.state();
         if let Some(view) = state.dentry(parent, name) {
             return Some(view.value);
@@ -451,7 +452,7 @@ impl Transaction {
 
     /// The dentry, from what a path lookup fetched ahead or from the leader; for names
     /// `lookup_local` did not have.
-    async fn lookup_remote(&self, parent: u64, name: &[u8]) -> Result<Option<Dentry>, FsError> {
+    pub(crate) async fn lookup_remote(&self, parent: u64, name: &[u8]) -> Result<Option<Dentry>, FsError> {
         if let Some(dentry) = self.state().take_prefetched(parent, name) {
             return Ok(dentry);
         }
@@ -613,7 +614,7 @@ impl Transaction {
         state.inodes.insert(inode.ino, View { value: Some(Arc::new(inode)), read, dirty: true });
     }
 
-    fn delete_inode(&self, ino: u64) {
+    pub(crate) fn delete_inode(&self, ino: u64) {
         let mut state = self.state();
         state.view_changes += 1;
         let read = state.inodes.get(&ino).and_then(|view| view.read);
@@ -622,7 +623,7 @@ impl Transaction {
         state.dir_updates.remove(&ino);
     }
 
-    fn put_dentry(&self, parent: u64, name: &[u8], dentry: Option<Dentry>) {
+    pub(crate) fn put_dentry(&self, parent: u64, name: &[u8], dentry: Option<Dentry>) {
         let mut state = self.state();
         state.view_changes += 1;
         let names = state.dentries.entry(parent).or_default();
@@ -632,7 +633,7 @@ impl Transaction {
 
     /// Updates directory `ino` commutatively: nlink by `nlink_delta`, mtime/ctime to now,
     /// and its listing version (every change of its entries).
-    fn update_dir(&self, ino: u64, nlink_delta: i32) {
+    pub(crate) fn update_dir(&self, ino: u64, nlink_delta: i32) {
         let now = now_ns();
         let mut state = self.state();
         let update = state.dir_updates.entry(ino).or_default();
@@ -651,7 +652,7 @@ impl Transaction {
         }
     }
 
-    fn new_inode(&self, ino: u64, kind: Kind, mode: u32) -> Inode {
+    pub(crate) fn new_inode(&self, ino: u64, kind: Kind, mode: u32) -> Inode {
         let now = now_ns();
         Inode {
             ino,
@@ -665,7 +666,7 @@ impl Transaction {
         }
     }
 
-    fn create_entry(&self, parent: u64, name: &[u8], mut inode: Inode) {
+    pub(crate) fn create_entry(&self, parent: u64, name: &[u8], mut inode: Inode) {
         let kind = inode.kind;
         let is_dir = kind == FileKind::Directory as i32;
         if is_dir {
@@ -706,13 +707,7 @@ impl Transaction {
 
     pub async fn mkdir(&self, path: &str, mode: u32) -> Result<Attr, FsError> {
         let (resolved, name) = self.resolve_entry(path).await?;
-        if resolved.target.is_some() {
-            return Err(FsError::Exists);
-        }
-        let inode = self.new_inode(self.client.allocate_ino().await?, Kind::Dir, mode);
-        let attr = attr_of(&inode)?;
-        self.create_entry(resolved.parent, &name, inode);
-        Ok(attr)
+        self.mkdir_at(resolved.parent, &name, mode).await
     }
 
     /// Creates every missing directory on `path` (`mkdir -p`).
@@ -754,10 +749,7 @@ impl Transaction {
             Some(name) if !name.is_empty() => name,
             _ => return Err(FsError::IsDir),
         };
-        let inode = self.new_inode(self.client.allocate_ino().await?, Kind::File, mode);
-        let attr = attr_of(&inode)?;
-        self.create_entry(resolved.parent, &name, inode);
-        Ok(attr)
+        self.create_at(resolved.parent, &name, mode, exclusive).await
     }
 
     /// A create that sends no lookup: on a `run`'s first attempt (`assume_new_names`), a
@@ -811,22 +803,14 @@ impl Transaction {
 
     pub async fn chmod(&self, path: &str, mode: u32) -> Result<(), FsError> {
         let ino = self.resolve(path, true).await?.ino().ok_or(FsError::NotFound)?;
-        let mut inode = self.inode_to_write(ino).await?;
-        inode.mode = mode & 0o7777;
-        inode.ctime_ns = now_ns();
-        self.put_inode(inode);
-        Ok(())
+        self.set_attr(ino, SetAttr { mode: Some(mode), ..SetAttr::default() }).await.map(drop)
     }
 
     /// Sets access and modification times (nanoseconds since the epoch).
     pub async fn utimens(&self, path: &str, atime_ns: i64, mtime_ns: i64) -> Result<(), FsError> {
         let ino = self.resolve(path, true).await?.ino().ok_or(FsError::NotFound)?;
-        let mut inode = self.inode_to_write(ino).await?;
-        inode.atime_ns = atime_ns;
-        inode.mtime_ns = mtime_ns;
-        inode.ctime_ns = now_ns();
-        self.put_inode(inode);
-        Ok(())
+        let times = SetAttr { atime_ns: Some(atime_ns), mtime_ns: Some(mtime_ns), ..SetAttr::default() };
+        self.set_attr(ino, times).await.map(drop)
     }
 
     /// The entries of the directory at `path`, in name order (`.` and `..` not included).
@@ -838,14 +822,10 @@ impl Transaction {
         }
         let mut entries: BTreeMap<Vec<u8>, Dentry> = self.list_dir(ino).await?;
         // Overlay this transaction's own changes in that directory.
-        let state = self.state();
-        for (name, view) in state.dentries.get(&ino).into_iter().flatten() {
-            if !view.dirty {
-                continue;
-            }
-            match &view.value {
-                Some(dentry) => entries.insert(name.clone(), *dentry),
-                None => entries.remove(name),
+        for (name, dentry) in self.own_entries(ino) {
+            match dentry {
+                Some(dentry) => entries.insert(name, dentry),
+                None => entries.remove(&name),
             };
         }
         entries
@@ -862,7 +842,7 @@ impl Transaction {
 
     /// The directory's entries as committed, read page by page under one listing version,
     /// which joins the read set.
-    async fn list_dir(&self, ino: u64) -> Result<BTreeMap<Vec<u8>, Dentry>, FsError> {
+    pub(crate) async fn list_dir(&self, ino: u64) -> Result<BTreeMap<Vec<u8>, Dentry>, FsError> {
         if self.state().created.contains(&ino) {
             return Ok(BTreeMap::new());
         }
@@ -937,18 +917,12 @@ impl Transaction {
     /// Removes the name of a non-directory (POSIX unlink).
     pub async fn unlink(&self, path: &str) -> Result<(), FsError> {
         let (resolved, name) = self.resolve_entry(path).await?;
-        let dentry = resolved.target.ok_or(FsError::NotFound)?;
-        if dentry.kind == FileKind::Directory as i32 {
-            return Err(FsError::IsDir);
-        }
-        self.put_dentry(resolved.parent, &name, None);
-        self.update_dir(resolved.parent, 0);
-        self.drop_link(dentry.ino).await
+        self.unlink_at(resolved.parent, &name).await
     }
 
     /// One fewer name for a non-directory inode: deleted with its last name (kept readable
     /// through an open handle until the transaction ends).
-    async fn drop_link(&self, ino: u64) -> Result<(), FsError> {
+    pub(crate) async fn drop_link(&self, ino: u64) -> Result<(), FsError> {
         let mut inode = self.inode_to_write(ino).await?;
         inode.nlink = inode.nlink.saturating_sub(1);
         inode.ctime_ns = now_ns();
@@ -970,31 +944,26 @@ impl Transaction {
         let Some(name) = resolved.name.clone().filter(|n| !n.is_empty()) else {
             return Err(FsError::Busy("cannot remove the root or a path ending in '..'".into()));
         };
-        let dentry = resolved.target.ok_or(FsError::NotFound)?;
-        if dentry.kind != FileKind::Directory as i32 {
-            return Err(FsError::NotDir);
-        }
-        if !self.readdir_ino(dentry.ino).await?.is_empty() {
-            return Err(FsError::NotEmpty);
-        }
-        self.put_dentry(resolved.parent, &name, None);
-        self.delete_inode(dentry.ino);
-        self.update_dir(resolved.parent, -1);
-        Ok(())
+        self.rmdir_at(resolved.parent, &name).await
     }
 
-    async fn readdir_ino(&self, ino: u64) -> Result<Vec<Vec<u8>>, FsError> {
+    /// The names in directory `ino`, with this transaction's own changes.
+    pub(crate) async fn readdir_ino(&self, ino: u64) -> Result<Vec<Vec<u8>>, FsError> {
         let mut names: BTreeSet<Vec<u8>> = self.list_dir(ino).await?.into_keys().collect();
-        let state = self.state();
-        for (name, view) in state.dentries.get(&ino).into_iter().flatten() {
-            if view.dirty {
-                match view.value {
-                    Some(_) => names.insert(name.clone()),
-                    None => names.remove(name),
-                };
-            }
+        for (name, dentry) in self.own_entries(ino) {
+            match dentry {
+                Some(_) => names.insert(name),
+                None => names.remove(&name),
+            };
         }
         Ok(names.into_iter().collect())
+    }
+
+    /// The entries of directory `ino` this transaction wrote (None: removed).
+    pub(crate) fn own_entries(&self, ino: u64) -> Vec<(Vec<u8>, Option<Dentry>)> {
+        let state = self.state();
+        let names = state.dentries.get(&ino).into_iter().flatten();
+        names.filter(|(_, view)| view.dirty).map(|(name, view)| (name.clone(), view.value)).collect()
     }
 
     /// Renames `source` to `target` with POSIX rules: a file may replace a file, a directory
@@ -1011,42 +980,7 @@ impl Transaction {
         if check_ancestors && moved_is_dir && (to.ancestors.contains(&moved.ino) || to.parent == moved.ino) {
             return Err(FsError::Invalid(format!("cannot move '{source}' into its own subdirectory '{target}'")));
         }
-        if let Some(replaced) = to.target {
-            if replaced.ino == moved.ino {
-                return Ok(()); // the same file: POSIX says do nothing
-            }
-            let replaced_is_dir = replaced.kind == FileKind::Directory as i32;
-            match (moved_is_dir, replaced_is_dir) {
-                (true, false) => return Err(FsError::NotDir),
-                (false, true) => return Err(FsError::IsDir),
-                (true, true) => {
-                    if !self.readdir_ino(replaced.ino).await?.is_empty() {
-                        return Err(FsError::NotEmpty);
-                    }
-                    self.delete_inode(replaced.ino);
-                    self.update_dir(to.parent, -1);
-                }
-                (false, false) => self.drop_link(replaced.ino).await?,
-            }
-        }
-        self.put_dentry(from.parent, &from_name, None);
-        self.put_dentry(to.parent, &to_name, Some(moved));
-        if moved_is_dir {
-            let mut inode = self.inode_to_write(moved.ino).await?;
-            inode.parent = to.parent;
-            inode.ctime_ns = now_ns();
-            self.put_inode(inode);
-            if from.parent != to.parent {
-                self.update_dir(from.parent, -1);
-                self.update_dir(to.parent, 1);
-            } else {
-                self.update_dir(from.parent, 0);
-            }
-        } else {
-            self.update_dir(from.parent, 0);
-            self.update_dir(to.parent, 0);
-        }
-        Ok(())
+        self.rename_entry(from.parent, &from_name, moved, to.parent, &to_name, to.target).await
     }
 
     /// Makes `new` another name of the non-directory `existing` (a hard link).
@@ -1057,16 +991,7 @@ impl Transaction {
             return Err(FsError::NotPermitted);
         }
         let (to, name) = self.resolve_entry(new).await?;
-        if to.target.is_some() {
-            return Err(FsError::Exists);
-        }
-        let mut inode = self.inode_to_write(dentry.ino).await?;
-        inode.nlink += 1;
-        inode.ctime_ns = now_ns();
-        self.put_inode(inode);
-        self.put_dentry(to.parent, &name, Some(dentry));
-        self.update_dir(to.parent, 0);
-        Ok(())
+        self.link_at(dentry.ino, to.parent, &name).await.map(drop)
     }
 
     /// Creates a symbolic link at `link_path` pointing at `target` (not checked to exist).
@@ -1074,18 +999,8 @@ impl Transaction {
         if target.is_empty() {
             return Err(FsError::NotFound);
         }
-        if target.len() > SYMLINK_TARGET_MAX {
-            return Err(FsError::NameTooLong);
-        }
         let (to, name) = self.resolve_entry(link_path).await?;
-        if to.target.is_some() {
-            return Err(FsError::Exists);
-        }
-        let mut inode = self.new_inode(self.client.allocate_ino().await?, Kind::Symlink, 0o777);
-        inode.symlink_target = target.as_bytes().to_vec();
-        inode.size = target.len() as u64;
-        self.create_entry(to.parent, &name, inode);
-        Ok(())
+        self.symlink_at(to.parent, &name, target.as_bytes()).await.map(drop)
     }
 
     pub async fn readlink(&self, path: &str) -> Result<String, FsError> {

@@ -22,7 +22,7 @@ if ! command -v etcd >/dev/null; then
 fi
 
 echo "bench-peer: building cffs-server and cffs (release) ..." >&2
-cargo build --release --locked -p cffs-server -p cffs-client --bins
+cargo build --release --locked -p cffs-server -p cffs-fuse --bins
 bin="$CARGO_TARGET_DIR/release"
 
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/cffs-bench-peer.XXXXXX")

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 ops/scripts/setup.sh
 source ops/scripts/env.sh
 echo "building cffs-server and cffs (the first build compiles RocksDB: tens of minutes on 2 cores) ..." >&2
-cargo build --release --locked -p cffs-server -p cffs-client --bins
+cargo build --release --locked -p cffs-server -p cffs-fuse --bins
 mkdir -p bin
 ln -sf "$CARGO_TARGET_DIR/release/cffs" bin/cffs
 ln -sf "$CARGO_TARGET_DIR/release/cffs-server" bin/cffs-server

@@ -27,7 +27,7 @@ if ! dpkg -s busybox-static >/dev/null 2>&1; then
   ops/scripts/apt-install.sh busybox-static
 fi
 
-cargo_flags=(--locked -p cffs-server -p cffs-client --bins)
+cargo_flags=(--locked -p cffs-server -p cffs-fuse --bins)
 [ "$profile" = release ] && cargo_flags+=(--release)
 echo "image.sh: building cffs-server and cffs ($profile)" >&2
 cargo build "${cargo_flags[@]}"

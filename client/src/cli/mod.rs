@@ -49,8 +49,64 @@ enum Output {
     Json,
 }
 
+/// Commands the `cffs` binary takes from a crate built on this one: the FUSE mount and the
+/// function runner live in `cffs-fuse`, which depends on this crate.
+pub trait Extensions {
+    /// `cffs mount`: serves the cluster at a directory until unmounted or signalled.
+    fn mount(&self, client: Client, runtime: &tokio::runtime::Runtime, args: MountArgs) -> ExitCode;
+    /// `cffs run`: one command as one transaction.
+    fn run(&self, client: Client, runtime: &tokio::runtime::Runtime, args: RunArgs) -> ExitCode;
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct MountArgs {
+    /// The directory to mount at (it must exist).
+    pub mountpoint: PathBuf,
+    /// Let other users than the one mounting use the mount (needs user_allow_other in
+    /// /etc/fuse.conf when not root).
+    #[arg(long)]
+    pub allow_other: bool,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Re-runs allowed when the command's reads went stale by the time it exited.
+    #[arg(long, default_value_t = 10)]
+    pub retries: u32,
+    /// Where the command sees CFFS (created when missing; only the command's private mount
+    /// namespace sees the mount).
+    #[arg(long, default_value = "/cffs")]
+    pub at: PathBuf,
+    /// Stream the output of every attempt as it is written, including attempts that are then
+    /// re-run (by default the output of a re-run attempt is discarded and only the attempt
+    /// that counts is shown, after it ends).
+    #[arg(long)]
+    pub keep_failed_output: bool,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+    pub command: Vec<std::ffi::OsString>,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Mount the cluster at a directory, for any program to use (runs until unmounted, or
+    /// until SIGINT/SIGTERM, which unmount).
+    ///
+    /// Each file operation is a transaction of its own; data written to an open file commits
+    /// when the file is closed or fsynced (close-to-open), each commit atomic. If another
+    /// client changed the file meanwhile, the ranges written here are applied over its
+    /// version. Needs /dev/fuse and root (or fusermount3).
+    Mount(MountArgs),
+    /// Run a command as one function invocation: one transaction over everything it does in
+    /// CFFS, seen at /cffs.
+    ///
+    /// The command runs in a private mount namespace where CFFS is mounted at --at. All its
+    /// reads and writes there form one transaction, committed when it exits 0 and discarded
+    /// when it exits otherwise (its exit status is passed on). If its reads went stale by the
+    /// time it exited, it is run again from the start, up to --retries times (exit status 75
+    /// when they run out). Only the file system is rolled back: what the command does
+    /// elsewhere (network, other files, other processes) stays, once per attempt.
+    Run(RunArgs),
     /// Create directories.
     Mkdir {
         /// Create missing parents too, and accept existing directories.
@@ -248,9 +304,24 @@ fn fail(verb: &str, path: &str, error: FsError) -> Failure {
     Failure(format!("cannot {verb} '{path}': {error}"))
 }
 
-pub fn main() -> ExitCode {
+/// The `cffs` command line, with the commands `extensions` adds.
+pub fn main(extensions: &dyn Extensions) -> ExitCode {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    if matches!(cli.command, Command::Mount(_) | Command::Run(_)) {
+        let client = match runtime.block_on(async { connect(&cli) }) {
+            Ok(client) => client,
+            Err(Failure(message)) => {
+                eprintln!("cffs: {message}");
+                return ExitCode::from(1);
+            }
+        };
+        return match cli.command {
+            Command::Mount(args) => extensions.mount(client, &runtime, args),
+            Command::Run(args) => extensions.run(client, &runtime, args),
+            _ => unreachable!("matched above"),
+        };
+    }
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(message)) => {
@@ -260,12 +331,18 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), Failure> {
+/// The client the global options describe.
+fn connect(cli: &Cli) -> Result<Client, Failure> {
     let endpoints = crate::client::parse_endpoints(&cli.endpoints).map_err(|e| Failure(format!("--endpoints: {e}")))?;
     let address_map =
         crate::calls::parse_address_map(&cli.address_map).map_err(|e| Failure(format!("--address-map: {e}")))?;
     crate::calls::set_address_map(address_map);
-    let client = Client::connect(&endpoints).map_err(|e| Failure(e.to_string()))?;
+    Client::connect(&endpoints).map_err(|e| Failure(e.to_string()))
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let client = connect(&cli)?;
+    let endpoints = crate::client::parse_endpoints(&cli.endpoints).map_err(|e| Failure(format!("--endpoints: {e}")))?;
     let json = cli.output == Output::Json;
     match cli.command {
         Command::Mkdir { parents, paths } => {
@@ -438,6 +515,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Workload(WorkloadCommand::Append(args)) => {
             workload::append(&endpoints, args).await.map_err(|e| Failure(format!("workload: {e}")))?
         }
+        Command::Mount(_) | Command::Run(_) => unreachable!("main hands these to the extensions"),
     }
     Ok(())
 }
