@@ -14,6 +14,20 @@ CHAOS_SEEDS="${CFFS_CHAOS_SEEDS:-2000}"
 DETERMINISM_SEEDS="${CFFS_DETERMINISM_SEEDS:-4}"
 step() { printf '\n==> %s (%s)\n' "$1" "$(date +%T)" >&2; }
 
+# The mount tests run real programs on a FUSE mount: what they need, from Debian's packages.
+# (They say "skipped" where the machine cannot mount: no /dev/fuse, or not root.)
+tools=()
+for tool in sqlite3 git tar diff unshare; do
+  command -v "$tool" >/dev/null 2>&1 || tools+=("$tool")
+done
+if [ ${#tools[@]} -gt 0 ]; then
+  packages=()
+  for tool in "${tools[@]}"; do
+    case "$tool" in diff) packages+=(diffutils) ;; unshare) packages+=(util-linux) ;; *) packages+=("$tool") ;; esac
+  done
+  ops/scripts/apt-install.sh "${packages[@]}"
+fi
+
 step "format check"
 cargo fmt --all -- --check
 

@@ -1,0 +1,86 @@
+//! Helpers of the integration tests: a `cffs-server dev` cluster on free loopback ports,
+//! stopped when dropped, and the `cffs` binary run against it.
+#![allow(dead_code)] // each test file uses its own part
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `cffs-server dev`, stopped (SIGTERM, which stops its processes) when dropped.
+pub struct Dev {
+    child: Child,
+    pub endpoints: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+    }
+}
+
+pub fn server_exe() -> PathBuf {
+    let exe = Path::new(env!("CARGO_BIN_EXE_cffs")).with_file_name("cffs-server");
+    assert!(exe.exists(), "{} is missing: `cargo test --workspace` builds it", exe.display());
+    exe
+}
+
+/// Six free ports in a row, for `dev --base-port`, below the ephemeral range (32768 and up,
+/// where an outgoing connection may take a port between our check and the server's bind).
+fn free_base_port() -> u16 {
+    for base in (10_000 + (std::process::id() % 2_000) as u16 * 7..32_000).step_by(7) {
+        let free = (0..6).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        if free {
+            return base;
+        }
+    }
+    panic!("no six free ports in a row");
+}
+
+pub fn start_dev() -> Dev {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let base = free_base_port();
+    let mut child = Command::new(server_exe())
+        .args(["dev", "--base-port", &base.to_string(), "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start cffs-server dev");
+    let stdout = child.stdout.take().expect("dev's stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut seen = Vec::new();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("Ctrl-C stops") => break,
+            Some(Ok(line)) => seen.push(line),
+            _ => panic!("cffs-server dev ended before it was ready: {seen:?}"),
+        }
+    }
+    assert!(seen.iter().any(|l| l.contains("2 block groups")), "{seen:?}");
+    let endpoints = (0..3).map(|i| format!("127.0.0.1:{}", base + i)).collect::<Vec<_>>().join(",");
+    Dev { child, endpoints, _dir: dir }
+}
+
+pub fn cffs(dev: &Dev, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+    // Standard input from a file: the child reads it at its own pace.
+    let mut input = tempfile::tempfile().expect("a file for standard input");
+    input.write_all(stdin.unwrap_or_default()).expect("write standard input");
+    std::io::Seek::rewind(&mut input).expect("rewind");
+    Command::new(env!("CARGO_BIN_EXE_cffs"))
+        .args(args)
+        .env("CFFS_ENDPOINTS", &dev.endpoints)
+        .stdin(Stdio::from(input))
+        .output()
+        .expect("run cffs")
+}
