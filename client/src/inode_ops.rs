@@ -402,6 +402,25 @@ impl Transaction {
         self.state().open.insert(ino);
     }
 
+    /// Marks `ino` open outside this transaction: if this transaction removes its last
+    /// name, the inode is kept with nlink 0 (readable and writable through the open
+    /// handle, as POSIX asks) until `remove_if_unlinked` at the handle's last close. A
+    /// client that dies in between leaves that inode behind, unreachable.
+    pub fn keep_unlinked(&self, ino: u64) {
+        self.state().keep_unlinked.insert(ino);
+    }
+
+    /// Deletes `ino` if it has no name left (kept by `keep_unlinked`); true if it did.
+    pub async fn remove_if_unlinked(&self, ino: u64) -> Result<bool, FsError> {
+        match self.inode(ino).await? {
+            Some(inode) if inode.nlink == 0 && Kind::from_wire(inode.kind)? != Kind::Dir => {
+                self.delete_inode(ino);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn regular_file(&self, ino: u64) -> Result<Arc<Inode>, FsError> {
         let inode = self.file_view(ino).await?;
         match Kind::from_wire(inode.kind)? {

@@ -174,6 +174,10 @@ pub(crate) struct TxnState {
     /// Files opened through `open`, and unlinked ones kept readable through their handle.
     pub(crate) open: BTreeSet<u64>,
     pub(crate) orphans: BTreeMap<u64, Inode>,
+    /// Files open elsewhere (another transaction's handle, a mount's open descriptor):
+    /// their last unlink stores them with nlink 0 instead of deleting them, and the
+    /// handle's last close deletes them (`remove_if_unlinked`).
+    pub(crate) keep_unlinked: BTreeSet<u64>,
     finished: bool,
     /// Bumped by every write to the view (puts and deletes): a resolution remembered at
     /// another value is stale, and a transaction at 0 with no directory update is read-only.
@@ -380,7 +384,7 @@ impl Transaction {
     // and then the cache (the `_local` functions), and only then the leader. Lock order:
     // the transaction's state, then the cache.
 
-    async fn inode(&self, ino: u64) -> Result<Option<Arc<Inode>>, FsError> {
+    pub(crate) async fn inode(&self, ino: u64) -> Result<Option<Arc<Inode>>, FsError> {
         if let Some(inode) = self.inode_local(ino) {
             return Ok(inode);
         }
@@ -926,7 +930,9 @@ impl Transaction {
         let mut inode = self.inode_to_write(ino).await?;
         inode.nlink = inode.nlink.saturating_sub(1);
         inode.ctime_ns = now_ns();
-        if inode.nlink == 0 {
+        if inode.nlink == 0 && self.state().keep_unlinked.contains(&ino) {
+            self.put_inode(inode);
+        } else if inode.nlink == 0 {
             let open = self.state().open.contains(&ino);
             if open {
                 self.state().orphans.insert(ino, inode);

@@ -180,7 +180,18 @@ impl Shared {
         let mut function = function;
         match self.scope {
             Scope::OneTransaction => function(self.shared_txn()).await,
-            Scope::PerOperation => self.client.run(function).await,
+            Scope::PerOperation => {
+                // A file open here outlives its last name until its last close.
+                let open: Vec<u64> = self.files.lock().expect("files lock").keys().copied().collect();
+                self.client
+                    .run(|txn| {
+                        for &ino in &open {
+                            txn.keep_unlinked(ino);
+                        }
+                        function(txn)
+                    })
+                    .await
+            }
         }
     }
 
@@ -204,7 +215,23 @@ impl Shared {
     async fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
         if let Some(file) = self.known_file(ino) {
             if let Some(pending) = &file.lock().await.pending {
-                return pending.attr(ino).await;
+                let mine = pending.attr(ino).await?;
+                if self.scope == Scope::OneTransaction {
+                    return Ok(mine);
+                }
+                // The pending writer's snapshot is as old as its first write: what other
+                // operations committed since (an unlink, a chmod) comes from a fresh read,
+                // with the size and times of the data not committed yet.
+                return match self.read_txn().getattr(ino).await {
+                    Ok(current) => Ok(Attr {
+                        size: mine.size,
+                        mtime_ns: mine.mtime_ns.max(current.mtime_ns),
+                        ctime_ns: mine.ctime_ns.max(current.ctime_ns),
+                        ..current
+                    }),
+                    Err(FsError::NotFound) => Ok(mine),
+                    Err(error) => Err(error),
+                };
             }
         }
         self.read_txn().getattr(ino).await
@@ -756,6 +783,11 @@ impl Filesystem for CffsFs {
                 // The invocation's files stay until its commit hands their data over.
                 if file.opens == 0 && file.pending.is_none() && fs.scope == Scope::PerOperation {
                     fs.files.lock().expect("files lock").remove(&ino);
+                    drop(file);
+                    // Its last name may have gone while it was open: it goes now.
+                    if let Err(error) = fs.client.run(|txn| async move { txn.remove_if_unlinked(ino).await }).await {
+                        tracing::warn!(ino, %error, "an unlinked file outlived its last close");
+                    }
                 }
             }
             reply_empty(reply, result);

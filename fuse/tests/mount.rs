@@ -6,85 +6,15 @@
 //! (no /dev/fuse, not root).
 #![cfg(not(madsim))]
 
+#[macro_use]
 mod common;
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Output};
 
-use common::{start_dev, Dev};
-
-/// Why this machine cannot mount, if it cannot.
-fn cannot_mount() -> Option<String> {
-    if !Path::new("/dev/fuse").exists() {
-        return Some("/dev/fuse is missing".into());
-    }
-    if !rustix::process::geteuid().is_root() {
-        return Some("mounting needs root".into());
-    }
-    None
-}
-
-macro_rules! skip_unless_mountable {
-    () => {
-        if let Some(why) = cannot_mount() {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
-}
-
-/// A `cffs mount` process, unmounted (SIGTERM) when dropped.
-struct Mount {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl Mount {
-    fn start(dev: &Dev) -> Mount {
-        let dir = tempfile::tempdir().expect("mount point");
-        let child = Command::new(env!("CARGO_BIN_EXE_cffs"))
-            .arg("mount")
-            .arg(dir.path())
-            .env("CFFS_ENDPOINTS", &dev.endpoints)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start cffs mount");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let target = dir.path().to_str().expect("utf-8 path").to_owned();
-        loop {
-            let mounts = std::fs::read_to_string("/proc/mounts").expect("/proc/mounts");
-            if mounts.lines().any(|line| line.split(' ').nth(1) == Some(&target) && line.contains("fuse")) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the mount at {target} did not appear");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Mount { child, dir }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let pid = rustix::process::Pid::from_child(&self.child);
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
-    }
-}
+use common::{start_dev, Mount};
 
 fn sh(dir: &Path, script: &str) -> Output {
     let output = Command::new("sh").arg("-c").arg(script).current_dir(dir).output().expect("run sh");

@@ -84,3 +84,74 @@ pub fn cffs(dev: &Dev, args: &[&str], stdin: Option<&[u8]>) -> std::process::Out
         .output()
         .expect("run cffs")
 }
+
+/// Why this machine cannot mount, if it cannot.
+pub fn cannot_mount() -> Option<String> {
+    if !Path::new("/dev/fuse").exists() {
+        return Some("/dev/fuse is missing".into());
+    }
+    if !rustix::process::geteuid().is_root() {
+        return Some("mounting needs root".into());
+    }
+    None
+}
+
+#[allow(unused_macros)] // not every test file mounts
+macro_rules! skip_unless_mountable {
+    () => {
+        if let Some(why) = $crate::common::cannot_mount() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
+
+/// A `cffs mount` process, unmounted (SIGTERM) when dropped.
+pub struct Mount {
+    child: Child,
+    pub dir: tempfile::TempDir,
+}
+
+impl Mount {
+    pub fn start(dev: &Dev) -> Mount {
+        let dir = tempfile::tempdir().expect("mount point");
+        let child = Command::new(env!("CARGO_BIN_EXE_cffs"))
+            .arg("mount")
+            .arg(dir.path())
+            .env("CFFS_ENDPOINTS", &dev.endpoints)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start cffs mount");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let target = dir.path().to_str().expect("utf-8 path").to_owned();
+        loop {
+            let mounts = std::fs::read_to_string("/proc/mounts").expect("/proc/mounts");
+            if mounts.lines().any(|line| line.split(' ').nth(1) == Some(&target) && line.contains("fuse")) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the mount at {target} did not appear");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Mount { child, dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
