@@ -410,6 +410,12 @@ impl Transaction {
         self.state().keep_unlinked.insert(ino);
     }
 
+    /// The inodes marked by `keep_unlinked` whose last name this transaction removed: the
+    /// ones to `remove_if_unlinked` at their last close, once this transaction committed.
+    pub fn kept_unlinked(&self) -> Vec<u64> {
+        self.state().kept_unlinked.iter().copied().collect()
+    }
+
     /// Deletes `ino` if it has no name left (kept by `keep_unlinked`); true if it did.
     pub async fn remove_if_unlinked(&self, ino: u64) -> Result<bool, FsError> {
         match self.inode(ino).await? {

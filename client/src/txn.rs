@@ -178,6 +178,8 @@ pub(crate) struct TxnState {
     /// their last unlink stores them with nlink 0 instead of deleting them, and the
     /// handle's last close deletes them (`remove_if_unlinked`).
     pub(crate) keep_unlinked: BTreeSet<u64>,
+    /// Those of them whose last name this transaction removed.
+    pub(crate) kept_unlinked: BTreeSet<u64>,
     finished: bool,
     /// Bumped by every write to the view (puts and deletes): a resolution remembered at
     /// another value is stale, and a transaction at 0 with no directory update is read-only.
@@ -931,6 +933,7 @@ impl Transaction {
         inode.nlink = inode.nlink.saturating_sub(1);
         inode.ctime_ns = now_ns();
         if inode.nlink == 0 && self.state().keep_unlinked.contains(&ino) {
+            self.state().kept_unlinked.insert(ino);
             self.put_inode(inode);
         } else if inode.nlink == 0 {
             let open = self.state().open.contains(&ino);

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use cffs_client::cli::{Extensions, MountArgs, RunArgs};
+use cffs_client::cli::{BenchMountArgs, Extensions, MountArgs, RunArgs};
 use cffs_client::Client;
 
 use crate::fs::Scope;
@@ -70,5 +70,15 @@ impl Extensions for Commands {
             command: args.command,
         };
         crate::run::run(client, runtime.handle().clone(), options)
+    }
+
+    fn bench_mount(&self, client: Client, runtime: &tokio::runtime::Runtime, args: BenchMountArgs) -> ExitCode {
+        match crate::bench::run(client, runtime, &args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("cffs bench-mount: {message}");
+                ExitCode::from(1)
+            }
+        }
     }
 }

@@ -108,6 +108,8 @@ impl Pending {
 struct OpenFile {
     opens: u32,
     pending: Option<Pending>,
+    /// Its last name went while it was open here: the last close deletes it.
+    unlinked: bool,
 }
 
 pub(crate) struct Shared {
@@ -183,14 +185,33 @@ impl Shared {
             Scope::PerOperation => {
                 // A file open here outlives its last name until its last close.
                 let open: Vec<u64> = self.files.lock().expect("files lock").keys().copied().collect();
-                self.client
+                if open.is_empty() {
+                    return self.client.run(function).await;
+                }
+                let kept = Arc::new(Mutex::new(Vec::new()));
+                let result = self
+                    .client
                     .run(|txn| {
                         for &ino in &open {
                             txn.keep_unlinked(ino);
                         }
-                        function(txn)
+                        let (kept, done) = (kept.clone(), function(txn.clone()));
+                        async move {
+                            let out = done.await;
+                            *kept.lock().expect("kept lock") = txn.kept_unlinked();
+                            out
+                        }
                     })
-                    .await
+                    .await;
+                if result.is_ok() {
+                    let kept = std::mem::take(&mut *kept.lock().expect("kept lock"));
+                    for ino in kept {
+                        if let Some(file) = self.known_file(ino) {
+                            file.lock().await.unlinked = true;
+                        }
+                    }
+                }
+                result
             }
         }
     }
@@ -418,7 +439,16 @@ impl CffsFs {
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        self.runtime.spawn(task(self.shared.clone()));
+        // Most requests are answered from the client's cache without waiting: polled once
+        // here, on the session's thread, they reply with no hand-off to another thread
+        // (which costs more than the work). One that must wait (a server round trip, a
+        // lock) goes on to the runtime, which polls it again with a real waker.
+        let _context = self.runtime.enter();
+        let mut future = Box::pin(task(self.shared.clone()));
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        if std::future::Future::poll(future.as_mut(), &mut context).is_pending() {
+            self.runtime.spawn(future);
+        }
     }
 }
 
@@ -783,10 +813,15 @@ impl Filesystem for CffsFs {
                 // The invocation's files stay until its commit hands their data over.
                 if file.opens == 0 && file.pending.is_none() && fs.scope == Scope::PerOperation {
                     fs.files.lock().expect("files lock").remove(&ino);
+                    let unlinked = file.unlinked;
                     drop(file);
-                    // Its last name may have gone while it was open: it goes now.
-                    if let Err(error) = fs.client.run(|txn| async move { txn.remove_if_unlinked(ino).await }).await {
-                        tracing::warn!(ino, %error, "an unlinked file outlived its last close");
+                    // Its last name went while it was open: it goes now (unless a link
+                    // made since gave it a name again).
+                    if unlinked {
+                        let removed = fs.client.run(|txn| async move { txn.remove_if_unlinked(ino).await }).await;
+                        if let Err(error) = removed {
+                            tracing::warn!(ino, %error, "an unlinked file outlived its last close");
+                        }
                     }
                 }
             }

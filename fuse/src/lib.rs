@@ -4,6 +4,8 @@
 //! binary is built here: the client crate's commands plus these two.
 
 #[cfg(not(madsim))]
+pub mod bench;
+#[cfg(not(madsim))]
 pub mod cli;
 #[cfg(not(madsim))]
 pub mod fs;

@@ -345,3 +345,52 @@ fn concurrent_runs_lose_no_update() {
     let total = std::fs::read_to_string(mount.path("n")).expect("read the counter");
     assert_eq!(total.trim(), (2 * runs).to_string(), "an update was lost");
 }
+
+#[test]
+fn an_unlinked_open_file_lives_until_its_last_close() {
+    skip_unless_mountable!();
+    let dev = start_dev();
+    let mount = Mount::start(&dev);
+    let path = mount.path("doomed");
+    std::fs::write(&path, b"still here").expect("write");
+    let ino = std::fs::metadata(&path).expect("stat").ino();
+    let held = std::fs::File::open(&path).expect("open");
+    std::fs::remove_file(&path).expect("unlink");
+    assert!(!path.exists());
+    let mut buf = [0u8; 10];
+    held.read_exact_at(&mut buf, 0).expect("read through the descriptor");
+    assert_eq!(&buf, b"still here");
+    // Seen from the cluster: the inode is there (no name, nlink 0) while open, gone after.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let endpoints: Vec<String> = dev.endpoints.split(',').map(str::to_owned).collect();
+    let client = runtime.block_on(async { cffs_client::Client::connect(&endpoints) }).expect("connect");
+    let nlink = runtime.block_on(async { client.begin().getattr(ino).await }).expect("kept while open").nlink;
+    assert_eq!(nlink, 0);
+    drop(held);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match runtime.block_on(async { client.begin().getattr(ino).await }) {
+            Err(cffs_client::FsError::NotFound) => break,
+            other => assert!(std::time::Instant::now() < deadline, "still there after the last close: {other:?}"),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn bench_mount_prints_every_row() {
+    skip_unless_mountable!();
+    let dev = start_dev();
+    let out = Command::new(env!("CARGO_BIN_EXE_cffs"))
+        .args(["bench-mount", "--files", "5", "--cat-runs", "2", "--cat-bytes", "100000"])
+        .env("CFFS_ENDPOINTS", &dev.endpoints)
+        .output()
+        .expect("run cffs bench-mount");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for row in
+        ["cffs mount (FUSE)", "cffs client crate", "local /tmp", "tmpfs /dev/shm", "cat on the mount", "cat on tmpfs"]
+    {
+        assert!(text.contains(row), "no `{row}` row in:\n{text}");
+    }
+}

@@ -56,6 +56,29 @@ pub trait Extensions {
     fn mount(&self, client: Client, runtime: &tokio::runtime::Runtime, args: MountArgs) -> ExitCode;
     /// `cffs run`: one command as one transaction.
     fn run(&self, client: Client, runtime: &tokio::runtime::Runtime, args: RunArgs) -> ExitCode;
+    /// `cffs bench-mount`: the small-file workload on a mount, through the crate, and on a
+    /// local directory.
+    fn bench_mount(&self, client: Client, runtime: &tokio::runtime::Runtime, args: BenchMountArgs) -> ExitCode;
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchMountArgs {
+    /// Files in the small-file workload (each created, written 4 KiB, closed, stat'ed, read
+    /// and unlinked), on each of the mount, the client crate and the local directory.
+    #[arg(long, default_value_t = 500)]
+    pub files: u32,
+    /// The local directory to run the same workload in, for comparison.
+    #[arg(long, default_value = "/tmp")]
+    pub local_dir: PathBuf,
+    /// A tmpfs directory for the `cat` comparison (and the workload once more).
+    #[arg(long, default_value = "/dev/shm")]
+    pub tmpfs_dir: PathBuf,
+    /// `cat` runs of the warm file on the mount and on tmpfs.
+    #[arg(long, default_value_t = 200)]
+    pub cat_runs: u32,
+    /// The size of the file `cat` reads.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub cat_bytes: usize,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -107,6 +130,12 @@ enum Command {
     /// when they run out). Only the file system is rolled back: what the command does
     /// elsewhere (network, other files, other processes) stays, once per attempt.
     Run(RunArgs),
+    /// Benchmark the mount: the same small-file workload (create, write 4 KiB, close, stat,
+    /// read, unlink) on a temporary mount, through the client crate directly, and on a
+    /// local directory and tmpfs, in one run; then `cat` of a warm file on the mount against
+    /// `cat` of the same file on tmpfs. Needs what `cffs mount` needs. Prints figures only:
+    /// it checks no goal.
+    BenchMount(BenchMountArgs),
     /// Create directories.
     Mkdir {
         /// Create missing parents too, and accept existing directories.
@@ -308,7 +337,7 @@ fn fail(verb: &str, path: &str, error: FsError) -> Failure {
 pub fn main(extensions: &dyn Extensions) -> ExitCode {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    if matches!(cli.command, Command::Mount(_) | Command::Run(_)) {
+    if matches!(cli.command, Command::Mount(_) | Command::Run(_) | Command::BenchMount(_)) {
         let client = match runtime.block_on(async { connect(&cli) }) {
             Ok(client) => client,
             Err(Failure(message)) => {
@@ -319,6 +348,7 @@ pub fn main(extensions: &dyn Extensions) -> ExitCode {
         return match cli.command {
             Command::Mount(args) => extensions.mount(client, &runtime, args),
             Command::Run(args) => extensions.run(client, &runtime, args),
+            Command::BenchMount(args) => extensions.bench_mount(client, &runtime, args),
             _ => unreachable!("matched above"),
         };
     }
@@ -515,7 +545,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Workload(WorkloadCommand::Append(args)) => {
             workload::append(&endpoints, args).await.map_err(|e| Failure(format!("workload: {e}")))?
         }
-        Command::Mount(_) | Command::Run(_) => unreachable!("main hands these to the extensions"),
+        Command::Mount(_) | Command::Run(_) | Command::BenchMount(_) => {
+            unreachable!("main hands these to the extensions")
+        }
     }
     Ok(())
 }

@@ -37,8 +37,13 @@ pub fn server_exe() -> PathBuf {
 
 /// Six free ports in a row, for `dev --base-port`, below the ephemeral range (32768 and up,
 /// where an outgoing connection may take a port between our check and the server's bind).
+/// Each call starts its search past the previous call's ports, so that tests running at once
+/// in one process do not pick the same free ports before either binds them.
 fn free_base_port() -> u16 {
-    for base in (10_000 + (std::process::id() % 2_000) as u16 * 7..32_000).step_by(7) {
+    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let start = 10_000 + ((std::process::id() % 1_000) as u16 * 7 + call * 70) % 21_000;
+    for base in (start..32_000).chain(10_000..start).step_by(7) {
         let free = (0..6).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
         if free {
             return base;

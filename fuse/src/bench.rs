@@ -1,0 +1,257 @@
+//! `cffs bench-mount`: what the kernel's interface costs. The same small-file workload
+//! (create, write 4 KiB, close, stat, read, unlink: each step timed on its own) runs on a
+//! temporary mount of the cluster, through the client crate's transactions directly (the
+//! same steps, one transaction each, as the mount makes them), on a local directory and on
+//! tmpfs; then `cat` of a warm file on the mount against `cat` of the same bytes on tmpfs.
+//! It prints figures and checks no goal (benchmarks, not timed tests).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cffs_client::cli::BenchMountArgs;
+use cffs_client::{Client, FsError};
+
+use crate::fs::Scope;
+
+/// The payload of each file in the small-file workload.
+const FILE_BYTES: usize = 4096;
+
+/// The time of each step, summed over the files.
+#[derive(Default)]
+struct Steps {
+    create_write_close: Duration,
+    stat: Duration,
+    read: Duration,
+    unlink: Duration,
+    /// Requests the client sent to servers in each step (none for a local directory).
+    requests: [u64; 4],
+}
+
+impl Steps {
+    fn print(&self, place: &str, files: u32) {
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / f64::from(files);
+        let cycle = self.create_write_close + self.stat + self.read + self.unlink;
+        let requests = self.requests.map(|r| r as f64 / f64::from(files));
+        println!(
+            "{place:<26} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>10.0}   {:.1} {:.1} {:.1} {:.1}",
+            per(self.create_write_close),
+            per(self.stat),
+            per(self.read),
+            per(self.unlink),
+            per(cycle),
+            f64::from(files) / cycle.as_secs_f64(),
+            requests[0],
+            requests[1],
+            requests[2],
+            requests[3],
+        );
+    }
+}
+
+impl Steps {
+    /// Adds the requests sent since `from` to step `step`; returns `now`.
+    fn count(&mut self, step: usize, from: u64, now: u64) -> u64 {
+        self.requests[step] += now - from;
+        now
+    }
+}
+
+fn timed<T>(total: &mut Duration, step: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let out = step();
+    *total += started.elapsed();
+    out
+}
+
+/// The workload through the kernel: on the mount, a local directory or tmpfs.
+fn through_the_kernel(dir: &Path, files: u32, data: &[u8], client: Option<&Client>) -> Result<Steps, String> {
+    let mut steps = Steps::default();
+    let sent = || client.map_or(0, Client::requests_sent);
+    let failed = |what: &str, path: &Path, e: std::io::Error| format!("{what} {}: {e}", path.display());
+    for i in 0..files {
+        let path = dir.join(format!("f{i}"));
+        let at = sent();
+        timed(&mut steps.create_write_close, || std::fs::File::create(&path)?.write_all(data))
+            .map_err(|e| failed("write", &path, e))?;
+        let at = steps.count(0, at, sent());
+        let meta = timed(&mut steps.stat, || std::fs::metadata(&path)).map_err(|e| failed("stat", &path, e))?;
+        let at = steps.count(1, at, sent());
+        let read = timed(&mut steps.read, || std::fs::read(&path)).map_err(|e| failed("read", &path, e))?;
+        let at = steps.count(2, at, sent());
+        if meta.len() != data.len() as u64 || read != data {
+            return Err(format!("{} read back differently", path.display()));
+        }
+        timed(&mut steps.unlink, || std::fs::remove_file(&path)).map_err(|e| failed("unlink", &path, e))?;
+        steps.count(3, at, sent());
+    }
+    Ok(steps)
+}
+
+/// The workload through the client crate: each step one transaction, as on the mount.
+async fn through_the_crate(client: &Client, dir: &str, files: u32, data: &[u8]) -> Result<Steps, FsError> {
+    let mut steps = Steps::default();
+    for i in 0..files {
+        let path = format!("{dir}/f{i}");
+        let at = client.requests_sent();
+        let started = Instant::now();
+        client
+            .run(|txn| {
+                let (path, data) = (path.clone(), data.to_vec());
+                async move { txn.write_file(&path, &data).await }
+            })
+            .await?;
+        steps.create_write_close += started.elapsed();
+        let at = steps.count(0, at, client.requests_sent());
+        let started = Instant::now();
+        let attr = client
+            .run(|txn| {
+                let path = path.clone();
+                async move { txn.stat(&path).await }
+            })
+            .await?;
+        steps.stat += started.elapsed();
+        let at = steps.count(1, at, client.requests_sent());
+        let started = Instant::now();
+        let read = client
+            .run(|txn| {
+                let path = path.clone();
+                async move { txn.read_file(&path).await }
+            })
+            .await?;
+        steps.read += started.elapsed();
+        let at = steps.count(2, at, client.requests_sent());
+        if attr.size != data.len() as u64 || read != data {
+            return Err(FsError::Invalid(format!("{path} read back differently")));
+        }
+        let started = Instant::now();
+        client
+            .run(|txn| {
+                let path = path.clone();
+                async move { txn.unlink(&path).await }
+            })
+            .await?;
+        steps.unlink += started.elapsed();
+        steps.count(3, at, client.requests_sent());
+    }
+    Ok(steps)
+}
+
+/// Mean time of `runs` runs of `cat FILE > /dev/null`.
+fn cat(file: &Path, runs: u32) -> Result<Duration, String> {
+    let started = Instant::now();
+    for _ in 0..runs {
+        let status = std::process::Command::new("cat")
+            .arg(file)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map_err(|e| format!("cannot run cat: {e}"))?;
+        if !status.success() {
+            return Err(format!("cat {} failed: {status}", file.display()));
+        }
+    }
+    Ok(started.elapsed() / runs.max(1))
+}
+
+/// Mean time of `runs` open-read-close of `file` in this process.
+fn read_in_process(file: &Path, runs: u32, want: usize) -> Result<Duration, String> {
+    let started = Instant::now();
+    for _ in 0..runs {
+        let bytes = std::fs::read(file).map_err(|e| format!("read {}: {e}", file.display()))?;
+        if bytes.len() != want {
+            return Err(format!("{} read {} bytes, not {want}", file.display(), bytes.len()));
+        }
+    }
+    Ok(started.elapsed() / runs.max(1))
+}
+
+/// A scratch directory under `base`, removed when dropped.
+fn scratch(base: &Path, what: &str) -> Result<tempfile::TempDir, String> {
+    tempfile::Builder::new()
+        .prefix("cffs-bench-mount-")
+        .tempdir_in(base)
+        .map_err(|e| format!("cannot make a {what} directory in {}: {e}", base.display()))
+}
+
+pub fn run(client: Client, runtime: &tokio::runtime::Runtime, args: &BenchMountArgs) -> Result<(), String> {
+    let files = args.files.max(1);
+    let data: Vec<u8> = (0..FILE_BYTES).map(|i| (i % 251) as u8).collect();
+    let mountpoint = tempfile::tempdir().map_err(|e| format!("cannot make a mount point: {e}"))?;
+    let mounted =
+        crate::mount::mount(client.clone(), runtime.handle().clone(), mountpoint.path(), Scope::PerOperation, false)?;
+    let result = (|| {
+        let root = format!("/bench-mount-{}", std::process::id());
+        let (on_mount, on_crate) = (format!("{root}/mount"), format!("{root}/crate"));
+        runtime
+            .block_on(async {
+                for dir in [&on_mount, &on_crate] {
+                    let dir = dir.clone();
+                    client
+                        .run(|txn| {
+                            let dir = dir.clone();
+                            async move { txn.mkdir_all(&dir, 0o755).await }
+                        })
+                        .await?;
+                }
+                Ok::<(), FsError>(())
+            })
+            .map_err(|e| format!("cannot make {root}: {e}"))?;
+        let mount_dir = mountpoint.path().join(on_mount.trim_start_matches('/'));
+        let local = scratch(&args.local_dir, "local")?;
+        let tmpfs = scratch(&args.tmpfs_dir, "tmpfs")?;
+
+        println!("small-file workload: {files} files of {FILE_BYTES} bytes, each created+written+closed, stat'ed, read, unlinked");
+        println!(
+            "{:<26} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10}",
+            "where (µs per step)", "create", "stat", "read", "unlink", "cycle", "files/s"
+        );
+        // A warm-up pass on each, not counted: connections, leases and the page cache.
+        let warm = files.min(20);
+        through_the_kernel(&mount_dir, warm, &data, None)?;
+        runtime.block_on(through_the_crate(&client, &on_crate, warm, &data)).map_err(|e| e.to_string())?;
+        through_the_kernel(&mount_dir, files, &data, Some(&client))?.print("cffs mount (FUSE)", files);
+        runtime
+            .block_on(through_the_crate(&client, &on_crate, files, &data))
+            .map_err(|e| format!("through the client crate: {e}"))?
+            .print("cffs client crate", files);
+        through_the_kernel(local.path(), files, &data, None)?
+            .print(&format!("local {}", args.local_dir.display()), files);
+        through_the_kernel(tmpfs.path(), files, &data, None)?
+            .print(&format!("tmpfs {}", args.tmpfs_dir.display()), files);
+
+        // cat of a warm file: the client's cache holds it (leased), tmpfs holds it in memory.
+        let content: Vec<u8> = (0..args.cat_bytes).map(|i| (i % 253) as u8).collect();
+        let on_mount_file: PathBuf = mount_dir.join("cat-me");
+        let on_tmpfs_file: PathBuf = tmpfs.path().join("cat-me");
+        std::fs::write(&on_mount_file, &content).map_err(|e| format!("write {}: {e}", on_mount_file.display()))?;
+        std::fs::write(&on_tmpfs_file, &content).map_err(|e| format!("write {}: {e}", on_tmpfs_file.display()))?;
+        read_in_process(&on_mount_file, 5, content.len())?;
+        let runs = args.cat_runs.max(1);
+        println!();
+        println!("warm file of {} bytes ({runs} runs each, mean)", args.cat_bytes);
+        let (cat_mount, cat_tmpfs) = (cat(&on_mount_file, runs)?, cat(&on_tmpfs_file, runs)?);
+        println!("  cat on the mount   {:>9.1} µs", cat_mount.as_secs_f64() * 1e6);
+        println!("  cat on tmpfs       {:>9.1} µs", cat_tmpfs.as_secs_f64() * 1e6);
+        let (read_mount, read_tmpfs) = (
+            read_in_process(&on_mount_file, runs, content.len())?,
+            read_in_process(&on_tmpfs_file, runs, content.len())?,
+        );
+        println!("  open+read+close on the mount, in process {:>9.1} µs", read_mount.as_secs_f64() * 1e6);
+        println!("  open+read+close on tmpfs, in process     {:>9.1} µs", read_tmpfs.as_secs_f64() * 1e6);
+        let _ = std::fs::remove_file(&on_mount_file);
+        runtime.block_on(async {
+            for dir in [&on_mount, &on_crate, &root] {
+                let dir = dir.clone();
+                let _ = client
+                    .run(|txn| {
+                        let dir = dir.clone();
+                        async move { txn.rmdir(&dir).await }
+                    })
+                    .await;
+            }
+        });
+        Ok(())
+    })();
+    mounted.unmount();
+    result
+}
