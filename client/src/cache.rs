@@ -29,6 +29,9 @@ use tokio::time::Instant;
 pub const CACHE_BYTES_DEFAULT: usize = 64 * 1024 * 1024;
 /// Invalidations remembered (by sequence number) to refuse grants they overtook.
 pub const INVALIDATIONS_REMEMBERED: usize = 4096;
+/// Keys remembered with the end of this client's last commit that wrote them; beyond it, one
+/// floor for all (reads sent before it are not cached).
+pub const OWN_WRITES_REMEMBERED: usize = 4096;
 /// Fixed overhead counted per entry, on top of its keys and values.
 const ENTRY_OVERHEAD_BYTES: usize = 96;
 /// No slot: the end of the LRU list.
@@ -163,6 +166,14 @@ pub struct Cache {
     invalidations: VecDeque<(u64, CacheKey)>,
     invalidated: BTreeMap<CacheKey, u64>,
     forgotten: u64,
+    /// This client's own commits: the keys of those in flight (with how many), and when the
+    /// last one writing each key ended. The leader drops the writer's own lease on what it
+    /// writes instead of invalidating it, so a read of such a key sent before the commit
+    /// ended may carry a lease the leader no longer tracks, on a value the commit replaced:
+    /// it is not cached (see `insert`).
+    own_writes_in_flight: BTreeMap<CacheKey, u32>,
+    own_writes_ended: BTreeMap<CacheKey, Instant>,
+    own_writes_floor: Option<Instant>,
     bytes: usize,
     max_bytes: usize,
     next_generation: u64,
@@ -183,6 +194,9 @@ impl Cache {
             invalidations: VecDeque::new(),
             invalidated: BTreeMap::new(),
             forgotten: 0,
+            own_writes_in_flight: BTreeMap::new(),
+            own_writes_ended: BTreeMap::new(),
+            own_writes_floor: None,
             bytes: 0,
             max_bytes,
             next_generation: 1,
@@ -307,6 +321,9 @@ impl Cache {
         if self.invalidated.get(&key).is_some_and(|seq| *seq > grant_seq) {
             return None;
         }
+        if self.overlaps_own_write(&key, sent) {
+            return None;
+        }
         self.remove(key.as_ref());
         let bytes = value.bytes() + ENTRY_OVERHEAD_BYTES + key_bytes(&key);
         if bytes > self.max_bytes {
@@ -338,6 +355,45 @@ impl Cache {
             self.stats.evictions += 1;
         }
         Some(generation)
+    }
+
+    /// True when a commit of this client writing `key` was in flight at some point after
+    /// `sent`: a read sent then may have been granted a lease the commit dropped.
+    fn overlaps_own_write(&self, key: &CacheKey, sent: Instant) -> bool {
+        #[cfg(madsim)]
+        if crate::planted::no_own_write_fence() {
+            return false;
+        }
+        self.own_writes_in_flight.contains_key(key)
+            || self.own_writes_ended.get(key).is_some_and(|ended| sent <= *ended)
+            || self.own_writes_floor.is_some_and(|floor| sent <= floor)
+    }
+
+    /// A commit of this client that writes `keys` is about to be sent: their entries go
+    /// (the leader drops, rather than invalidates, the writer's leases on them), and no read
+    /// of them is cached until it ends.
+    pub fn begin_own_write(&mut self, keys: &[CacheKey]) {
+        for key in keys {
+            self.remove(key.as_ref());
+            *self.own_writes_in_flight.entry(key.clone()).or_insert(0) += 1;
+        }
+    }
+
+    /// The commit of `begin_own_write(keys)` ended (answered, failed or abandoned) at `now`.
+    pub fn end_own_write(&mut self, keys: &[CacheKey], now: Instant) {
+        for key in keys {
+            if let Some(count) = self.own_writes_in_flight.get_mut(key) {
+                *count -= 1;
+                if *count == 0 {
+                    self.own_writes_in_flight.remove(key);
+                }
+            }
+            self.own_writes_ended.insert(key.clone(), now);
+        }
+        if self.own_writes_ended.len() > OWN_WRITES_REMEMBERED {
+            self.own_writes_ended.clear();
+            self.own_writes_floor = Some(now);
+        }
     }
 
     /// Drops `key` (written by this client, or invalidated).
@@ -499,6 +555,50 @@ mod tests {
         assert!(cache.get(KeyRef::Inode(5), now + Duration::from_millis(1400)).is_some());
         assert!(cache.get(KeyRef::Inode(5), now + Duration::from_millis(1500)).is_none());
         assert_eq!(cache.stats().entries, 0, "the expired entry was dropped");
+    }
+
+    #[test]
+    fn a_read_that_overlaps_this_clients_own_commit_of_the_key_is_not_cached() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut cache = Cache::new(CACHE_BYTES_DEFAULT);
+        opened(&mut cache, t0);
+        cache.insert(CacheKey::Inode(5), inode(5), 7, 0, t0).unwrap();
+        // A read of inode 5 is sent at 1 ms (granted before the commit reaches the leader);
+        // the commit writing inode 5 is sent at 2 ms and ends at 4 ms.
+        cache.begin_own_write(&[CacheKey::Inode(5)]);
+        assert!(cache.get(KeyRef::Inode(5), ms(2)).is_none(), "the writer's own entry goes");
+        assert_eq!(cache.insert(CacheKey::Inode(5), inode(5), 7, 0, ms(1)), None, "during the commit");
+        assert_eq!(cache.insert(CacheKey::Inode(5), inode(5), 7, 0, ms(3)), None, "a read sent during it");
+        assert!(cache.insert(CacheKey::Inode(6), inode(6), 7, 0, ms(3)).is_some(), "other keys are cached");
+        cache.end_own_write(&[CacheKey::Inode(5)], ms(4));
+        assert_eq!(cache.insert(CacheKey::Inode(5), inode(5), 7, 0, ms(1)), None, "its reply after the commit");
+        assert_eq!(cache.insert(CacheKey::Inode(5), inode(5), 7, 0, ms(4)), None, "sent as the commit ended");
+        assert!(cache.insert(CacheKey::Inode(5), inode(5), 7, 0, ms(5)).is_some(), "a read sent after it");
+        // Two commits of one key at once: the fence holds until both end.
+        cache.begin_own_write(&[CacheKey::Inode(7)]);
+        cache.begin_own_write(&[CacheKey::Inode(7)]);
+        cache.end_own_write(&[CacheKey::Inode(7)], ms(6));
+        assert_eq!(cache.insert(CacheKey::Inode(7), inode(7), 7, 0, ms(7)), None, "one still in flight");
+        cache.end_own_write(&[CacheKey::Inode(7)], ms(8));
+        assert!(cache.insert(CacheKey::Inode(7), inode(7), 7, 0, ms(9)).is_some());
+    }
+
+    #[test]
+    fn own_writes_beyond_the_bound_become_one_floor() {
+        let t0 = Instant::now();
+        let mut cache = Cache::new(CACHE_BYTES_DEFAULT);
+        opened(&mut cache, t0);
+        let keys: Vec<CacheKey> = (0..=OWN_WRITES_REMEMBERED as u64).map(CacheKey::Inode).collect();
+        cache.begin_own_write(&keys);
+        cache.end_own_write(&keys, t0 + Duration::from_millis(5));
+        let other = CacheKey::Inode(1 << 40);
+        assert_eq!(
+            cache.insert(other.clone(), inode(1), 7, 0, t0 + Duration::from_millis(5)),
+            None,
+            "before the floor"
+        );
+        assert!(cache.insert(other, inode(1), 7, 0, t0 + Duration::from_millis(6)).is_some(), "after it");
     }
 
     #[test]

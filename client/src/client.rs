@@ -139,6 +139,11 @@ impl Client {
         Some(&self.inner.cache)
     }
 
+    /// The cache, shared (for what outlives a borrow of the client: a commit's own write).
+    pub(crate) fn cache_shared(&self) -> Option<Arc<Mutex<Cache>>> {
+        self.cache().map(|_| self.inner.cache.clone())
+    }
+
     /// Calls `listener` with the keys of every invalidation the session applies to the cache,
     /// before it is acknowledged (so before the writer's commit completes), and with `None`
     /// when the session is lost and the whole cache dropped. A FUSE mount drops the kernel's

@@ -48,3 +48,15 @@ pub fn arm_block_map_loses_range(armed: bool) {
 pub fn block_map_loses_range() -> bool {
     BLOCK_MAP_LOSES_RANGE.load(Ordering::Relaxed)
 }
+
+static NO_OWN_WRITE_FENCE: AtomicBool = AtomicBool::new(false);
+
+/// Arms (or disarms) a cache that takes a read's reply while the client's own commit of the
+/// same key is in flight (the lease it carries may be one the commit dropped).
+pub fn arm_no_own_write_fence(armed: bool) {
+    NO_OWN_WRITE_FENCE.store(armed, Ordering::SeqCst);
+}
+
+pub fn no_own_write_fence() -> bool {
+    NO_OWN_WRITE_FENCE.load(Ordering::Relaxed)
+}

@@ -24,7 +24,7 @@ use cffs_proto::{
     LookupPathRequest, LookupRequest, PutDentry, ReadDirRequest, ReadEntry, WriteOp,
 };
 
-use crate::cache::{CacheKey, CacheValue, KeyRef};
+use crate::cache::{Cache, CacheKey, CacheValue, KeyRef};
 use crate::client::Client;
 use crate::error::FsError;
 use crate::inode_ops::SetAttr;
@@ -287,6 +287,20 @@ pub struct Transaction {
     pub(crate) client: Client,
     txn_id: [u8; 16],
     state: Arc<Mutex<TxnState>>,
+}
+
+/// A commit's own write in flight, ended in the cache when dropped (answered, failed or
+/// abandoned alike).
+struct OwnWrite {
+    cache: Arc<Mutex<Cache>>,
+    keys: Vec<CacheKey>,
+}
+
+impl Drop for OwnWrite {
+    fn drop(&mut self) {
+        let now = tokio::time::Instant::now();
+        self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).end_own_write(&self.keys, now);
+    }
 }
 
 /// A resolved path: the parent directory and the final name (None for `/`), and what the
@@ -1100,14 +1114,14 @@ impl Transaction {
         if request.reads.is_empty() && request.writes.is_empty() {
             return Ok(Outcome::Committed { version: 0 });
         }
-        if let Some(cache) = self.client.cache() {
-            // This client's own entries for what it writes go now: the leader drops, rather
-            // than invalidates, the writer's leases on them.
-            let mut cache = cache.lock().expect("cache lock");
-            for key in request.written_keys().iter().filter_map(CacheKey::from_wire) {
-                cache.remove(key.as_ref());
-            }
-        }
+        // This client's own entries for what it writes go now, and no read of them is
+        // cached until the commit ends: the leader drops, rather than invalidates, the
+        // writer's leases on them.
+        let _own_write = self.client.cache_shared().map(|cache| {
+            let keys: Vec<CacheKey> = request.written_keys().iter().filter_map(CacheKey::from_wire).collect();
+            cache.lock().expect("cache lock").begin_own_write(&keys);
+            OwnWrite { cache, keys }
+        });
         self.send(request).await
     }
 

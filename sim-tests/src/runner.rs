@@ -62,6 +62,9 @@ pub enum Planted {
     NoRestartFloor,
     /// A client that acknowledges invalidations without applying them (its cache goes stale).
     IgnoreInvalidations,
+    /// A client cache that takes a read's reply while (or after) its own commit of the same
+    /// key was in flight: the lease it carries may be one the commit dropped.
+    NoOwnWriteFence,
     /// A new leader that grants and writes without waiting out its predecessor's leases.
     SkipNewLeaderWait,
     /// A leader restarted into its stored term hands out session ids its previous process
@@ -133,6 +136,7 @@ impl Planted {
             Planted::BatchValidatesAgainstBase => server(Bug::BatchValidatesAgainstBase),
             Planted::BatchSharesDedup => server(Bug::BatchSharesDedup),
             Planted::IgnoreInvalidations => cffs_client::planted::arm_ignore_invalidations(on),
+            Planted::NoOwnWriteFence => cffs_client::planted::arm_no_own_write_fence(on),
             Planted::RenameWithoutAncestorCheck => cffs_client::planted::arm_rename_without_ancestor_check(on),
         }
     }
