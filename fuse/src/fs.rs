@@ -206,13 +206,33 @@ impl Shared {
                 if result.is_ok() {
                     let kept = std::mem::take(&mut *kept.lock().expect("kept lock"));
                     for ino in kept {
-                        if let Some(file) = self.known_file(ino) {
-                            file.lock().await.unlinked = true;
-                        }
+                        self.kept_after_unlink(ino).await;
                     }
                 }
                 result
             }
+        }
+    }
+
+    /// `ino` lost its last name while open here: its last close deletes it, or, if that close
+    /// came while the unlink was being committed, it goes now. Release decides under the
+    /// same file lock, so one of the two sees the other.
+    async fn kept_after_unlink(&self, ino: u64) {
+        if let Some(file) = self.known_file(ino) {
+            let mut open = file.lock().await;
+            let current = self.files.lock().expect("files lock").get(&ino).is_some_and(|f| Arc::ptr_eq(f, &file));
+            if current && open.opens > 0 {
+                open.unlinked = true;
+                return;
+            }
+        }
+        self.remove_unlinked(ino).await;
+    }
+
+    /// Deletes `ino` if it has no name left (a failure leaves it unreachable, and is logged).
+    async fn remove_unlinked(&self, ino: u64) {
+        if let Err(error) = self.client.run(|txn| async move { txn.remove_if_unlinked(ino).await }).await {
+            tracing::warn!(ino, %error, "an unlinked file outlived its last close");
         }
     }
 
@@ -243,10 +263,16 @@ impl Shared {
                 // The pending writer's snapshot is as old as its first write: what other
                 // operations committed since (an unlink, a chmod) comes from a fresh read,
                 // with the size and times of the data not committed yet.
+                // This handle's own uncommitted chmod, chown and utimens stay on top.
+                let own = &pending.attrs;
                 return match self.read_txn().getattr(ino).await {
                     Ok(current) => Ok(Attr {
                         size: mine.size,
-                        mtime_ns: mine.mtime_ns.max(current.mtime_ns),
+                        mode: own.mode.map_or(current.mode, |mode| (current.mode & !0o7777) | (mode & 0o7777)),
+                        uid: own.uid.unwrap_or(current.uid),
+                        gid: own.gid.unwrap_or(current.gid),
+                        atime_ns: own.atime_ns.unwrap_or(current.atime_ns),
+                        mtime_ns: own.mtime_ns.unwrap_or(mine.mtime_ns.max(current.mtime_ns)),
                         ctime_ns: mine.ctime_ns.max(current.ctime_ns),
                         ..current
                     }),
@@ -443,11 +469,20 @@ impl CffsFs {
         // here, on the session's thread, they reply with no hand-off to another thread
         // (which costs more than the work). One that must wait (a server round trip, a
         // lock) goes on to the runtime, which polls it again with a real waker.
+        // A panic in that first poll is caught as a task's would be: the request's reply is
+        // dropped with the future (the kernel gets EIO) and the session thread carries on.
         let _context = self.runtime.enter();
         let mut future = Box::pin(task(self.shared.clone()));
         let mut context = std::task::Context::from_waker(std::task::Waker::noop());
-        if std::future::Future::poll(future.as_mut(), &mut context).is_pending() {
-            self.runtime.spawn(future);
+        let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            std::future::Future::poll(future.as_mut(), &mut context)
+        }));
+        match first {
+            Ok(std::task::Poll::Pending) => {
+                self.runtime.spawn(future);
+            }
+            Ok(std::task::Poll::Ready(())) => {}
+            Err(_) => tracing::error!("a request's handler panicked; answered EIO"),
         }
     }
 }
@@ -818,10 +853,7 @@ impl Filesystem for CffsFs {
                     // Its last name went while it was open: it goes now (unless a link
                     // made since gave it a name again).
                     if unlinked {
-                        let removed = fs.client.run(|txn| async move { txn.remove_if_unlinked(ino).await }).await;
-                        if let Err(error) = removed {
-                            tracing::warn!(ino, %error, "an unlinked file outlived its last close");
-                        }
+                        fs.remove_unlinked(ino).await;
                     }
                 }
             }

@@ -265,6 +265,7 @@ pub fn checks() -> Vec<NamedCheck> {
         ("open: ENOENT, ENOTDIR, ELOOP", open_errors),
         ("open: O_APPEND writes at the end", open_append),
         ("write: past 2 GiB, the hole reads as zeros", write_past_2g),
+        ("write: fchmod and fchown while writing show before close", chmod_while_writing),
         ("rename: a file keeps its inode and mode", rename_file),
         ("rename: one of two links; the other still names the inode", rename_linked),
         ("rename: a directory keeps its inode", rename_dir),
@@ -681,6 +682,25 @@ fn write_past_2g(d: &Path) -> Check {
     })();
     close(fd);
     result
+}
+
+fn chmod_while_writing(d: &Path) -> Check {
+    let f = d.join("f");
+    let fd = ok("create", open(&f, libc::O_CREAT | libc::O_RDWR, 0o644))?;
+    let result = (|| {
+        ok("pwrite", pwrite(&fd, b"pending", 0))?;
+        ok("fchmod", sys(fs::fchmod(&fd, perm(0o600))))?;
+        ok("fchown", sys(fs::fchown(&fd, Some(Uid::from_raw(123)), Some(Gid::from_raw(456)))))?;
+        let m = ok("stat", stat(&f))?;
+        ensure!(m.mode() & 0o7777 == 0o600, "mode {:o} before close", m.mode() & 0o7777);
+        ensure!((m.uid(), m.gid()) == (123, 456), "owner {}:{} before close", m.uid(), m.gid());
+        ensure!(m.len() == 7, "size {} before close", m.len());
+        Ok(())
+    })();
+    close(fd);
+    result?;
+    ensure!(mode(&f)? == 0o600 && ok("stat", stat(&f))?.len() == 7, "after close");
+    Ok(())
 }
 
 // ---- rename
