@@ -376,14 +376,16 @@ impl MetadataService {
                 .unwrap_or(CommitResponse { outcome: Some(cffs_proto::commit_response::Outcome::CommittedVersion(0)) });
             return Ok(Response::new(response));
         }
-        // A retry of a commit already decided is answered as then, before its blocks are
-        // checked again: the blocks' servers may be down now, and a refusal would hide that
-        // the first attempt applied.
-        // (Only commits that name blocks are checked, so only they need this.)
+        // A retry of a commit already decided is answered as then, before anything else: its
+        // blocks' servers may be down now, and a refusal would hide that the first attempt
+        // applied; and its lease step would drop the writer's leases on its keys without
+        // invalidating them, leases the client may hold again since it learned the outcome
+        // (a delayed duplicate of an answered attempt; found in review). Deduplication at
+        // apply stays what makes a commit apply once; this only answers early.
+        if let Some(decided) = self.decided(&request)? {
+            return Ok(Response::new(decided));
+        }
         if references_blocks(&request) {
-            if let Some(decided) = self.decided(&request)? {
-                return Ok(Response::new(decided));
-            }
             request.blocks_checked_at = self.check_new_blocks(&request).await?;
             #[cfg(madsim)]
             if crate::buggify::fire(crate::buggify::Site::SlowBlockCommit, 0.2) {
