@@ -17,51 +17,55 @@ use crate::fs::Scope;
 /// The payload of each file in the small-file workload.
 const FILE_BYTES: usize = 4096;
 
-/// The time of each step, summed over the files.
+/// The steps of the workload, in order.
+const CREATE: usize = 0;
+const STAT: usize = 1;
+const READ: usize = 2;
+const UNLINK: usize = 3;
+
+/// Each step's time and the requests the client sent in it (none for a local directory),
+/// summed over the files.
 #[derive(Default)]
 struct Steps {
-    create_write_close: Duration,
-    stat: Duration,
-    read: Duration,
-    unlink: Duration,
-    /// Requests the client sent to servers in each step (none for a local directory).
+    time: [Duration; 4],
     requests: [u64; 4],
 }
 
 impl Steps {
+    /// Runs `work` as step `step`, counting its time and the requests `sent` says it made.
+    fn measure<T>(&mut self, step: usize, sent: impl Fn() -> u64, work: impl FnOnce() -> T) -> T {
+        let (at, started) = (sent(), Instant::now());
+        let out = work();
+        self.time[step] += started.elapsed();
+        self.requests[step] += sent() - at;
+        out
+    }
+
+    /// The same for a transaction through the crate.
+    async fn measure_run<T>(
+        &mut self,
+        step: usize,
+        client: &Client,
+        work: impl std::future::Future<Output = Result<T, FsError>>,
+    ) -> Result<T, FsError> {
+        let (at, started) = (client.requests_sent(), Instant::now());
+        let out = work.await;
+        self.time[step] += started.elapsed();
+        self.requests[step] += client.requests_sent() - at;
+        out
+    }
+
     fn print(&self, place: &str, files: u32) {
         let per = |d: Duration| d.as_secs_f64() * 1e6 / f64::from(files);
-        let cycle = self.create_write_close + self.stat + self.read + self.unlink;
-        let requests = self.requests.map(|r| r as f64 / f64::from(files));
+        let cycle: Duration = self.time.iter().sum();
+        let [create, stat, read, unlink] = self.time.map(per);
+        let [r0, r1, r2, r3] = self.requests.map(|r| r as f64 / f64::from(files));
         println!(
-            "{place:<26} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>10.0}   {:.1} {:.1} {:.1} {:.1}",
-            per(self.create_write_close),
-            per(self.stat),
-            per(self.read),
-            per(self.unlink),
+            "{place:<26} {create:>9.1} {stat:>9.1} {read:>9.1} {unlink:>9.1} {:>10.1} {:>10.0}   {r0:.1} {r1:.1} {r2:.1} {r3:.1}",
             per(cycle),
             f64::from(files) / cycle.as_secs_f64(),
-            requests[0],
-            requests[1],
-            requests[2],
-            requests[3],
         );
     }
-}
-
-impl Steps {
-    /// Adds the requests sent since `from` to step `step`; returns `now`.
-    fn count(&mut self, step: usize, from: u64, now: u64) -> u64 {
-        self.requests[step] += now - from;
-        now
-    }
-}
-
-fn timed<T>(total: &mut Duration, step: impl FnOnce() -> T) -> T {
-    let started = Instant::now();
-    let out = step();
-    *total += started.elapsed();
-    out
 }
 
 /// The workload through the kernel: on the mount, a local directory or tmpfs.
@@ -71,19 +75,15 @@ fn through_the_kernel(dir: &Path, files: u32, data: &[u8], client: Option<&Clien
     let failed = |what: &str, path: &Path, e: std::io::Error| format!("{what} {}: {e}", path.display());
     for i in 0..files {
         let path = dir.join(format!("f{i}"));
-        let at = sent();
-        timed(&mut steps.create_write_close, || std::fs::File::create(&path)?.write_all(data))
+        steps
+            .measure(CREATE, sent, || std::fs::File::create(&path)?.write_all(data))
             .map_err(|e| failed("write", &path, e))?;
-        let at = steps.count(0, at, sent());
-        let meta = timed(&mut steps.stat, || std::fs::metadata(&path)).map_err(|e| failed("stat", &path, e))?;
-        let at = steps.count(1, at, sent());
-        let read = timed(&mut steps.read, || std::fs::read(&path)).map_err(|e| failed("read", &path, e))?;
-        let at = steps.count(2, at, sent());
+        let meta = steps.measure(STAT, sent, || std::fs::metadata(&path)).map_err(|e| failed("stat", &path, e))?;
+        let read = steps.measure(READ, sent, || std::fs::read(&path)).map_err(|e| failed("read", &path, e))?;
         if meta.len() != data.len() as u64 || read != data {
             return Err(format!("{} read back differently", path.display()));
         }
-        timed(&mut steps.unlink, || std::fs::remove_file(&path)).map_err(|e| failed("unlink", &path, e))?;
-        steps.count(3, at, sent());
+        steps.measure(UNLINK, sent, || std::fs::remove_file(&path)).map_err(|e| failed("unlink", &path, e))?;
     }
     Ok(steps)
 }
@@ -93,46 +93,15 @@ async fn through_the_crate(client: &Client, dir: &str, files: u32, data: &[u8]) 
     let mut steps = Steps::default();
     for i in 0..files {
         let path = format!("{dir}/f{i}");
-        let at = client.requests_sent();
-        let started = Instant::now();
-        client
-            .run(|txn| {
-                let (path, data) = (path.clone(), data.to_vec());
-                async move { txn.write_file(&path, &data).await }
-            })
-            .await?;
-        steps.create_write_close += started.elapsed();
-        let at = steps.count(0, at, client.requests_sent());
-        let started = Instant::now();
-        let attr = client
-            .run(|txn| {
-                let path = path.clone();
-                async move { txn.stat(&path).await }
-            })
-            .await?;
-        steps.stat += started.elapsed();
-        let at = steps.count(1, at, client.requests_sent());
-        let started = Instant::now();
-        let read = client
-            .run(|txn| {
-                let path = path.clone();
-                async move { txn.read_file(&path).await }
-            })
-            .await?;
-        steps.read += started.elapsed();
-        let at = steps.count(2, at, client.requests_sent());
+        let p = path.as_str();
+        let write = client.run(|txn| async move { txn.write_file(p, data).await });
+        steps.measure_run(CREATE, client, write).await?;
+        let attr = steps.measure_run(STAT, client, client.run(|txn| async move { txn.stat(p).await })).await?;
+        let read = steps.measure_run(READ, client, client.run(|txn| async move { txn.read_file(p).await })).await?;
         if attr.size != data.len() as u64 || read != data {
             return Err(FsError::Invalid(format!("{path} read back differently")));
         }
-        let started = Instant::now();
-        client
-            .run(|txn| {
-                let path = path.clone();
-                async move { txn.unlink(&path).await }
-            })
-            .await?;
-        steps.unlink += started.elapsed();
-        steps.count(3, at, client.requests_sent());
+        steps.measure_run(UNLINK, client, client.run(|txn| async move { txn.unlink(p).await })).await?;
     }
     Ok(steps)
 }

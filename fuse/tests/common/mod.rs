@@ -16,17 +16,23 @@ pub struct Dev {
 
 impl Drop for Dev {
     fn drop(&mut self) {
-        let pid = rustix::process::Pid::from_child(&self.child);
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
+        stop(&mut self.child);
     }
+}
+
+/// SIGTERM, then up to 10 s for the process to end (SIGKILL after); true if it ended.
+fn stop(child: &mut Child) -> bool {
+    let pid = rustix::process::Pid::from_child(child);
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    false
 }
 
 pub fn server_exe() -> PathBuf {
@@ -147,16 +153,8 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let pid = rustix::process::Pid::from_child(&self.child);
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if !stop(&mut self.child) {
+            let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
         }
-        let _ = self.child.kill();
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
     }
 }
