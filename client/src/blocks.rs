@@ -302,6 +302,23 @@ impl Client {
         if !map.groups.iter().any(|g| g.id == block.group) {
             map = self.cluster_map(true).await?;
         }
+        let result = self.get_from_group(&map, block).await;
+        if result.is_ok() {
+            return result;
+        }
+        // The cached map may be older than a change of the group (its members replaced):
+        // the map is read again, and the read tried on the new members.
+        let fresh = self.cluster_map(true).await?;
+        match fresh.version == map.version {
+            true => result,
+            false => self.get_from_group(&fresh, block).await,
+        }
+    }
+
+    /// `get_block` on the members of `block`'s group in `map` (and the member a change
+    /// replaced, while the group refills, last).
+    async fn get_from_group(&self, map: &ClusterMap, block: &BlockRef) -> Result<Bytes, FsError> {
+        let io = self.blocks();
         let Some(group) = map.groups.iter().find(|g| g.id == block.group) else {
             return Err(FsError::DataLost(format!("block group {} is not in the cluster map", block.group)));
         };
@@ -310,8 +327,10 @@ impl Client {
         // Members that could not be asked (down, cut off, slow): with any of them, the block
         // may still be intact there, and the read is unavailable rather than lost.
         let mut unanswered = 0;
-        for k in 0..group.members.len() {
-            let member = &group.members[(start + k) % group.members.len()];
+        let replaced = group.replaced.as_ref().filter(|_| group.refilling != 0);
+        let order = (0..group.members.len()).map(|k| &group.members[(start + k) % group.members.len()]);
+        for (k, member) in order.chain(replaced).enumerate() {
+            let is_replaced = k == group.members.len();
             let mut client = io.channel(&member.addr)?;
             let request = GetBlockRequest { id: block.id.clone() };
             let reply = match tokio::time::timeout(BLOCK_RPC_TIMEOUT, client.get_block(request)).await {
@@ -321,13 +340,15 @@ impl Client {
                     match code {
                         ErrorCode::Checksum => io.bad_copy(&block.id, &member.addr, "the server found its copy bad"),
                         ErrorCode::BlockMissing => {}
+                        // A replaced member that is gone says nothing of the group's copies.
+                        _ if is_replaced => {}
                         _ => unanswered += 1,
                     }
                     failures.push(format!("{}: {}", member.addr, status.message()));
                     continue;
                 }
                 Err(_) => {
-                    unanswered += 1;
+                    unanswered += usize::from(!is_replaced);
                     failures.push(format!("{}: timed out", member.addr));
                     continue;
                 }
@@ -368,6 +389,31 @@ impl Client {
         let map = Arc::new(response.map.unwrap_or_default());
         *self.blocks().map.lock().expect("map lock") = Some(map.clone());
         Ok(map)
+    }
+
+    /// Replaces member `old` of block group `group` by `new` (docs/design/blocks.md,
+    /// "Changing a group's members"). Returns the new cluster map.
+    pub async fn replace_block_server(
+        &self,
+        group: u32,
+        old: u64,
+        new: cffs_proto::BlockMember,
+    ) -> Result<Arc<ClusterMap>, FsError> {
+        let response = self
+            .call("replace block server", true, |mut client| {
+                let request =
+                    cffs_proto::ReplaceBlockServerRequest { group, old, new_member: Some(new.clone()) };
+                async move { client.replace_block_server(request).await }
+            })
+            .await?;
+        let map = Arc::new(response.map.unwrap_or_default());
+        *self.blocks().map.lock().expect("map lock") = Some(map.clone());
+        Ok(map)
+    }
+
+    /// Drops the cached cluster map: the next use reads it from the leader.
+    pub(crate) fn forget_cluster_map(&self) {
+        *self.blocks().map.lock().expect("map lock") = None;
     }
 
     /// Every block server's own status, by address (`Err` for those that did not answer).

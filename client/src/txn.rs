@@ -1154,8 +1154,18 @@ impl Transaction {
     }
 
     async fn send(&self, request: CommitRequest) -> Result<Outcome, FsError> {
-        let response = self.client.commit_request(request).await?;
-        match response.outcome {
+        let names_blocks = request
+            .writes
+            .iter()
+            .any(|w| matches!(&w.op, Some(cffs_proto::write_op::Op::PutInode(inode)) if !inode.blocks.is_empty()));
+        let response = self.client.commit_request(request).await;
+        // A commit that names blocks fails when they were written with a cluster map older
+        // than a change of their group (checked against the new members, or checked before
+        // the change): the re-run reads the map again.
+        if names_blocks && !matches!(response, Ok(cffs_proto::CommitResponse { outcome: Some(commit_response::Outcome::CommittedVersion(_)) })) {
+            self.client.forget_cluster_map();
+        }
+        match response?.outcome {
             Some(commit_response::Outcome::CommittedVersion(version)) => Ok(Outcome::Committed { version }),
             Some(commit_response::Outcome::Conflict(conflict)) => {
                 Ok(Outcome::Conflict { key: conflict.key.map(|k| k.to_string()).unwrap_or_default() })

@@ -74,6 +74,14 @@ pub enum Bug {
     /// Only the first commit of a batch keeps a dedup record: a retry of any other one
     /// applies it a second time.
     BatchSharesDedup = 21,
+    /// A block group's new member counts as refilled as soon as the change applies: the
+    /// group takes its next change before the scrubber has copied the old blocks, so a few
+    /// replacements in a row leave blocks on no member at all.
+    RefillSkipped = 22,
+    /// Commits whose block check ran before their group's last membership change are not
+    /// aborted: a block the check saw on a majority of the old members may be on one member
+    /// of the new group, past the refill pass.
+    SkipGroupChangeFence = 23,
 }
 
 static ARMED: AtomicU8 = AtomicU8::new(0);

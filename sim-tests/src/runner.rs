@@ -102,6 +102,11 @@ pub enum Planted {
     BatchValidatesAgainstBase,
     /// Only the first commit of a batch keeps a dedup record.
     BatchSharesDedup,
+    /// A block group's new member counts as refilled at once: its next change may come
+    /// before the old blocks were copied.
+    RefillSkipped,
+    /// Commits checked before their block group's last change are not aborted.
+    SkipGroupChangeFence,
 }
 
 impl Planted {
@@ -135,6 +140,8 @@ impl Planted {
             Planted::CommitIgnoresTombstones => server(Bug::CommitIgnoresTombstones),
             Planted::BatchValidatesAgainstBase => server(Bug::BatchValidatesAgainstBase),
             Planted::BatchSharesDedup => server(Bug::BatchSharesDedup),
+            Planted::RefillSkipped => server(Bug::RefillSkipped),
+            Planted::SkipGroupChangeFence => server(Bug::SkipGroupChangeFence),
             Planted::IgnoreInvalidations => cffs_client::planted::arm_ignore_invalidations(on),
             Planted::NoOwnWriteFence => cffs_client::planted::arm_no_own_write_fence(on),
             Planted::RenameWithoutAncestorCheck => cffs_client::planted::arm_rename_without_ancestor_check(on),

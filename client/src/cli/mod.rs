@@ -275,7 +275,8 @@ enum ClusterCommand {
     /// Add a metadata replica as a voter: it joins as a learner, catches up with the log, then
     /// becomes a voter. Start it first with `cffs-server meta --id ID` and the current members
     /// as --peers. Refused (nothing changed) unless a majority of the new voters answer and
-    /// are caught up.
+    /// are caught up. (Block servers are not added one by one: a block group has three; add
+    /// a group with `add-block-group`, or swap a server with `replace-node --block-group`.)
     AddNode {
         /// The new replica's id (unused in the cluster).
         id: u64,
@@ -283,16 +284,27 @@ enum ClusterCommand {
         addr: String,
     },
     /// Remove a metadata replica from the group. Refused (nothing changed) unless a majority
-    /// of the remaining voters answer and are caught up.
+    /// of the remaining voters answer and are caught up. (A block server is never removed
+    /// alone, which would leave its group two: replace it with `replace-node --block-group`.)
     RemoveNode { id: u64 },
     /// Replace metadata replica OLD by a new one (e.g. on an empty disk, with a new id): the
     /// new one joins as a learner and catches up, then one change of voters swaps them.
     /// Refused (nothing changed) unless a majority of the new voters answer and are caught up.
+    /// A replica that also serves a block group (`--block-dir`) is replaced there too.
+    ///
+    /// With `--block-group G`: replace block server OLD of group G instead (block groups
+    /// have three servers each: add capacity with `add-block-group`). The new server starts
+    /// empty and the scrubber refills it from the group; `cffs cluster blocks` shows the
+    /// refill, and the group takes no other change before it ends. Refused unless the new
+    /// server and a majority of the group's new members answer.
     ReplaceNode {
         old: u64,
         new_id: u64,
-        /// The new replica's address, HOST:PORT.
+        /// The new server's address, HOST:PORT.
         new_addr: String,
+        /// Replace a member of this block group (not a metadata replica).
+        #[arg(long, value_name = "G")]
+        block_group: Option<u32>,
     },
     /// Add a replica as a learner (it receives the log but does not vote yet). Start it first
     /// with `cffs-server meta --id ID --peers` listing the current members and itself.
@@ -494,8 +506,27 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             crate::membership::remove_node(&client, id).await.map_err(Failure)?;
             cluster_status(&client, json).await?;
         }
-        Command::Cluster { command: ClusterCommand::ReplaceNode { old, new_id, new_addr } } => {
+        Command::Cluster { command: ClusterCommand::ReplaceNode { old, new_id, new_addr, block_group } } => {
+            let member = cffs_proto::BlockMember { id: new_id, addr: new_addr.clone() };
+            if let Some(group) = block_group {
+                client
+                    .replace_block_server(group, old, member)
+                    .await
+                    .map_err(|e| Failure(format!("cannot replace block server {old} of group {group}: {e}")))?;
+                return block_status(&client, json).await;
+            }
+            // A replica with both roles is a member of a block group under its replica id.
+            let map = client.cluster_map(true).await.map_err(|e| Failure(format!("cluster map: {e}")))?;
+            let serves = map.groups.iter().find(|g| g.members.iter().any(|m| m.id == old)).map(|g| g.id);
             crate::membership::replace_node(&client, old, new_id, &new_addr).await.map_err(Failure)?;
+            if let Some(group) = serves {
+                client.replace_block_server(group, old, member).await.map_err(|e| {
+                    Failure(format!(
+                        "replica {old} was replaced by {new_id}, but not in block group {group}: {e}; \
+                         finish it with `cffs cluster replace-node --block-group {group} {old} {new_id} {new_addr}`"
+                    ))
+                })?;
+            }
             cluster_status(&client, json).await?;
         }
         Command::Cluster { command: ClusterCommand::AddLearner { id, addr } } => {
@@ -596,14 +627,18 @@ async fn block_status(client: &Client, json: bool) -> Result<(), Failure> {
                         })
                     })
                     .collect();
-                serde_json::json!({ "group": group.id, "members": members })
+                serde_json::json!({
+                    "group": group.id, "members": members, "changed_at": group.changed_at,
+                    "refilling": (group.refilling != 0).then_some(group.refilling),
+                    "replaced": group.replaced.as_ref().map(|m| m.id),
+                })
             })
             .collect();
         let scrub = serde_json::json!({
             "passes": scrub.passes, "blocks_checked": scrub.blocks_checked, "bytes_read": scrub.bytes_read,
             "copies_bad": scrub.copies_bad, "copies_missing": scrub.copies_missing,
             "copies_repaired": scrub.copies_repaired, "blocks_lost": scrub.blocks_lost,
-            "pass_blocks": scrub.pass_blocks,
+            "pass_blocks": scrub.pass_blocks, "refills_done": scrub.refills_done,
         });
         let gc = serde_json::json!({
             "rounds": gc.rounds, "blocks_listed": gc.blocks_listed, "tombstoned": gc.tombstoned,
@@ -622,7 +657,15 @@ async fn block_status(client: &Client, json: bool) -> Result<(), Failure> {
         map.groups.len()
     );
     for group in &map.groups {
-        println!("group {}:", group.id);
+        match (group.refilling, group.replaced.as_ref()) {
+            (0, _) => println!("group {}:", group.id),
+            (new, replaced) => println!(
+                "group {}: refilling server {new} (in place of {}, since index {}): the scrubber's next whole pass ends it",
+                group.id,
+                replaced.map_or(0, |m| m.id),
+                group.changed_at
+            ),
+        }
         for member in &group.members {
             match servers.get(&member.addr) {
                 Some(Ok(s)) => println!(
@@ -635,7 +678,7 @@ async fn block_status(client: &Client, json: bool) -> Result<(), Failure> {
         }
     }
     println!(
-        "scrubber (on the leader): {} passes, {} blocks checked ({} in this pass), {} bytes read; copies bad {}, missing {}, repaired {}; blocks lost {}",
+        "scrubber (on the leader): {} passes, {} blocks checked ({} in this pass), {} bytes read; copies bad {}, missing {}, repaired {}; blocks lost {}; refills ended {}",
         scrub.passes,
         scrub.blocks_checked,
         scrub.pass_blocks,
@@ -643,7 +686,8 @@ async fn block_status(client: &Client, json: bool) -> Result<(), Failure> {
         scrub.copies_bad,
         scrub.copies_missing,
         scrub.copies_repaired,
-        scrub.blocks_lost
+        scrub.blocks_lost,
+        scrub.refills_done
     );
     println!(
         "collector (on the leader): {} rounds, {} blocks listed, {} unreferenced blocks marked, {} copies deleted, {} tombstones pending",

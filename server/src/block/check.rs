@@ -60,6 +60,47 @@ impl BlockCheck {
             .max_encoding_message_size(cffs_proto::limits::RPC_MESSAGE_BYTES_MAX))
     }
 
+    /// Refuses a replacement that would leave the group unable to store blocks: the new
+    /// server must answer, and so must a majority of the group's members after the change
+    /// (a block write needs a majority of them).
+    pub async fn check_replacement_quorum(
+        &self,
+        map: &ClusterMap,
+        request: &cffs_proto::ReplaceBlockServerRequest,
+    ) -> Result<(), String> {
+        let group = map.groups.iter().find(|g| g.id == request.group).ok_or("no such block group")?;
+        let new = request.new_member.as_ref().ok_or("the new block server is missing")?;
+        let after: Vec<&cffs_proto::BlockMember> =
+            group.members.iter().filter(|m| m.id != request.old).chain(std::iter::once(new)).collect();
+        let calls = after.iter().map(|member| {
+            let client = self.client(&member.addr);
+            async move {
+                let mut client = client.ok()?;
+                let call = client.block_status(cffs_proto::BlockStatusRequest {});
+                tokio::time::timeout(BLOCK_CHECK_TIMEOUT, call).await.ok()?.ok().map(|_| member.id)
+            }
+        });
+        let answered: Vec<u64> = futures::future::join_all(calls).await.into_iter().flatten().collect();
+        let silent: Vec<u64> = after.iter().map(|m| m.id).filter(|id| !answered.contains(id)).collect();
+        if !answered.contains(&new.id) {
+            return Err(format!(
+                "refused: the new block server {} at {} did not answer; start it first (`cffs-server block`)",
+                new.id, new.addr
+            ));
+        }
+        let majority = after.len() / 2 + 1;
+        if answered.len() < majority {
+            return Err(format!(
+                "refused: after the change, group {} would have {} of {} servers answering (not answering: {silent:?}); \
+                 a block write needs {majority}",
+                group.id,
+                answered.len(),
+                after.len()
+            ));
+        }
+        Ok(())
+    }
+
     /// Ok when every block is stored with its length and crc on a majority of its group;
     /// else `BLOCK_MISSING` (or `INVALID_ARGUMENT` for a group the map does not have).
     pub async fn check(&self, map: &ClusterMap, blocks: &[BlockRef]) -> Result<(), Status> {

@@ -103,7 +103,7 @@ pub fn spawn(raft: MetaRaft, state: MetaState, blocks: Arc<BlockCheck>, config: 
     });
 }
 
-async fn propose(raft: &MetaRaft, command: command::Kind) -> Result<CommandOutcome, String> {
+pub(super) async fn propose(raft: &MetaRaft, command: command::Kind) -> Result<CommandOutcome, String> {
     let write = raft.client_write(RaftCommand(Command { kind: Some(command) }));
     match tokio::time::timeout(crate::constants::REQUEST_TIMEOUT, write).await {
         Ok(Ok(response)) => response.data.0.ok_or_else(|| "entry applied without an outcome".to_string()),

@@ -10,7 +10,14 @@
 //! `PutBlock` with `replace`, which overwrites a bad copy; the server checks its crc as for
 //! any put. A block with no intact copy anywhere is counted and logged as lost (nothing can
 //! repair it). Only a leader scrubs; a pass stops when the replica stops leading.
+//!
+//! A group whose member was replaced (`refilling` in the map) is refilled by these passes:
+//! the new member is missing every block, and the member it replaced is one more source of
+//! intact copies while it answers. A pass that began after the change and ended with an
+//! intact copy of every block of the group on the new member proposes `refill_done`, which
+//! lets the group take its next change (docs/design/blocks.md, "Changing a group's members").
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +64,8 @@ pub struct ScrubStats {
     pub blocks_lost: AtomicU64,
     /// Blocks checked in the pass under way (0 between passes).
     pub pass_blocks: AtomicU64,
+    /// Refills of replaced members ended by a pass (`refill_done` applied).
+    pub refills_done: AtomicU64,
 }
 
 impl ScrubStats {
@@ -71,6 +80,7 @@ impl ScrubStats {
             copies_repaired: get(&self.copies_repaired),
             blocks_lost: get(&self.blocks_lost),
             pass_blocks: get(&self.pass_blocks),
+            refills_done: get(&self.refills_done),
         }
     }
 }
@@ -82,29 +92,54 @@ fn leads(raft: &MetaRaft) -> bool {
 /// Starts the scrubber task of this replica (it works only while the replica leads).
 pub fn spawn(raft: MetaRaft, state: MetaState, blocks: Arc<BlockCheck>, config: ScrubConfig, stats: Arc<ScrubStats>) {
     tokio::spawn(async move {
+        let mut pause = config.pass_pause;
         loop {
-            tokio::time::sleep(config.pass_pause).await;
+            tokio::time::sleep(pause).await;
             if !leads(&raft) {
                 continue;
             }
-            if let Err(error) = pass(&raft, &state, &blocks, config, &stats).await {
-                tracing::warn!(%error, "scrub pass stopped");
-            }
+            pause = match pass(&raft, &state, &blocks, config, &stats).await {
+                Err(error) => {
+                    tracing::warn!(%error, "scrub pass stopped");
+                    config.pass_pause
+                }
+                // A refill still under way: the next pass starts soon.
+                Ok(true) => config.pass_pause.min(REFILL_PASS_PAUSE),
+                Ok(false) => config.pass_pause,
+            };
         }
     });
 }
 
-/// One pass over every referenced block. Err when the state could not be read.
+/// The longest pause between passes while a group is refilling.
+const REFILL_PASS_PAUSE: Duration = Duration::from_secs(1);
+
+/// One pass over every referenced block; true when a group's refill is still under way after
+/// it. Err when the state could not be read.
 async fn pass(
     raft: &MetaRaft,
     state: &MetaState,
     blocks: &BlockCheck,
     config: ScrubConfig,
     stats: &ScrubStats,
-) -> Result<(), crate::storage::StorageError> {
+) -> Result<bool, crate::storage::StorageError> {
     let mut start = keys::inode_key(0);
     let end = [keys::PREFIX_INODE + 1];
     stats.pass_blocks.store(0, Ordering::Relaxed);
+    // The refills under way as the pass begins (their changes are applied here, so every
+    // block referenced by then is in the pages below, and every block referenced later was
+    // checked against the new members): group -> (change index, new member).
+    let refills: BTreeMap<u32, (u64, u64)> = {
+        let _guard = state.apply_lock.read().expect("apply lock");
+        state::read_cluster_map(state.engine.as_ref())?
+            .groups
+            .iter()
+            .filter(|g| g.refilling != 0)
+            .map(|g| (g.id, (g.changed_at, g.refilling)))
+            .collect()
+    };
+    // Groups whose new member missed a block this pass (unreachable, or no intact source).
+    let mut unfilled: BTreeSet<u32> = BTreeSet::new();
     loop {
         let (page, map) = {
             let _guard = state.apply_lock.read().expect("apply lock");
@@ -121,9 +156,12 @@ async fn pass(
                 Inode::decode(payload).map_err(|e| crate::storage::StorageError::corruption(format!("inode: {e}")))?;
             for block in &inode.blocks {
                 if !leads(raft) {
-                    return Ok(());
+                    return Ok(false);
                 }
-                let read = scrub_block(&map, state, blocks, block, stats).await;
+                let (read, filled) = scrub_block(&map, state, blocks, block, stats).await;
+                if !filled {
+                    unfilled.insert(block.group);
+                }
                 stats.blocks_checked.fetch_add(1, Ordering::Relaxed);
                 stats.pass_blocks.fetch_add(1, Ordering::Relaxed);
                 if config.bytes_per_sec > 0 && read > 0 {
@@ -136,7 +174,26 @@ async fn pass(
         }
     }
     stats.passes.fetch_add(1, Ordering::Relaxed);
-    Ok(())
+    let mut still_refilling = false;
+    for (group, (changed_at, member)) in refills {
+        if unfilled.contains(&group) {
+            still_refilling = true;
+            continue;
+        }
+        let done = cffs_proto::RefillDone { group, changed_at };
+        match super::gc::propose(raft, cffs_proto::command::Kind::RefillDone(done)).await {
+            Ok(crate::metadata::txn::CommandOutcome::ClusterMap(_)) => {
+                stats.refills_done.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(group, member, changed_at, "block server refilled");
+            }
+            Ok(other) => tracing::info!(group, ?other, "refill not ended"),
+            Err(error) => {
+                still_refilling = true;
+                tracing::warn!(group, %error, "refill not ended");
+            }
+        }
+    }
+    Ok(still_refilling)
 }
 
 /// What one member's copy is.
@@ -148,26 +205,94 @@ enum Copy {
 }
 
 /// Checks every member's copy of `block` and repairs the bad and missing ones from a good
-/// one; returns the bytes read.
+/// one; returns the bytes read, and whether the member its group is refilling (if any) now
+/// holds an intact copy.
 async fn scrub_block(
     map: &cffs_proto::ClusterMap,
     state: &MetaState,
     blocks: &BlockCheck,
     block: &BlockRef,
     stats: &ScrubStats,
-) -> u64 {
-    let Some(group) = map.groups.iter().find(|g| g.id == block.group) else { return 0 };
+) -> (u64, bool) {
+    let Some(group) = map.groups.iter().find(|g| g.id == block.group) else { return (0, true) };
     let mut copies = Vec::with_capacity(group.members.len());
     let mut read = 0u64;
     for member in &group.members {
-        let copy = match blocks.client(&member.addr) {
+        copies.push((member, read_copy(blocks, member, block, &mut read).await));
+    }
+    // A replaced member is one more source while its group refills (never repaired).
+    let mut spare = None;
+    if let Some(replaced) = group.replaced.as_ref().filter(|_| group.refilling != 0) {
+        if !copies.iter().any(|(_, c)| matches!(c, Copy::Good(_))) {
+            if let Copy::Good(data) = read_copy(blocks, replaced, block, &mut read).await {
+                spare = Some(data);
+            }
+        }
+    }
+    stats.bytes_read.fetch_add(read, Ordering::Relaxed);
+    // The page of inodes was read before the copies: a block overwritten or deleted since
+    // (and collected) is garbage, neither to repair nor to count as lost.
+    if !still_referenced(state, &block.id) {
+        return (read, true);
+    }
+    let good = copies
+        .iter()
+        .find_map(|(_, c)| match c {
+            Copy::Good(data) => Some(data.clone()),
+            _ => None,
+        })
+        .or(spare);
+    // Members holding an intact copy once the repairs are done, and whether the member being
+    // refilled is one of them.
+    let (mut intact, mut new_intact) = (0, false);
+    for (member, copy) in &copies {
+        let counter = match copy {
+            Copy::Bad => &stats.copies_bad,
+            Copy::Missing => &stats.copies_missing,
+            Copy::Good(_) => {
+                intact += 1;
+                new_intact |= member.id == group.refilling;
+                continue;
+            }
+            Copy::Unreachable => continue,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let Some(data) = &good else { continue };
+        let Ok(mut client) = blocks.client(&member.addr) else { continue };
+        let request = PutBlockRequest { id: block.id.clone(), crc: block.crc, data: data.clone(), replace: true };
+        if let Ok(Ok(_)) = tokio::time::timeout(SCRUB_RPC_TIMEOUT, client.put_block(request)).await {
+            stats.copies_repaired.fetch_add(1, Ordering::Relaxed);
+            intact += 1;
+            new_intact |= member.id == group.refilling;
+            tracing::info!(block = %hex(&block.id), server = member.id, "block copy repaired");
+        }
+    }
+    let reachable_all = copies.iter().all(|(_, c)| !matches!(c, Copy::Unreachable));
+    if good.is_none() && reachable_all {
+        stats.blocks_lost.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(block = %hex(&block.id), group = block.group, "block lost: no intact copy on any member");
+    }
+    // A refill is done when every block is on the new member and on a majority of the
+    // group, as every block written after the change is (the block check).
+    let filled = group.refilling == 0 || (new_intact && intact > group.members.len() / 2);
+    (read, filled)
+}
+
+/// Reads `member`'s copy of `block` (adding the bytes received to `read`).
+async fn read_copy(
+    blocks: &BlockCheck,
+    member: &cffs_proto::BlockMember,
+    block: &BlockRef,
+    read: &mut u64,
+) -> Copy {
+    match blocks.client(&member.addr) {
             Err(_) => Copy::Unreachable,
             Ok(mut client) => {
                 let call = client.get_block(GetBlockRequest { id: block.id.clone() });
                 match tokio::time::timeout(SCRUB_RPC_TIMEOUT, call).await {
                     Ok(Ok(reply)) => {
                         let data = reply.into_inner().data;
-                        read += data.len() as u64;
+                        *read += data.len() as u64;
                         match data.len() == block.len as usize && crc32fast::hash(&data) == block.crc {
                             true => Copy::Good(data),
                             false => Copy::Bad,
@@ -183,40 +308,7 @@ async fn scrub_block(
                     Err(_) => Copy::Unreachable,
                 }
             }
-        };
-        copies.push((member, copy));
     }
-    stats.bytes_read.fetch_add(read, Ordering::Relaxed);
-    // The page of inodes was read before the copies: a block overwritten or deleted since
-    // (and collected) is garbage, neither to repair nor to count as lost.
-    if !still_referenced(state, &block.id) {
-        return read;
-    }
-    let good = copies.iter().find_map(|(_, c)| match c {
-        Copy::Good(data) => Some(data.clone()),
-        _ => None,
-    });
-    for (member, copy) in &copies {
-        let counter = match copy {
-            Copy::Bad => &stats.copies_bad,
-            Copy::Missing => &stats.copies_missing,
-            Copy::Good(_) | Copy::Unreachable => continue,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        let Some(data) = &good else { continue };
-        let Ok(mut client) = blocks.client(&member.addr) else { continue };
-        let request = PutBlockRequest { id: block.id.clone(), crc: block.crc, data: data.clone(), replace: true };
-        if let Ok(Ok(_)) = tokio::time::timeout(SCRUB_RPC_TIMEOUT, client.put_block(request)).await {
-            stats.copies_repaired.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(block = %hex(&block.id), server = member.id, "block copy repaired");
-        }
-    }
-    let reachable_all = copies.iter().all(|(_, c)| !matches!(c, Copy::Unreachable));
-    if good.is_none() && reachable_all {
-        stats.blocks_lost.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(block = %hex(&block.id), group = block.group, "block lost: no intact copy on any member");
-    }
-    read
 }
 
 fn still_referenced(state: &MetaState, id: &[u8]) -> bool {

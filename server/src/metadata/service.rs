@@ -659,6 +659,27 @@ impl cffs_proto::metadata_server::Metadata for MetadataService {
         }
     }
 
+    async fn replace_block_server(
+        &self,
+        request: Request<cffs_proto::ReplaceBlockServerRequest>,
+    ) -> Result<Response<cffs_proto::ReplaceBlockServerResponse>, Status> {
+        let request = request.into_inner();
+        self.linearizable().await?;
+        let map = {
+            let _guard = self.state.apply_lock.read().expect("apply lock");
+            state::read_cluster_map(self.state.engine.as_ref()).map_err(|e| self.storage_failed(e))?
+        };
+        txn::check_replace_block_server(&map, &request).map_err(invalid)?;
+        self.blocks.check_replacement_quorum(&map, &request).await.map_err(invalid)?;
+        match self.propose(Command { kind: Some(command::Kind::ReplaceBlockServer(request)) }).await? {
+            CommandOutcome::ClusterMap(map) => {
+                Ok(Response::new(cffs_proto::ReplaceBlockServerResponse { map: Some(map) }))
+            }
+            CommandOutcome::Rejected(why) => Err(invalid(why)),
+            _ => Err(status(ErrorCode::Internal, "a block server replacement answered as another command")),
+        }
+    }
+
     async fn change_membership(
         &self,
         request: Request<ChangeMembershipRequest>,

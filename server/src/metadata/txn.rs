@@ -21,7 +21,7 @@ use cffs_proto::limits::{
     SYMLINK_TARGET_MAX, TXN_BYTES_MAX, TXN_ID_LEN, TXN_KEYS_MAX,
 };
 use cffs_proto::{
-    command, commit_response, write_op, AddBlockGroupRequest, AllocateInodesResponse, BlockGroup, ClusterMap, Command,
+    command, commit_response, write_op, AddBlockGroupRequest, ReplaceBlockServerRequest, AllocateInodesResponse, BlockGroup, ClusterMap, Command,
     CommitRequest, CommitResponse, Conflict, FileKind, Inode, Key,
 };
 use prost::Message;
@@ -209,6 +209,41 @@ pub fn check_add_block_group(map: &ClusterMap, request: &AddBlockGroupRequest) -
     Ok(())
 }
 
+/// Checks a request to replace member `old` of block group `group` by `new_member`
+/// (docs/design/blocks.md, "Changing a group's members"): the group exists and is not still
+/// refilling its previous change, `old` is one of its members, and the new server is named
+/// well and is no member of any group.
+pub fn check_replace_block_server(map: &ClusterMap, request: &ReplaceBlockServerRequest) -> Result<(), String> {
+    let Some(group) = map.groups.iter().find(|g| g.id == request.group) else {
+        return Err(format!("the cluster map has no block group {}", request.group));
+    };
+    if group.refilling != 0 {
+        return Err(format!(
+            "block group {} is still refilling server {} (the change at index {}): one change per group at a \
+             time; the scrubber ends the refill after a whole pass (`cffs cluster blocks` shows it), then try again",
+            group.id, group.refilling, group.changed_at
+        ));
+    }
+    if !group.members.iter().any(|m| m.id == request.old) {
+        let ids: Vec<u64> = group.members.iter().map(|m| m.id).collect();
+        return Err(format!("block server {} is not a member of group {} (members: {ids:?})", request.old, group.id));
+    }
+    let Some(new) = request.new_member.as_ref() else {
+        return Err("the new block server is missing".into());
+    };
+    if new.id == 0 || new.addr.is_empty() || !new.addr.contains(':') {
+        return Err(format!("block server {} at '{}': ids start at 1, addresses are HOST:PORT", new.id, new.addr));
+    }
+    for other in &map.groups {
+        for member in &other.members {
+            if member.id == new.id || member.addr == new.addr {
+                return Err(format!("block server {} ({}) is in group {} already", member.id, member.addr, other.id));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks a commit request's shape and limits. The leader calls it before proposing; apply
 /// calls it again, so a malformed entry can never change the state.
 pub fn check_commit_request(request: &CommitRequest) -> Result<(), CommitRequestError> {
@@ -320,6 +355,8 @@ pub fn apply_command(
         Some(command::Kind::AllocateInodes(request)) => apply_allocate_inodes(engine, request.count, batch),
         Some(command::Kind::ClusterSettings(settings)) => apply_cluster_settings(engine, settings, batch),
         Some(command::Kind::AddBlockGroup(request)) => apply_add_block_group(engine, index, request, batch),
+        Some(command::Kind::ReplaceBlockServer(request)) => apply_replace_block_server(engine, index, request, batch),
+        Some(command::Kind::RefillDone(done)) => apply_refill_done(engine, index, done, batch),
         Some(command::Kind::TombstoneBlocks(ids)) => apply_tombstones(engine, index, &ids.ids, batch),
         Some(command::Kind::DropTombstones(ids)) => {
             for id in &ids.ids {
@@ -423,6 +460,15 @@ pub fn gc_fence(engine: &dyn KvEngine) -> Result<u64, StorageError> {
     }
 }
 
+/// Planted (simulation only): commits checked before a group's change are not aborted.
+fn planted_skip_group_fence() -> bool {
+    #[cfg(madsim)]
+    if crate::planted::armed(crate::planted::Bug::SkipGroupChangeFence) {
+        return true;
+    }
+    false
+}
+
 /// Keeps the reference index (`b` id → ino) in step with an inode's block map going from
 /// `old` to `new`. A block the commit newly references must not be tombstoned nor held by
 /// another inode, and the leader must have checked it after the collector's fence; else the
@@ -451,6 +497,20 @@ fn update_block_refs(
         };
         if checked_at < fence {
             return Ok(Err(conflict(Key::inode(ino), checked_at, fence)));
+        }
+        // A block check counts holders among its group's members: one that ran before the
+        // group's last change counted the old ones, and a block it passed may sit on a
+        // single member of the new group (nothing refills it: the refill pass may be past
+        // this inode already). The commit aborts; its re-run is checked against the new map.
+        if let Some(value) = overlay.get(keys::SYSTEM_CLUSTER_MAP)? {
+            let map = crate::storage::codec::cluster_map_decode(&value)?;
+            let added_groups: std::collections::BTreeSet<u32> =
+                new.iter().filter(|b| !old_ids.contains(b.id.as_slice())).map(|b| b.group).collect();
+            for group in map.groups.iter().filter(|g| added_groups.contains(&g.id)) {
+                if checked_at < group.changed_at && !planted_skip_group_fence() {
+                    return Ok(Err(conflict(Key::inode(ino), checked_at, group.changed_at)));
+                }
+            }
         }
     }
     for id in added {
@@ -501,7 +561,63 @@ fn apply_add_block_group(
         };
     }
     let id = map.groups.iter().map(|g| g.id).max().unwrap_or(0) + 1;
-    map.groups.push(BlockGroup { id, members: request.members.clone() });
+    map.groups.push(BlockGroup { id, members: request.members.clone(), ..Default::default() });
+    map.version = index;
+    batch.put(Cf::State, keys::SYSTEM_CLUSTER_MAP.to_vec(), crate::storage::codec::cluster_map_encode(&map));
+    Ok(CommandOutcome::ClusterMap(map))
+}
+
+/// Swaps a block group's member: the new one is refilled by the scrubber (`refilling`), the
+/// old one kept as `replaced` until then. The group's `changed_at` becomes `index`: a commit
+/// whose block check ran before this entry aborts (`update_block_refs`), since it counted
+/// holders among the old members.
+fn apply_replace_block_server(
+    engine: &dyn KvEngine,
+    index: u64,
+    request: &ReplaceBlockServerRequest,
+    batch: &mut WriteBatch,
+) -> Result<CommandOutcome, StorageError> {
+    let mut map = state::read_cluster_map(engine)?;
+    if let Err(why) = check_replace_block_server(&map, request) {
+        return Ok(CommandOutcome::Rejected(why));
+    }
+    let new = request.new_member.clone().expect("checked above");
+    let group = map.groups.iter_mut().find(|g| g.id == request.group).expect("checked above");
+    let slot = group.members.iter_mut().find(|m| m.id == request.old).expect("checked above");
+    let old = std::mem::replace(slot, new.clone());
+    group.changed_at = index;
+    group.refilling = new.id;
+    group.replaced = Some(old);
+    #[cfg(madsim)]
+    if crate::planted::armed(crate::planted::Bug::RefillSkipped) {
+        // Planted: the new member counts as refilled at once.
+        group.refilling = 0;
+        group.replaced = None;
+    }
+    map.version = index;
+    batch.put(Cf::State, keys::SYSTEM_CLUSTER_MAP.to_vec(), crate::storage::codec::cluster_map_encode(&map));
+    Ok(CommandOutcome::ClusterMap(map))
+}
+
+/// Ends a group's refill, if the pass that proposed it saw the group's latest change.
+fn apply_refill_done(
+    engine: &dyn KvEngine,
+    index: u64,
+    done: &cffs_proto::RefillDone,
+    batch: &mut WriteBatch,
+) -> Result<CommandOutcome, StorageError> {
+    let mut map = state::read_cluster_map(engine)?;
+    let Some(group) = map.groups.iter_mut().find(|g| g.id == done.group) else {
+        return Ok(CommandOutcome::Rejected(format!("the cluster map has no block group {}", done.group)));
+    };
+    if group.refilling == 0 || group.changed_at != done.changed_at {
+        return Ok(CommandOutcome::Rejected(format!(
+            "block group {}: no refill of the change at index {} is under way",
+            done.group, done.changed_at
+        )));
+    }
+    group.refilling = 0;
+    group.replaced = None;
     map.version = index;
     batch.put(Cf::State, keys::SYSTEM_CLUSTER_MAP.to_vec(), crate::storage::codec::cluster_map_encode(&map));
     Ok(CommandOutcome::ClusterMap(map))
@@ -1205,5 +1321,82 @@ mod tests {
         let fresh = checked(txn(2, vec![], vec![put_inode(mapped(21, &[6]))]), fence);
         assert!(committed(&state.apply(&fresh)));
         assert!(state.referenced(6));
+    }
+
+    fn member(id: u64) -> cffs_proto::BlockMember {
+        cffs_proto::BlockMember { id, addr: format!("10.0.2.{id}:7201") }
+    }
+
+    fn replace(group: u32, old: u64, new: u64) -> command::Kind {
+        command::Kind::ReplaceBlockServer(ReplaceBlockServerRequest { group, old, new_member: Some(member(new)) })
+    }
+
+    fn map_of(outcome: CommandOutcome) -> ClusterMap {
+        match outcome {
+            CommandOutcome::ClusterMap(map) => map,
+            other => panic!("expected a cluster map, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_block_group_takes_one_change_at_a_time_until_its_refill_ends() {
+        let mut state = State::new();
+        let add = AddBlockGroupRequest { members: (4..=6).map(member).collect(), block_size: 0 };
+        map_of(state.run(command::Kind::AddBlockGroup(add)));
+        // Bad requests change nothing.
+        for (kind, why) in [
+            (replace(2, 6, 7), "no block group 2"),
+            (replace(1, 9, 7), "not a member"),
+            (replace(1, 6, 5), "in group 1 already"),
+            (replace(1, 6, 0), "ids start at 1"),
+        ] {
+            let CommandOutcome::Rejected(text) = state.run(kind) else { panic!("{why}: not rejected") };
+            assert!(text.contains(why), "{text}");
+        }
+        assert_eq!(state::read_cluster_map(&state.engine).unwrap().groups[0].changed_at, 0);
+
+        let map = map_of(state.run(replace(1, 6, 7)));
+        let changed_at = state.index;
+        let group = &map.groups[0];
+        let ids: Vec<u64> = group.members.iter().map(|m| m.id).collect();
+        assert_eq!(ids, vec![4, 5, 7], "the new member takes the old one's place");
+        assert_eq!((group.changed_at, group.refilling), (changed_at, 7));
+        assert_eq!(group.replaced.as_ref().map(|m| m.id), Some(6));
+        assert_eq!(map.version, changed_at);
+        // While 7 refills, the group takes no other change.
+        let CommandOutcome::Rejected(text) = state.run(replace(1, 5, 8)) else { panic!("a second change") };
+        assert!(text.contains("still refilling server 7"), "{text}");
+        // A refill end for another change is refused; the right one ends the refill.
+        let stale = cffs_proto::RefillDone { group: 1, changed_at: changed_at - 1 };
+        assert!(matches!(state.run(command::Kind::RefillDone(stale)), CommandOutcome::Rejected(_)));
+        let done = cffs_proto::RefillDone { group: 1, changed_at };
+        let map = map_of(state.run(command::Kind::RefillDone(done)));
+        assert_eq!((map.groups[0].refilling, map.groups[0].replaced.clone()), (0, None));
+        assert_eq!(map.groups[0].changed_at, changed_at, "the change index stays: the commit fence uses it");
+        // Now the next change is accepted.
+        let map = map_of(state.run(replace(1, 5, 8)));
+        assert_eq!(map.groups[0].refilling, 8);
+    }
+
+    #[test]
+    fn a_commit_whose_blocks_were_checked_before_their_groups_change_aborts() {
+        let mut state = State::new();
+        let add = AddBlockGroupRequest { members: (4..=6).map(member).collect(), block_size: 0 };
+        map_of(state.run(command::Kind::AddBlockGroup(add)));
+        let checked_before = state.index;
+        map_of(state.run(replace(1, 6, 7)));
+        // Its block check counted holders among 4, 5 and 6: the block may be on 4 alone of
+        // the new group.
+        let stale = checked(txn(1, vec![], vec![put_inode(mapped(21, &[5]))]), checked_before);
+        assert_eq!(conflict_key(&state.apply(&stale)), Some(Key::inode(21)));
+        assert!(!state.referenced(5));
+        // Checked against the new members: it commits.
+        let fresh = checked(txn(2, vec![], vec![put_inode(mapped(21, &[5]))]), state.index);
+        assert!(committed(&state.apply(&fresh)));
+        // A commit that names no new block (a rename, a chmod of the file) is not refused.
+        let read = state.read(Key::inode(21));
+        let mut chmod = mapped(21, &[5]);
+        chmod.mode = 0o600;
+        assert!(committed(&state.apply(&checked(txn(3, vec![read], vec![put_inode(chmod)]), 0))));
     }
 }

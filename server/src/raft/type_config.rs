@@ -46,6 +46,16 @@ impl fmt::Debug for RaftCommand {
             Some(cffs_proto::command::Kind::AddBlockGroup(g)) => {
                 write!(f, "AddBlockGroup({} servers)", g.members.len())
             }
+            Some(cffs_proto::command::Kind::ReplaceBlockServer(r)) => write!(
+                f,
+                "ReplaceBlockServer(group {}: {} -> {})",
+                r.group,
+                r.old,
+                r.new_member.as_ref().map_or(0, |m| m.id)
+            ),
+            Some(cffs_proto::command::Kind::RefillDone(d)) => {
+                write!(f, "RefillDone(group {}, change at {})", d.group, d.changed_at)
+            }
             Some(cffs_proto::command::Kind::TombstoneBlocks(b)) => write!(f, "TombstoneBlocks({})", b.ids.len()),
             Some(cffs_proto::command::Kind::DropTombstones(b)) => write!(f, "DropTombstones({})", b.ids.len()),
             Some(cffs_proto::command::Kind::CommitBatch(b)) => write!(f, "CommitBatch({} commits)", b.commits.len()),
