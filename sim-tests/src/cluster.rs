@@ -29,7 +29,8 @@ pub const SIM_BLOCK_SIZE: u32 = 16 * 1024;
 /// The collector's grace period in simulation.
 pub const SIM_GC_GRACE: Duration = Duration::from_secs(1);
 
-/// A block-only server (ids 4, 5, 6: block group 2; group 1 is served by replicas 1-3).
+/// A block-only server (ids 4, 5, 6 start as block group 2, whose members may be replaced by
+/// servers 7, 8, …; group 1 is served by replicas 1-3).
 pub struct BlockServer {
     pub id: u64,
     node: NodeHandle,
@@ -68,8 +69,10 @@ pub struct Cluster {
     client_ips: Mutex<BTreeMap<madsim::task::NodeId, IpAddr>>,
     /// Replicas 1-3 serve block group 1 (set before they are made).
     with_blocks: bool,
-    /// The block-only servers of group 2, when the cluster has blocks.
-    pub block_servers: Vec<BlockServer>,
+    /// Every block-only server made (group 2's first members, then their replacements).
+    block_servers: Mutex<Vec<BlockServer>>,
+    /// `attach_disks` was called: block servers made later register with the disk simulator.
+    disks_attached: AtomicBool,
 }
 
 fn block_ip(id: u64) -> IpAddr {
@@ -112,14 +115,15 @@ impl Cluster {
             killable: Mutex::new(Vec::new()),
             client_ips: Mutex::new(BTreeMap::new()),
             with_blocks: blocks,
-            block_servers: Vec::new(),
+            block_servers: Mutex::new(Vec::new()),
+            disks_attached: AtomicBool::new(false),
         };
-        let mut cluster = cluster;
         for _ in 0..replicas {
             cluster.add_replica(peers.clone());
         }
         if blocks {
-            cluster.block_servers = (4..=6).map(|id| cluster.make_block_server(id)).collect();
+            let servers = (4..=6).map(|id| cluster.make_block_server(id)).collect();
+            *cluster.block_servers.lock().expect("block servers") = servers;
         }
         cluster.wait_for_leader(Duration::from_secs(30)).await.expect("a leader is elected");
         if blocks {
@@ -168,13 +172,34 @@ impl Cluster {
     pub fn block_store(&self, id: u64) -> Option<SimBlockStore> {
         match id {
             1..=3 => self.lock().get(id as usize - 1).and_then(|r| r.blocks.clone()),
-            _ => self.block_servers.iter().find(|s| s.id == id).map(|s| s.store.clone()),
+            _ => self.servers().iter().find(|s| s.id == id).map(|s| s.store.clone()),
         }
+    }
+
+    fn servers(&self) -> std::sync::MutexGuard<'_, Vec<BlockServer>> {
+        self.block_servers.lock().expect("block servers")
+    }
+
+    /// The ids of every block-only server made.
+    pub fn block_server_ids(&self) -> Vec<u64> {
+        self.servers().iter().map(|s| s.id).collect()
+    }
+
+    /// Starts one more block-only server, with the next id and an empty store (it belongs to
+    /// no group until the cluster map names it). Returns its id.
+    pub fn add_block_server(&self) -> u64 {
+        let id = self.servers().iter().map(|s| s.id).max().unwrap_or(6).max(6) + 1;
+        let server = self.make_block_server(id);
+        if self.disks_attached.load(std::sync::atomic::Ordering::SeqCst) {
+            crate::disk::DiskSim::current().attach_blocks(server.node.id(), server.store.clone());
+        }
+        self.servers().push(server);
+        id
     }
 
     /// The madsim node of block-only server `id`.
     pub fn block_node_id(&self, id: u64) -> madsim::task::NodeId {
-        self.block_servers.iter().find(|s| s.id == id).expect("a block server").node.id()
+        self.servers().iter().find(|s| s.id == id).expect("a block server").node.id()
     }
 
     pub fn kill_block(&self, id: u64) {
@@ -193,6 +218,31 @@ impl Cluster {
             store.wipe();
         }
         self.restart_block(id);
+    }
+
+    /// Replaces member `old` of block group `group` by a new, empty block server through the
+    /// cluster map (`cffs cluster replace-node --block-group`): Ok with the new server's id
+    /// once the change is applied; Err with the refusal (the new server is stopped then).
+    /// `old` keeps running: the caller decides whether it dies.
+    pub async fn replace_block_server(&self, group: u32, old: u64) -> Result<u64, String> {
+        // A refill under way refuses the change: asked first, so no server is made for it.
+        let map = self.with_client(|client| async move { client.cluster_map(true).await }).await;
+        let map = map.map_err(|e| e.to_string())?;
+        if let Some(g) = map.groups.iter().find(|g| g.id == group && g.refilling != 0) {
+            return Err(format!("block group {group} is still refilling server {}", g.refilling));
+        }
+        let new = self.add_block_server();
+        let member = cffs_proto::BlockMember { id: new, addr: Self::block_addr_of(new) };
+        let result = self
+            .with_client(move |client| async move { client.replace_block_server(group, old, member).await })
+            .await;
+        match result {
+            Ok(_) => Ok(new),
+            Err(error) => {
+                self.kill_block(new);
+                Err(error.to_string())
+            }
+        }
     }
 
     pub fn pause_block(&self, id: u64) {
@@ -266,9 +316,10 @@ impl Cluster {
                 disk_sim.attach_blocks(replica.node.id(), blocks.clone());
             }
         }
-        for server in &self.block_servers {
+        for server in self.servers().iter() {
             disk_sim.attach_blocks(server.node.id(), server.store.clone());
         }
+        self.disks_attached.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The madsim node of replica `id`.

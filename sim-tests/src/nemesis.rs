@@ -333,12 +333,16 @@ pub const DAMAGED_BLOCK_SERVER: u64 = 6;
 
 /// Block faults (`NemesisPlan::blocks`) until `stop` is set, then every block server up:
 /// a block-only server killed (a crash, or a power loss of its unsynced blocks) or paused,
-/// all of group 2 powered off at once, copies on `DAMAGED_BLOCK_SERVER` corrupted (a byte
-/// flipped) or lost, and that server replaced by an empty one (the scrubber must refill it).
-/// Returns how many faults it injected.
+/// all of group 2 powered off at once, copies on the damaged server (`DAMAGED_BLOCK_SERVER`
+/// at first) corrupted (a byte flipped) or lost, and that server replaced by an empty one:
+/// under its own id (its disk wiped), or by a new server through a change of group 2 in the
+/// cluster map, the old one then dying or left running outside the group. Either way the
+/// scrubber must refill the empty one. The damaged server is always the one replaced, so no
+/// block loses two copies to damage. Returns how many faults it injected.
 pub async fn block_faults(cluster: &Cluster, stop: &AtomicBool) -> u64 {
     let disk = DiskSim::current();
-    let servers: Vec<u64> = cluster.block_servers.iter().map(|s| s.id).collect();
+    let mut servers: Vec<u64> = cluster.block_server_ids();
+    let mut damaged_server = DAMAGED_BLOCK_SERVER;
     let mut down: Vec<u64> = Vec::new();
     let mut paused: Vec<u64> = Vec::new();
     let mut faults = 0;
@@ -362,7 +366,7 @@ pub async fn block_faults(cluster: &Cluster, stop: &AtomicBool) -> u64 {
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let damaged = cluster.block_store(DAMAGED_BLOCK_SERVER).expect("a block server's store");
+        let damaged = cluster.block_store(damaged_server).expect("a block server's store");
         match choice {
             0 => {
                 if at % 2 == 0 {
@@ -395,7 +399,20 @@ pub async fn block_faults(cluster: &Cluster, stop: &AtomicBool) -> u64 {
                 cluster.pause_block(victim);
                 paused.push(victim);
             }
-            _ => cluster.replace_block(DAMAGED_BLOCK_SERVER),
+            _ if at % 2 == 0 => cluster.replace_block(damaged_server),
+            _ => match cluster.replace_block_server(2, damaged_server).await {
+                Ok(new) => {
+                    tracing::info!(old = damaged_server, new, "block server replaced in group 2");
+                    let old = std::mem::replace(&mut damaged_server, new);
+                    servers.retain(|id| *id != old);
+                    servers.push(new);
+                    if at % 4 == 1 {
+                        cluster.kill_block(old); // for good
+                    }
+                }
+                // Refused while the group still refills its last change.
+                Err(why) => tracing::info!(%why, "block server replacement refused"),
+            },
         }
         tracing::info!(choice, victim, "block fault");
         faults += 1;

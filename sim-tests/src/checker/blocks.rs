@@ -75,6 +75,13 @@ pub fn check(state: &[(Vec<u8>, Vec<u8>)], store_of: impl Fn(u64) -> Option<SimB
     report
 }
 
+/// The ids of every block server the cluster map of `state` names (a replaced one is no
+/// longer among them).
+pub fn members(state: &[(Vec<u8>, Vec<u8>)]) -> Vec<u64> {
+    let (map, _) = read_state(state);
+    map.groups.iter().flat_map(|g| g.members.iter().map(|m| m.id)).collect()
+}
+
 /// Blocks stored on the servers that no inode of `state` references, per server: what the
 /// collector should have removed (once the grace period passed and it ran).
 pub fn unreferenced(
