@@ -401,8 +401,7 @@ impl Client {
     ) -> Result<Arc<ClusterMap>, FsError> {
         let response = self
             .call("replace block server", true, |mut client| {
-                let request =
-                    cffs_proto::ReplaceBlockServerRequest { group, old, new_member: Some(new.clone()) };
+                let request = cffs_proto::ReplaceBlockServerRequest { group, old, new_member: Some(new.clone()) };
                 async move { client.replace_block_server(request).await }
             })
             .await?;

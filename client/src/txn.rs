@@ -1162,7 +1162,12 @@ impl Transaction {
         // A commit that names blocks fails when they were written with a cluster map older
         // than a change of their group (checked against the new members, or checked before
         // the change): the re-run reads the map again.
-        if names_blocks && !matches!(response, Ok(cffs_proto::CommitResponse { outcome: Some(commit_response::Outcome::CommittedVersion(_)) })) {
+        if names_blocks
+            && !matches!(
+                response,
+                Ok(cffs_proto::CommitResponse { outcome: Some(commit_response::Outcome::CommittedVersion(_)) })
+            )
+        {
             self.client.forget_cluster_map();
         }
         match response?.outcome {

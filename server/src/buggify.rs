@@ -24,6 +24,11 @@ pub fn force(site: Site, on: bool) {
     });
 }
 
+/// True when a targeted scenario forces `site` (`force`).
+pub fn forced(site: Site) -> bool {
+    FORCED.with(|forced| forced.get() & (1u64 << (site as u64)) != 0)
+}
+
 /// Turns the buggify sites on or off for the simulation running on this thread.
 pub fn enable(on: bool) {
     ENABLED.with(|enabled| enabled.set(on));
@@ -47,14 +52,15 @@ pub enum Site {
     CallerGone = 6,
     /// A commit naming new blocks stalls between the leader's block check and its proposal
     /// (a slow leader, a long lease wait): the collector may mark and delete its blocks
-    /// meanwhile, and the commit must then abort.
+    /// meanwhile, and the commit must then abort. Forced, it stalls its longest (5 s), so a
+    /// scenario can change the block's group in the meantime.
     SlowBlockCommit = 7,
 }
 
 /// True when `site` is armed in this run and fires this time (with probability `p`).
 pub fn fire(site: Site, p: f64) -> bool {
     use rand::Rng;
-    if FORCED.with(|forced| forced.get() & (1u64 << (site as u64)) != 0) {
+    if forced(site) {
         return true;
     }
     if !ENABLED.with(|enabled| enabled.get()) {

@@ -233,9 +233,8 @@ impl Cluster {
         }
         let new = self.add_block_server();
         let member = cffs_proto::BlockMember { id: new, addr: Self::block_addr_of(new) };
-        let result = self
-            .with_client(move |client| async move { client.replace_block_server(group, old, member).await })
-            .await;
+        let result =
+            self.with_client(move |client| async move { client.replace_block_server(group, old, member).await }).await;
         match result {
             Ok(_) => Ok(new),
             Err(error) => {
@@ -281,7 +280,6 @@ impl Cluster {
                 let blocks = node_blocks.clone();
                 async move {
                     let mut config = MetaNodeConfig::new(id, SocketAddr::new(meta_ip(i), META_PORT), peers);
-                    adjust(&mut config);
                     if blocks.is_some() {
                         // Passes back to back: the simulation's runs are short.
                         config.scrub = ScrubConfig { bytes_per_sec: 0, pass_pause: Duration::from_millis(500) };
@@ -290,6 +288,8 @@ impl Cluster {
                         // then abort (and re-run), never commit a deleted block.
                         config.gc = GcConfig { grace: SIM_GC_GRACE, interval: Duration::from_millis(500) };
                     }
+                    // Last: a scenario may change the block settings too.
+                    adjust(&mut config);
                     config.block_service = blocks.map(|store| BlockService::new(id, Arc::new(store)));
                     // A replica whose disk fails while it starts stays down, as a process that
                     // exits would, until the nemesis restarts it.

@@ -338,14 +338,15 @@ pub const DAMAGED_BLOCK_SERVER: u64 = 6;
 /// under its own id (its disk wiped), or by a new server through a change of group 2 in the
 /// cluster map, the old one then dying or left running outside the group. Either way the
 /// scrubber must refill the empty one. The damaged server is always the one replaced, so no
-/// block loses two copies to damage. Returns how many faults it injected.
-pub async fn block_faults(cluster: &Cluster, stop: &AtomicBool) -> u64 {
+/// block loses two copies to damage. Returns how many faults it injected, and how many
+/// servers it replaced through the map.
+pub async fn block_faults(cluster: &Cluster, stop: &AtomicBool) -> (u64, u64) {
     let disk = DiskSim::current();
     let mut servers: Vec<u64> = cluster.block_server_ids();
     let mut damaged_server = DAMAGED_BLOCK_SERVER;
     let mut down: Vec<u64> = Vec::new();
     let mut paused: Vec<u64> = Vec::new();
-    let mut faults = 0;
+    let (mut faults, mut replaced) = (0, 0);
     while !stop.load(Ordering::Relaxed) {
         let (wait, choice, victim, at) = {
             let mut rng = madsim::rand::thread_rng();
@@ -406,6 +407,7 @@ pub async fn block_faults(cluster: &Cluster, stop: &AtomicBool) -> u64 {
                     let old = std::mem::replace(&mut damaged_server, new);
                     servers.retain(|id| *id != old);
                     servers.push(new);
+                    replaced += 1;
                     if at % 4 == 1 {
                         cluster.kill_block(old); // for good
                     }
@@ -423,7 +425,7 @@ pub async fn block_faults(cluster: &Cluster, stop: &AtomicBool) -> u64 {
     for id in paused {
         cluster.resume_block(id);
     }
-    faults
+    (faults, replaced)
 }
 
 /// What the nemesis did, for the report.

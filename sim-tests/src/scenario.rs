@@ -90,6 +90,9 @@ pub struct Report {
     /// file reads checked, and referenced blocks found under-replicated at the end.
     #[serde(default)]
     pub block_faults: u64,
+    /// Block servers replaced by new ones through a change of their group in the map.
+    #[serde(default)]
+    pub block_servers_replaced: u64,
     #[serde(default)]
     pub file_writes: u64,
     #[serde(default)]
@@ -294,7 +297,7 @@ pub async fn run() -> Report {
     let block_nemesis = madsim::task::spawn(async move {
         match blocks_on {
             true => nemesis::block_faults(&block_cluster, &block_stop).await,
-            false => 0,
+            false => (0, 0),
         }
     });
 
@@ -324,7 +327,7 @@ pub async fn run() -> Report {
     report.client_faults = counts.client_faults;
     report.replacements = counts.replacements;
     report.clients_killed = killer.await.expect("client killer");
-    report.block_faults = block_nemesis.await.expect("block nemesis");
+    (report.block_faults, report.block_servers_replaced) = block_nemesis.await.expect("block nemesis");
     report.skewed_clocks = plan.clocks.is_some();
     report.power_losses = DiskSim::current().power_losses();
     report.snapshots_installed = cffs_server::sim_stats::snapshots_installed();
@@ -492,8 +495,10 @@ pub async fn run() -> Report {
                 report.gc_deleted = gc.deleted;
                 // The servers the map names (a replaced one is out of the collector's reach).
                 let servers = checker::blocks::members(&states[0]);
-                let leftover =
-                    checker::blocks::unreferenced(&states[0], servers.into_iter().map(|id| (id, cluster.block_store(id))));
+                let leftover = checker::blocks::unreferenced(
+                    &states[0],
+                    servers.into_iter().map(|id| (id, cluster.block_store(id))),
+                );
                 report.check("block-gc", leftover);
             }
             None => report.skipped.push("no collection round after the grace period: garbage not checked".into()),

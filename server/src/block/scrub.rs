@@ -279,35 +279,30 @@ async fn scrub_block(
 }
 
 /// Reads `member`'s copy of `block` (adding the bytes received to `read`).
-async fn read_copy(
-    blocks: &BlockCheck,
-    member: &cffs_proto::BlockMember,
-    block: &BlockRef,
-    read: &mut u64,
-) -> Copy {
+async fn read_copy(blocks: &BlockCheck, member: &cffs_proto::BlockMember, block: &BlockRef, read: &mut u64) -> Copy {
     match blocks.client(&member.addr) {
-            Err(_) => Copy::Unreachable,
-            Ok(mut client) => {
-                let call = client.get_block(GetBlockRequest { id: block.id.clone() });
-                match tokio::time::timeout(SCRUB_RPC_TIMEOUT, call).await {
-                    Ok(Ok(reply)) => {
-                        let data = reply.into_inner().data;
-                        *read += data.len() as u64;
-                        match data.len() == block.len as usize && crc32fast::hash(&data) == block.crc {
-                            true => Copy::Good(data),
-                            false => Copy::Bad,
-                        }
+        Err(_) => Copy::Unreachable,
+        Ok(mut client) => {
+            let call = client.get_block(GetBlockRequest { id: block.id.clone() });
+            match tokio::time::timeout(SCRUB_RPC_TIMEOUT, call).await {
+                Ok(Ok(reply)) => {
+                    let data = reply.into_inner().data;
+                    *read += data.len() as u64;
+                    match data.len() == block.len as usize && crc32fast::hash(&data) == block.crc {
+                        true => Copy::Good(data),
+                        false => Copy::Bad,
                     }
-                    Ok(Err(status)) => {
-                        match cffs_proto::error_code::detail_code(&cffs_proto::error_code::detail(&status)) {
-                            ErrorCode::Checksum => Copy::Bad,
-                            ErrorCode::BlockMissing => Copy::Missing,
-                            _ => Copy::Unreachable,
-                        }
-                    }
-                    Err(_) => Copy::Unreachable,
                 }
+                Ok(Err(status)) => {
+                    match cffs_proto::error_code::detail_code(&cffs_proto::error_code::detail(&status)) {
+                        ErrorCode::Checksum => Copy::Bad,
+                        ErrorCode::BlockMissing => Copy::Missing,
+                        _ => Copy::Unreachable,
+                    }
+                }
+                Err(_) => Copy::Unreachable,
             }
+        }
     }
 }
 

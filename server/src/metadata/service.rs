@@ -388,7 +388,9 @@ impl MetadataService {
         if references_blocks(&request) {
             request.blocks_checked_at = self.check_new_blocks(&request).await?;
             #[cfg(madsim)]
-            if crate::buggify::fire(crate::buggify::Site::SlowBlockCommit, 0.2) {
+            if crate::buggify::forced(crate::buggify::Site::SlowBlockCommit) {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            } else if crate::buggify::fire(crate::buggify::Site::SlowBlockCommit, 0.2) {
                 crate::buggify::delay_up_to(2_500).await;
             }
         }

@@ -21,8 +21,8 @@ use cffs_proto::limits::{
     SYMLINK_TARGET_MAX, TXN_BYTES_MAX, TXN_ID_LEN, TXN_KEYS_MAX,
 };
 use cffs_proto::{
-    command, commit_response, write_op, AddBlockGroupRequest, ReplaceBlockServerRequest, AllocateInodesResponse, BlockGroup, ClusterMap, Command,
-    CommitRequest, CommitResponse, Conflict, FileKind, Inode, Key,
+    command, commit_response, write_op, AddBlockGroupRequest, AllocateInodesResponse, BlockGroup, ClusterMap, Command,
+    CommitRequest, CommitResponse, Conflict, FileKind, Inode, Key, ReplaceBlockServerRequest,
 };
 use prost::Message;
 

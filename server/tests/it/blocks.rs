@@ -511,3 +511,63 @@ async fn a_gigabyte_survives_a_block_server_kill() {
     assert_eq!((size, sink.1), (BIG_FILE, BIG_FILE));
     assert_eq!(sink.0.finalize(), expected.finalize(), "sha256 of the file read back");
 }
+
+/// Replacing block servers through the cluster map (`cffs cluster replace-node
+/// --block-group`), on real processes: block server 6 dies; a replacement by a server that
+/// does not answer is refused and changes nothing; a new, empty server 7 takes 6's place; a
+/// second change of the group is refused while 7 refills; once the scrubber ends the refill,
+/// servers 4 and 5 die too and every block of group 2 is read from server 7 alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_server_is_replaced_and_its_replacement_refilled() {
+    let mut cluster = ProcessCluster::start_with_blocks(64 * 1024).await;
+    let client = cluster.client();
+    let data = pattern(11, 1_500_000);
+    write(&client, "/f", &data).await;
+    let member = |id: u64, addr: String| cffs_proto::BlockMember { id, addr };
+    cluster.kill_block(6);
+
+    let before = client.cluster_map(true).await.expect("map");
+    let silent = format!("127.0.0.1:{}", 1); // nothing listens on port 1
+    let why = client.replace_block_server(2, 6, member(9, silent)).await.expect_err("a silent server").to_string();
+    assert!(why.contains("did not answer"), "{why}");
+    let why = client.replace_block_server(2, 1, member(9, "127.0.0.1:2".into())).await.expect_err("not a member");
+    assert!(why.to_string().contains("not a member of group 2"), "{why}");
+    assert_eq!(client.cluster_map(true).await.expect("map").version, before.version, "a refusal changes nothing");
+
+    let (new, addr) = cluster.start_extra_block_server();
+    assert_eq!(new, 7);
+    let mut map = None;
+    for _ in 0..100 {
+        match client.replace_block_server(2, 6, member(new, addr.clone())).await {
+            Ok(m) => {
+                map = Some(m);
+                break;
+            }
+            // The new server may still be starting.
+            Err(e) if e.to_string().contains("did not answer") => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("replace 6 by 7: {e}"),
+        }
+    }
+    let map = map.expect("server 7 answered");
+    let group = &map.groups[1];
+    assert_eq!(group.members.iter().map(|m| m.id).collect::<Vec<_>>(), vec![4, 5, 7]);
+    assert_eq!((group.refilling, group.replaced.as_ref().map(|m| m.id)), (7, Some(6)));
+    let why = client.replace_block_server(2, 5, member(8, "127.0.0.1:3".into())).await.expect_err("a second change");
+    assert!(why.to_string().contains("still refilling server 7"), "{why}");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let map = client.cluster_map(true).await.expect("map");
+        if map.groups[1].refilling == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the refill never ended: {map:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let scrub = client.cluster_status().await.expect("status").scrub.unwrap_or_default();
+    assert!(scrub.refills_done >= 1 && scrub.copies_repaired >= 1, "{scrub:?}");
+    cluster.kill_block(4);
+    cluster.kill_block(5);
+    let reader = cold_client(&cluster);
+    assert!(file(&reader, "/f").await == data, "group 2's blocks are read from server 7 alone");
+}

@@ -19,7 +19,7 @@ pub struct ProcessCluster {
     with_blocks: bool,
     /// The collector's grace period (`--gc-grace-secs`).
     gc_grace_secs: u64,
-    /// Block-only servers (ids 4, 5, 6: block group 2).
+    /// Block-only servers (ids 4, 5, 6: block group 2; 7 and up: started later).
     pub block_ports: Vec<u16>,
     block_children: Vec<Option<Child>>,
 }
@@ -141,7 +141,21 @@ impl ProcessCluster {
             .expect("start cffs-server block")
     }
 
-    /// SIGKILL of block-only server `id` (4-6).
+    /// Starts one more block-only server (the next id, 7 and up, on a new port, with an empty
+    /// directory); returns its id and address. It is in no group until the map names it
+    /// (`cffs cluster replace-node --block-group`).
+    pub fn start_extra_block_server(&mut self) -> (u64, String) {
+        let id = 4 + self.block_ports.len() as u64;
+        self.block_ports.push(free_port());
+        while self.metrics_ports.len() < id as usize {
+            self.metrics_ports.push(free_port());
+        }
+        let child = self.spawn_block(id);
+        self.block_children.push(Some(child));
+        (id, self.block_addr(id))
+    }
+
+    /// SIGKILL of block-only server `id` (4 and up).
     pub fn kill_block(&mut self, id: u64) {
         if let Some(mut child) = self.block_children[id as usize - 4].take() {
             child.kill().expect("kill block server");

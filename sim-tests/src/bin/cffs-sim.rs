@@ -109,7 +109,7 @@ fn main() -> std::process::ExitCode {
         failed.len()
     );
     println!(
-        "  cache: {} reads served from caches ({} seeds), {} local read-only commits ({} seeds); {} snapshots installed ({} seeds); {} client faults ({} seeds, {} clients killed); {} seeds with a majority impaired at once; {} replicas replaced ({} seeds); {} seeds with skewed replica clocks",
+        "  cache: {} reads served from caches ({} seeds), {} local read-only commits ({} seeds); {} snapshots installed ({} seeds); {} client faults ({} seeds, {} clients killed); {} seeds with a majority impaired at once; {} replicas replaced ({} seeds); {} block servers replaced ({} seeds); {} seeds with skewed replica clocks",
         sum(|r| r.cache_hits),
         count(|r| r.cache_hits > 0),
         sum(|r| r.local_commits),
@@ -122,6 +122,8 @@ fn main() -> std::process::ExitCode {
         count(|r| r.impaired_max >= 2),
         sum(|r| r.replacements),
         count(|r| r.replacements > 0),
+        sum(|r| r.block_servers_replaced),
+        count(|r| r.block_servers_replaced > 0),
         count(|r| r.skewed_clocks),
     );
     // A run in which no seed served a cached read did not test the caches at all.
@@ -176,8 +178,9 @@ fn print_result(
             );
             if report.file_writes > 0 || report.block_faults > 0 {
                 println!(
-                    "  blocks: {} block faults, {} file writes committed, {} file reads checked, {} blocks referenced at the end ({} under-replicated); collector: {} marked, {} copies deleted",
+                    "  blocks: {} block faults ({} servers replaced), {} file writes committed, {} file reads checked, {} blocks referenced at the end ({} under-replicated); collector: {} marked, {} copies deleted",
                     report.block_faults,
+                    report.block_servers_replaced,
                     report.file_writes,
                     report.file_reads,
                     report.blocks_referenced,
