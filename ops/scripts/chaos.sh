@@ -4,7 +4,7 @@
 # every acknowledged commit recorded, every list checked at the end), through these faults:
 #   1. docker kill the metadata leader        4. restart every node, one by one
 #   2. cut the leader off the network         5. replace a block server with an empty one
-#   3. pause the leader past its lease        6. replace a metadata replica with an empty one
+#   3. pause the leader past its lease        6. replace a node (both roles) with an empty one
 #                                             7. kill a block server during a 200 MB write
 # After each: the cluster must take a commit again within RECOVERY_BOUND_SECS (the time from
 # the fault to the first probe commit that succeeds is measured and printed; a probe is one
@@ -157,16 +157,18 @@ c up --no-build -d --no-deps cffs6 >/dev/null 2>&1
 recovered "$t" "5. block server cffs6 replaced by an empty one"
 c wait 120 >/dev/null
 
-# 6. Replace metadata replica cffs3 by an empty one, replica 7 (a disk lost for good): cffs3
-# stops, replica 7 starts empty, joins as a learner, catches up, and one change of voters
-# swaps 3 for 7 (`cffs cluster replace-node`). cffs3 then comes back with its volume wiped:
-# no longer a replica (it never bootstraps: it is not the lowest id), still block server 3,
-# which the scrubber refills.
+# 6. Replace node cffs3 (metadata replica 3 and block server 3 of group 1) by an empty one,
+# node 7 (a disk lost for good): cffs3 stops, node 7 starts empty with both roles, joins as a
+# learner, catches up, and one change of voters swaps 3 for 7; then block group 1's member 3
+# is swapped for 7 in the cluster map and the scrubber refills 7 from 1 and 2 (one
+# `cffs cluster replace-node` does both). cffs3 then comes back with its volume wiped: in no
+# group any more (it never bootstraps: it is not the lowest id).
 id=$(container cffs3); t=$(now)
 docker kill "$id" >/dev/null
 docker run -d --name "$extra" --hostname cffs7 --network "$network" --network-alias cffs7 \
   -v "$extra-data:/data" "$CFFS_IMAGE" cffs-server meta --id 7 --listen 0.0.0.0:7100 \
-  --peers 1=cffs1:7100,2=cffs2:7100,3=cffs3:7100,7=cffs7:7100 --data-dir /data/meta >/dev/null
+  --peers 1=cffs1:7100,2=cffs2:7100,3=cffs3:7100,7=cffs7:7100 --data-dir /data/meta \
+  --block-dir /data/blocks --scrub-pause-secs 60 >/dev/null
 # replace-node checks that replica 7 answers before it changes anything: retried while the
 # new container is still starting, and only for that.
 for attempt in $(seq 1 60); do
@@ -188,6 +190,17 @@ for s in json.load(sys.stdin):
     if s.get("state") == "Leader":
         print(",".join(str(m["id"]) for m in s["members"] if m["voter"]))')
 [ "$voters" = "1,2,7" ] || fail "6. the voters are '$voters', not 1,2,7"
+# Block group 1 is 1, 2, 7, and its refill of 7 ends (the scrubber's pass after the change).
+for attempt in $(seq 1 "$RECOVERY_BOUND_SECS"); do
+  group1=$(in_client cffs -o json cluster blocks | python3 -c '
+import json, sys
+g = json.load(sys.stdin)["groups"][0]
+print(",".join(str(m["id"]) for m in g["members"]), "refilling" if g.get("refilling") else "refilled")')
+  [ "$group1" = "1,2,7 refilled" ] && break
+  [ "$attempt" = "$RECOVERY_BOUND_SECS" ] && fail "6. block group 1 is '$group1', not '1,2,7 refilled'"
+  sleep 1
+done
+report "6. block group 1: server 3 replaced by 7, refilled $(since "$t") s after cffs3 was killed"
 
 # 7. Kill a block server during a large write: two copies of each block are enough.
 in_client sh -c 'head -c 200000000 /dev/urandom > /tmp/big && sha256sum < /tmp/big > /tmp/big.sha256'

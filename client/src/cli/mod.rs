@@ -298,7 +298,9 @@ enum ClusterCommand {
     /// refill, and the group takes no other change before it ends. Refused unless the new
     /// server and a majority of the group's new members answer.
     ReplaceNode {
+        /// The id of the replica (or, with --block-group, the block server) to replace.
         old: u64,
+        /// The new one's id, used by no member yet.
         new_id: u64,
         /// The new server's address, HOST:PORT.
         new_addr: String,

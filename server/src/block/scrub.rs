@@ -92,21 +92,24 @@ fn leads(raft: &MetaRaft) -> bool {
 /// Starts the scrubber task of this replica (it works only while the replica leads).
 pub fn spawn(raft: MetaRaft, state: MetaState, blocks: Arc<BlockCheck>, config: ScrubConfig, stats: Arc<ScrubStats>) {
     tokio::spawn(async move {
-        let mut pause = config.pass_pause;
         loop {
-            tokio::time::sleep(pause).await;
+            // The pause between passes, cut short when a group starts refilling (a change of
+            // its members): the refill's pass starts within `REFILL_PASS_PAUSE`.
+            let mut paused = Duration::ZERO;
+            while paused < config.pass_pause {
+                let step = REFILL_PASS_PAUSE.min(config.pass_pause - paused);
+                tokio::time::sleep(step).await;
+                paused += step;
+                if refilling(&state) {
+                    break;
+                }
+            }
             if !leads(&raft) {
                 continue;
             }
-            pause = match pass(&raft, &state, &blocks, config, &stats).await {
-                Err(error) => {
-                    tracing::warn!(%error, "scrub pass stopped");
-                    config.pass_pause
-                }
-                // A refill still under way: the next pass starts soon.
-                Ok(true) => config.pass_pause.min(REFILL_PASS_PAUSE),
-                Ok(false) => config.pass_pause,
-            };
+            if let Err(error) = pass(&raft, &state, &blocks, config, &stats).await {
+                tracing::warn!(%error, "scrub pass stopped");
+            }
         }
     });
 }
@@ -114,15 +117,22 @@ pub fn spawn(raft: MetaRaft, state: MetaState, blocks: Arc<BlockCheck>, config: 
 /// The longest pause between passes while a group is refilling.
 const REFILL_PASS_PAUSE: Duration = Duration::from_secs(1);
 
-/// One pass over every referenced block; true when a group's refill is still under way after
-/// it. Err when the state could not be read.
+/// True when a block group of the applied map is refilling a new member (a read error counts
+/// as no: the pass itself will meet it).
+fn refilling(state: &MetaState) -> bool {
+    let _guard = state.apply_lock.read().expect("apply lock");
+    state::read_cluster_map(state.engine.as_ref()).is_ok_and(|map| map.groups.iter().any(|g| g.refilling != 0))
+}
+
+/// One pass over every referenced block; after it, `refill_done` for each group whose new
+/// member it found holding every block. Err when the state could not be read.
 async fn pass(
     raft: &MetaRaft,
     state: &MetaState,
     blocks: &BlockCheck,
     config: ScrubConfig,
     stats: &ScrubStats,
-) -> Result<bool, crate::storage::StorageError> {
+) -> Result<(), crate::storage::StorageError> {
     let mut start = keys::inode_key(0);
     let end = [keys::PREFIX_INODE + 1];
     stats.pass_blocks.store(0, Ordering::Relaxed);
@@ -156,7 +166,7 @@ async fn pass(
                 Inode::decode(payload).map_err(|e| crate::storage::StorageError::corruption(format!("inode: {e}")))?;
             for block in &inode.blocks {
                 if !leads(raft) {
-                    return Ok(false);
+                    return Ok(());
                 }
                 let (read, filled) = scrub_block(&map, state, blocks, block, stats).await;
                 if !filled {
@@ -174,10 +184,8 @@ async fn pass(
         }
     }
     stats.passes.fetch_add(1, Ordering::Relaxed);
-    let mut still_refilling = false;
     for (group, (changed_at, member)) in refills {
         if unfilled.contains(&group) {
-            still_refilling = true;
             continue;
         }
         let done = cffs_proto::RefillDone { group, changed_at };
@@ -187,13 +195,10 @@ async fn pass(
                 tracing::info!(group, member, changed_at, "block server refilled");
             }
             Ok(other) => tracing::info!(group, ?other, "refill not ended"),
-            Err(error) => {
-                still_refilling = true;
-                tracing::warn!(group, %error, "refill not ended");
-            }
+            Err(error) => tracing::warn!(group, %error, "refill not ended"),
         }
     }
-    Ok(still_refilling)
+    Ok(())
 }
 
 /// What one member's copy is.
