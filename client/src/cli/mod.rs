@@ -282,11 +282,19 @@ enum ClusterCommand {
         id: u64,
         /// Its address, HOST:PORT, as the other replicas reach it.
         addr: String,
+        /// Refused with the reason: block groups have three servers each.
+        #[arg(long, value_name = "G", hide = true)]
+        block_group: Option<u32>,
     },
     /// Remove a metadata replica from the group. Refused (nothing changed) unless a majority
     /// of the remaining voters answer and are caught up. (A block server is never removed
     /// alone, which would leave its group two: replace it with `replace-node --block-group`.)
-    RemoveNode { id: u64 },
+    RemoveNode {
+        id: u64,
+        /// Refused with the reason: block groups have three servers each.
+        #[arg(long, value_name = "G", hide = true)]
+        block_group: Option<u32>,
+    },
     /// Replace metadata replica OLD by a new one (e.g. on an empty disk, with a new id): the
     /// new one joins as a learner and catches up, then one change of voters swaps them.
     /// Refused (nothing changed) unless a majority of the new voters answer and are caught up.
@@ -500,11 +508,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 block_status(&client, false).await?;
             }
         }
-        Command::Cluster { command: ClusterCommand::AddNode { id, addr } } => {
+        Command::Cluster {
+            command:
+                ClusterCommand::AddNode { block_group: Some(_), .. }
+                | ClusterCommand::RemoveNode { block_group: Some(_), .. },
+        } => {
+            return Err(Failure(
+                "a block group has exactly three servers: swap one with `cffs cluster replace-node --block-group G OLD NEW_ID NEW_ADDR`, or add capacity with `cffs cluster add-block-group`".into(),
+            ));
+        }
+        Command::Cluster { command: ClusterCommand::AddNode { id, addr, .. } } => {
             crate::membership::add_node(&client, id, &addr).await.map_err(Failure)?;
             cluster_status(&client, json).await?;
         }
-        Command::Cluster { command: ClusterCommand::RemoveNode { id } } => {
+        Command::Cluster { command: ClusterCommand::RemoveNode { id, .. } } => {
             crate::membership::remove_node(&client, id).await.map_err(Failure)?;
             cluster_status(&client, json).await?;
         }
