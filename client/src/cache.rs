@@ -312,18 +312,51 @@ impl Cache {
         grant_seq: u64,
         sent: Instant,
     ) -> Option<u64> {
-        if session == 0 || session != self.session.id {
+        if !self.grant_holds(&key, session, grant_seq) || self.overlaps_own_write(&key, sent) {
             return None;
         }
-        if grant_seq < self.forgotten {
-            return None; // cannot tell whether an invalidation overtook it
-        }
-        if self.invalidated.get(&key).is_some_and(|seq| *seq > grant_seq) {
+        self.place(key, value, sent)
+    }
+
+    /// Caches what this client's own commit (sent at `sent`, still in flight here: its
+    /// `begin_own_write` not ended) wrote whole to `key`, under the lease the leader granted
+    /// with the commit's answer (docs/design/leases.md, "Leases on commit"). Refused when
+    /// another commit of this client writing `key` was in flight after `sent` (its value may
+    /// be the later one), and, as any grant, when an invalidation may have overtaken it.
+    pub fn insert_own_write(
+        &mut self,
+        key: CacheKey,
+        value: CacheValue,
+        session: u64,
+        grant_seq: u64,
+        sent: Instant,
+    ) -> Option<u64> {
+        if !self.grant_holds(&key, session, grant_seq) {
             return None;
         }
-        if self.overlaps_own_write(&key, sent) {
+        let only_this = self.own_writes_in_flight.get(&key) == Some(&1)
+            && !self.own_writes_ended.get(&key).is_some_and(|ended| sent <= *ended)
+            && !self.own_writes_floor.is_some_and(|floor| sent <= floor);
+        if !only_this {
             return None;
         }
+        self.place(key, value, sent)
+    }
+
+    /// True when a grant to `session` at invalidation number `grant_seq` still holds for
+    /// `key`: the session is the current one and no invalidation of the key numbered above
+    /// the grant arrived (or may have been forgotten).
+    fn grant_holds(&self, key: &CacheKey, session: u64, grant_seq: u64) -> bool {
+        session != 0
+            && session == self.session.id
+            // Below `forgotten`: an invalidation that overtook it may have been dropped.
+            && grant_seq >= self.forgotten
+            && !self.invalidated.get(key).is_some_and(|seq| *seq > grant_seq)
+    }
+
+    /// Stores `value` under `key` (replacing any entry), read or written at `sent`; returns
+    /// its generation, or None when it is larger than the whole cache.
+    fn place(&mut self, key: CacheKey, value: CacheValue, sent: Instant) -> Option<u64> {
         self.remove(key.as_ref());
         let bytes = value.bytes() + ENTRY_OVERHEAD_BYTES + key_bytes(&key);
         if bytes > self.max_bytes {

@@ -1117,12 +1117,33 @@ impl Transaction {
         // This client's own entries for what it writes go now, and no read of them is
         // cached until the commit ends: the leader drops, rather than invalidates, the
         // writer's leases on them.
-        let _own_write = self.client.cache_shared().map(|cache| {
+        let own_write = self.client.cache_shared().map(|cache| {
             let keys: Vec<CacheKey> = request.written_keys().iter().filter_map(CacheKey::from_wire).collect();
             cache.lock().expect("cache lock").begin_own_write(&keys);
             OwnWrite { cache, keys }
         });
-        self.send(request).await
+        // What the commit writes whole: cached under the lease its answer may carry.
+        let leased: Vec<(CacheKey, LeasedValue)> = match (&own_write, request.session_id) {
+            (None, _) | (_, 0) => Vec::new(),
+            _ => request.leased_writes().iter().filter_map(leased_value).collect(),
+        };
+        let session = request.session_id;
+        let sent = tokio::time::Instant::now();
+        let response = self.send_request(request).await?;
+        if let (Some(own), Some(grant), Some(commit_response::Outcome::CommittedVersion(version))) =
+            (&own_write, response.lease.as_ref(), response.outcome.as_ref())
+        {
+            let mut cache = own.cache.lock().expect("cache lock");
+            for (key, value) in leased {
+                let value = match value {
+                    LeasedValue::Inode(inode) => CacheValue::Inode(*version, Some(Arc::new(inode))),
+                    LeasedValue::Dentry(dentry) => CacheValue::Dentry(*version, Some(dentry)),
+                };
+                cache.insert_own_write(key, value, session, grant.seq, sent);
+            }
+        }
+        drop(own_write);
+        outcome_of(response)
     }
 
     /// True when every read holds a valid lease that was not invalidated since the read
@@ -1154,6 +1175,10 @@ impl Transaction {
     }
 
     async fn send(&self, request: CommitRequest) -> Result<Outcome, FsError> {
+        outcome_of(self.send_request(request).await?)
+    }
+
+    async fn send_request(&self, request: CommitRequest) -> Result<cffs_proto::CommitResponse, FsError> {
         let names_blocks = request
             .writes
             .iter()
@@ -1165,18 +1190,36 @@ impl Transaction {
         if names_blocks
             && !matches!(
                 response,
-                Ok(cffs_proto::CommitResponse { outcome: Some(commit_response::Outcome::CommittedVersion(_)) })
+                Ok(cffs_proto::CommitResponse { outcome: Some(commit_response::Outcome::CommittedVersion(_)), .. })
             )
         {
             self.client.forget_cluster_map();
         }
-        match response?.outcome {
-            Some(commit_response::Outcome::CommittedVersion(version)) => Ok(Outcome::Committed { version }),
-            Some(commit_response::Outcome::Conflict(conflict)) => {
-                Ok(Outcome::Conflict { key: conflict.key.map(|k| k.to_string()).unwrap_or_default() })
-            }
-            None => Err(FsError::Internal("commit answered without an outcome".into())),
+        response
+    }
+}
+
+/// What a commit wrote whole, kept to be cached under a lease granted with its answer.
+enum LeasedValue {
+    Inode(Inode),
+    Dentry(Dentry),
+}
+
+fn leased_value(write: &cffs_proto::LeasedWrite<'_>) -> Option<(CacheKey, LeasedValue)> {
+    let key = CacheKey::from_wire(&write.key())?;
+    Some(match write {
+        cffs_proto::LeasedWrite::Inode(inode) => (key, LeasedValue::Inode((*inode).clone())),
+        cffs_proto::LeasedWrite::Dentry(_, dentry) => (key, LeasedValue::Dentry((*dentry).clone())),
+    })
+}
+
+fn outcome_of(response: cffs_proto::CommitResponse) -> Result<Outcome, FsError> {
+    match response.outcome {
+        Some(commit_response::Outcome::CommittedVersion(version)) => Ok(Outcome::Committed { version }),
+        Some(commit_response::Outcome::Conflict(conflict)) => {
+            Ok(Outcome::Conflict { key: conflict.key.map(|k| k.to_string()).unwrap_or_default() })
         }
+        None => Err(FsError::Internal("commit answered without an outcome".into())),
     }
 }
 

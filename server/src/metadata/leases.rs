@@ -370,6 +370,59 @@ impl LeaseTable {
         Ok(WriteWait { send, waits: waits.into_iter().collect() })
     }
 
+    /// Ends a committed write started by `begin_write` (`keys`, by session `writer`) and
+    /// grants the writer leases on `leased` (some of `keys`: what it wrote whole), as if it
+    /// had read them in a round that started at `round_start` (a reading taken before the
+    /// commit was proposed: a quorum accepted the entry after it, so no other leader can have
+    /// existed since). Granted only when this write is the only one pending on every leased
+    /// key and `still_stored` says the state holds exactly what it wrote there (no later
+    /// write applied and ended since): then the state's value is the writer's, and every
+    /// later write of the keys begins after the grant and revokes it. Returns the session's
+    /// invalidation sequence number at the grant, or None (the write ends either way).
+    pub fn end_write_granting(
+        &mut self,
+        term: Option<u64>,
+        writer: u64,
+        keys: &BTreeSet<Vec<u8>>,
+        leased: &[Vec<u8>],
+        round_start: Instant,
+        now: Instant,
+        still_stored: impl FnOnce() -> bool,
+    ) -> Option<u64> {
+        // A table of another term holds no pending marks of this write: nothing to end or
+        // grant (the caller synced the table to the term it leads now).
+        if self.term != term || term.is_none() {
+            return None;
+        }
+        let grantable = writer != 0
+            && !leased.is_empty()
+            && now >= self.quiet_until
+            && self.session_live(writer, now)
+            && !self.sessions[&writer].saturated()
+            && leased.iter().all(|key| keys.contains(key) && self.pending.get(key) == Some(&1))
+            && self.leases.len() + leased.len() <= LEASED_KEYS_MAX
+            && still_stored();
+        self.end_write(keys);
+        if !grantable {
+            return None;
+        }
+        let grant_expiry = round_start + self.config.server_span();
+        for key in leased {
+            self.leases.entry(key.clone()).or_default().insert(writer, Hold::Held { grant_expiry });
+        }
+        self.granted += leased.len() as u64;
+        Some(self.sessions[&writer].sent)
+    }
+
+    /// Ends a write begun in `term` (whatever its outcome): nothing when the table has moved
+    /// to another term since, whose pending marks belong to that term's writes (a replica
+    /// that lost and regained leadership while the write was in flight).
+    pub fn end_write_in(&mut self, term: Option<u64>, keys: &BTreeSet<Vec<u8>>) {
+        if self.term == term {
+            self.end_write(keys);
+        }
+    }
+
     /// Ends a write started by `begin_write` (whatever its outcome).
     pub fn end_write(&mut self, keys: &BTreeSet<Vec<u8>>) {
         for key in keys {
@@ -523,6 +576,63 @@ mod tests {
         assert_eq!(table.write_blocked_until(&wait.waits, &written, now), None);
         table.end_write(&written);
         assert_eq!(table.grant(TERM, reader, &[b"k".to_vec()], now, now), Some(1));
+    }
+
+    #[test]
+    fn a_committed_write_leases_its_keys_to_the_writer_and_a_later_write_revokes_them() {
+        let (mut table, now, writer) = table();
+        let other = table.open_session(TERM, now).unwrap();
+        let written = keys(&["inode", "parent"]);
+        let leased = vec![b"inode".to_vec()];
+        table.begin_write(TERM, writer, &written, now).unwrap();
+        let seq = table.end_write_granting(TERM, writer, &written, &leased, now, now, || true);
+        assert_eq!(seq, Some(0));
+        assert_eq!(table.leased_keys(), 1, "only the key written whole is leased");
+        // The write ended: its keys are grantable again (to another reader).
+        assert_eq!(table.grant(TERM, other, &[b"parent".to_vec()], now, now), Some(0));
+        // Another session's write of the key revokes the writer's lease.
+        let wait = table.begin_write(TERM, other, &keys(&["inode"]), now).unwrap();
+        assert_eq!(wait.send, vec![Invalidation { session: writer, seq: 1, keys: leased.clone() }]);
+    }
+
+    #[test]
+    fn no_lease_on_commit_while_another_write_is_pending_or_the_value_changed() {
+        let (mut table, now, writer) = table();
+        let other = table.open_session(TERM, now).unwrap();
+        let written = keys(&["k"]);
+        let leased = vec![b"k".to_vec()];
+        // Two writes of the key in flight: the first to end leases nothing.
+        table.begin_write(TERM, writer, &written, now).unwrap();
+        table.begin_write(TERM, other, &written, now).unwrap();
+        assert_eq!(table.end_write_granting(TERM, writer, &written, &leased, now, now, || true), None);
+        table.end_write(&written);
+        assert_eq!(table.leased_keys(), 0);
+        // Alone, but the state no longer holds what it wrote (a later write applied and
+        // ended): nothing.
+        table.begin_write(TERM, writer, &written, now).unwrap();
+        let mut checked = false;
+        let seq = table.end_write_granting(TERM, writer, &written, &leased, now, now, || {
+            checked = true;
+            false
+        });
+        assert!(checked && seq.is_none());
+        // No session, or a key it did not write: nothing; and the write still ends.
+        table.begin_write(TERM, 0, &written, now).unwrap();
+        assert_eq!(table.end_write_granting(TERM, 0, &written, &leased, now, now, || true), None);
+        table.begin_write(TERM, writer, &written, now).unwrap();
+        let stray = vec![b"other".to_vec()];
+        assert_eq!(table.end_write_granting(TERM, writer, &written, &stray, now, now, || true), None);
+        assert!(table.grant(TERM, other, &leased, now, now).is_some(), "no write is left pending");
+        // A write of an earlier term ends nothing and grants nothing in a new term's table.
+        table.begin_write(TERM, writer, &written, now).unwrap();
+        table.sync_term(Some(4), now);
+        table.add_session_ids(SessionIdRange { term: 4, next: 1, end: 100 });
+        let later = now + config().server_span();
+        let session = table.open_session(Some(4), later).unwrap();
+        table.begin_write(Some(4), session, &written, later).unwrap();
+        assert_eq!(table.end_write_granting(TERM, writer, &written, &leased, later, later, || true), None);
+        table.end_write_in(TERM, &written);
+        assert_eq!(table.grant(Some(4), other, &leased, later, later), None, "the new term's write is still pending");
     }
 
     #[test]

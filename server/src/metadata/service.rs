@@ -14,6 +14,7 @@ use cffs_proto::{
 };
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::BasicNode;
+use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::batcher::{self, Batcher, ProposeError};
@@ -373,7 +374,10 @@ impl MetadataService {
                 txn::validate_reads(self.state.engine.as_ref(), &request).map_err(|e| self.storage_failed(e))?
             };
             let response = conflict
-                .unwrap_or(CommitResponse { outcome: Some(cffs_proto::commit_response::Outcome::CommittedVersion(0)) });
+                .unwrap_or(CommitResponse {
+                outcome: Some(cffs_proto::commit_response::Outcome::CommittedVersion(0)),
+                lease: None,
+            });
             return Ok(Response::new(response));
         }
         // A retry of a commit already decided is answered as then, before anything else: its
@@ -452,6 +456,18 @@ impl MetadataService {
         let error = self.state.health.fail(error);
         status(ErrorCode::Storage, format!("storage: {error}"))
     }
+}
+
+/// A write leased on commit: its wire key, its storage key, and the payload its stored record
+/// holds (the record is `versioned_encode(commit index, payload)`).
+fn leased_record(write: &cffs_proto::LeasedWrite<'_>) -> Option<(Key, Vec<u8>, Vec<u8>)> {
+    let key = write.key();
+    let storage_key = state::storage_key(&key)?;
+    let payload = match write {
+        cffs_proto::LeasedWrite::Inode(inode) => inode.encode_to_vec(),
+        cffs_proto::LeasedWrite::Dentry(_, dentry) => dentry.encode_to_vec(),
+    };
+    Some((key, storage_key, payload))
 }
 
 /// How a commit request's answer is counted (`/metrics`).
@@ -705,11 +721,42 @@ impl MetadataService {
             .sessions
             .before_write(move || leader_term(&raft), request.session_id, sessions::written_keys(&request))
             .await?;
+        // Leases on commit (docs/design/leases.md): what the writer wrote whole, with the
+        // stored record each must still be once the commit is applied.
+        let writer = request.session_id;
+        let leased: Vec<(Key, Vec<u8>, Vec<u8>)> = match writer {
+            0 => Vec::new(),
+            _ => request.leased_writes().iter().filter_map(|write| leased_record(write)).collect(),
+        };
+        let proposed_at = self.sessions.now();
         let outcome = self.batcher.commit(request, pending.term()).await.map_err(|error| self.propose_status(error));
-        if outcome.is_err() {
-            pending.release_when_applied(self.raft.clone());
-        }
-        outcome
+        let version = match &outcome {
+            Err(_) => {
+                pending.release_when_applied(self.raft.clone());
+                return outcome;
+            }
+            Ok(CommandOutcome::Commit(CommitResponse {
+                outcome: Some(cffs_proto::commit_response::Outcome::CommittedVersion(version)),
+                ..
+            })) if *version > 0 && !leased.is_empty() => *version,
+            Ok(_) => return outcome,
+        };
+        let keys: Vec<Key> = leased.iter().map(|(key, _, _)| key.clone()).collect();
+        let still_stored = || {
+            let _guard = self.state.apply_lock.read().expect("apply lock");
+            leased.iter().all(|(_, storage_key, payload)| {
+                let stored = self.state.engine.get(Cf::State, storage_key);
+                matches!(stored, Ok(Some(value)) if value == keys::versioned_encode(version, payload))
+            })
+        };
+        let grant = pending.end_granting(leader_term(&self.raft), writer, &keys, proposed_at, still_stored);
+        outcome.map(|outcome| match outcome {
+            CommandOutcome::Commit(mut response) => {
+                response.lease = grant;
+                CommandOutcome::Commit(response)
+            }
+            other => other,
+        })
     }
 
     fn membership_result<T>(

@@ -100,9 +100,37 @@ impl WriteGuard {
     }
 }
 
+impl WriteGuard {
+    /// Ends the committed write and leases `leased` (what it wrote whole) to its writer's
+    /// session when the table allows (`LeaseTable::end_write_granting`); `round_start` is a
+    /// reading of this replica's clock taken before the commit was proposed, and
+    /// `still_stored` checks, under the apply lock, that the state holds what it wrote.
+    pub fn end_granting(
+        mut self,
+        current_term: Option<u64>,
+        writer: u64,
+        leased: &[Key],
+        round_start: Instant,
+        still_stored: impl FnOnce() -> bool,
+    ) -> Option<LeaseGrant> {
+        let keys = std::mem::take(&mut self.keys);
+        let leased: Vec<Vec<u8>> = leased.iter().map(lease_key).collect();
+        let now = self.sessions.clock.now();
+        let mut state = self.sessions.lock();
+        state.sync(current_term, now);
+        if !state.settings_confirmed {
+            state.table.end_write_in(self.term, &keys);
+            return None;
+        }
+        let seq = state.table.end_write_granting(self.term, writer, &keys, &leased, round_start, now, still_stored);
+        seq.map(|seq| LeaseGrant { seq })
+    }
+}
+
 impl Drop for WriteGuard {
     fn drop(&mut self) {
-        self.sessions.lock().table.end_write(&self.keys);
+        // Only the marks of this write's own term (`LeaseTable::end_write_in`).
+        self.sessions.lock().table.end_write_in(self.term, &self.keys);
     }
 }
 
@@ -121,6 +149,11 @@ impl Sessions {
             clock,
             health,
         }
+    }
+
+    /// A reading of this replica's clock (the lease table's time).
+    pub fn now(&self) -> Instant {
+        self.clock.now()
     }
 
     /// The cluster's stored settings were applied here and match this replica's.

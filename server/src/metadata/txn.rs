@@ -649,6 +649,7 @@ fn apply_allocate_inodes(
 fn conflict(key: Key, version_read: u64, version_now: u64) -> CommitResponse {
     CommitResponse {
         outcome: Some(commit_response::Outcome::Conflict(Conflict { key: Some(key), version_read, version_now })),
+        lease: None,
     }
 }
 
@@ -711,7 +712,7 @@ fn apply_commit(
         None => match apply_commit_writes(engine, index, request)? {
             Ok(overlay) => {
                 overlay.into_batch(batch);
-                CommitResponse { outcome: Some(commit_response::Outcome::CommittedVersion(index)) }
+                CommitResponse { outcome: Some(commit_response::Outcome::CommittedVersion(index)), lease: None }
             }
             Err(conflict) => conflict,
         },

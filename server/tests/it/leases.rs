@@ -8,7 +8,10 @@
 //!   transaction with the cache off sends three (the path in one lookup, the inode, the
 //!   commit);
 //! - a create of a fresh name in a cached directory sends one request (the commit), and a
-//!   create of a name that exists is still refused or finds the file there.
+//!   create of a name that exists is still refused or finds the file there;
+//! - a read-modify-write of a file the client just wrote sends only its commit (the leader
+//!   leased what it wrote with the commit's answer), and another client's write of the file
+//!   still reaches it.
 //!
 //! The frozen client is this test binary run again, as the `lease_holder_process` test with
 //! `CFFS_IT_LEASE_HOLDER` set (without it, that test does nothing).
@@ -205,4 +208,41 @@ async fn lease_holder_process() {
         Outcome::Conflict { .. } => println!("holder: conflict"),
         Outcome::Committed { .. } => println!("holder: committed"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_modify_write_of_a_file_the_client_just_wrote_sends_only_its_commit() {
+    let cluster = ProcessCluster::start(3);
+    cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let client = cluster.client();
+    client.run(|txn| async move { txn.write_file("/counter", b"0").await }).await.expect("setup");
+    let increment = |client: &Client| {
+        let client = client.clone();
+        async move {
+            client
+                .run(|txn| async move {
+                    let n = number(&txn.read_file("/counter").await?);
+                    txn.write_file("/counter", (n + 1).to_string().as_bytes()).await?;
+                    Ok(n + 1)
+                })
+                .await
+        }
+    };
+    // Each increment's requests: the commit alone while the lease its last commit brought
+    // back holds (a lease that lapsed on a loaded machine costs the read again).
+    let mut counts = Vec::new();
+    for i in 1..=20u64 {
+        let before = client.requests_sent();
+        assert_eq!(increment(&client).await.expect("increment"), i);
+        counts.push(client.requests_sent() - before);
+    }
+    let ones = counts.iter().filter(|n| **n == 1).count();
+    eprintln!("requests per read-modify-write: {counts:?}");
+    assert!(ones >= counts.len() / 2, "most read-modify-writes send their commit alone: {counts:?}");
+    // Another client's increment revokes the lease: the first client reads it, never 20.
+    let other = cluster.client();
+    assert_eq!(increment(&other).await.expect("other's increment"), 21);
+    assert_eq!(increment(&client).await.expect("increment after the other's"), 22);
+    let read = client.run(|txn| async move { txn.read_file("/counter").await }).await.expect("read");
+    assert_eq!(number(&read), 22);
 }
