@@ -55,6 +55,10 @@ pub enum Site {
     /// meanwhile, and the commit must then abort. Forced, it stalls its longest (5 s), so a
     /// scenario can change the block's group in the meantime.
     SlowBlockCommit = 7,
+    /// A committed write's end (its pending marks, its lease on commit) comes late, after
+    /// its entry applied: another write of its keys may apply meanwhile. Forced, it waits
+    /// 500 ms.
+    CommitEndDelay = 8,
 }
 
 /// True when `site` is armed in this run and fires this time (with probability `p`).

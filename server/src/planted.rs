@@ -82,6 +82,11 @@ pub enum Bug {
     /// aborted: a block the check saw on a majority of the old members may be on one member
     /// of the new group, past the refill pass.
     SkipGroupChangeFence = 23,
+    /// A committed write is leased to its writer even while another write of its keys is
+    /// pending, and without checking that the state still holds what it wrote: a writer
+    /// whose commit raced another client's caches a value that the other commit replaced,
+    /// under a lease that other commit never revoked.
+    CommitLeaseUnchecked = 24,
 }
 
 static ARMED: AtomicU8 = AtomicU8::new(0);

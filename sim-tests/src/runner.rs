@@ -107,6 +107,8 @@ pub enum Planted {
     RefillSkipped,
     /// Commits checked before their block group's last change are not aborted.
     SkipGroupChangeFence,
+    /// A commit's writes leased to its writer without the pending and stored-value checks.
+    CommitLeaseUnchecked,
 }
 
 impl Planted {
@@ -142,6 +144,7 @@ impl Planted {
             Planted::BatchSharesDedup => server(Bug::BatchSharesDedup),
             Planted::RefillSkipped => server(Bug::RefillSkipped),
             Planted::SkipGroupChangeFence => server(Bug::SkipGroupChangeFence),
+            Planted::CommitLeaseUnchecked => server(Bug::CommitLeaseUnchecked),
             Planted::IgnoreInvalidations => cffs_client::planted::arm_ignore_invalidations(on),
             Planted::NoOwnWriteFence => cffs_client::planted::arm_no_own_write_fence(on),
             Planted::RenameWithoutAncestorCheck => cffs_client::planted::arm_rename_without_ancestor_check(on),

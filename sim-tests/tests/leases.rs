@@ -7,7 +7,10 @@
 //!   whether the old leader was cut off or frozen: planted away, the same scenario reads stale
 //!   data;
 //! - a client whose reads of a file race its own commits of it never caches a value its
-//!   commit replaced (the own-write fence): planted away, its reads go stale.
+//!   commit replaced (the own-write fence): planted away, its reads go stale;
+//! - a writer leased what it wrote with its commit's answer never caches a value another
+//!   client's commit replaced between its apply and its answer: planted away (no pending
+//!   and stored-value checks), its next read is stale.
 #![cfg(madsim)]
 
 use std::sync::{Arc, Mutex};
@@ -357,4 +360,73 @@ fn a_cache_without_the_own_write_fence_is_caught() {
     let caught = runs.iter().filter(|run| !run.stale.is_empty()).count();
     eprintln!("planted no-own-write-fence: caught in {caught} of {OWN_RACE_SEEDS} seeds");
     assert!(caught > 0, "no stale read without the own-write fence");
+}
+
+/// Leases on commit, lined up: client A increments /n, and its commit's end (pending marks,
+/// lease on commit) is held back 500 ms after its entry applied; meanwhile client B reads A's
+/// value and increments it again, so when A's commit ends the state holds B's value, not
+/// A's. A's next read, begun after both increments were acknowledged, must see B's value.
+async fn commit_lease_race_scenario() -> Run {
+    use cffs_server::buggify::{force, Site};
+    let cluster = Cluster::start(3).await;
+    cluster
+        .with_client(|client| async move { client.run(|txn| async move { txn.write_file("/n", b"0").await }).await })
+        .await
+        .expect("setup");
+    let endpoints = cluster.endpoints();
+    let outcome = cluster
+        .client_node()
+        .spawn(async move {
+            let a = Client::connect(&endpoints).expect("endpoints");
+            let b = Client::connect(&endpoints).expect("endpoints");
+            // Both warm: sessions open, /n read once.
+            for client in [&a, &b] {
+                client.run(|txn| async move { txn.read_file("/n").await }).await.expect("warm-up read");
+            }
+            force(Site::CommitEndDelay, true);
+            let a_client = a.clone();
+            let first = tokio::spawn(async move { increment(&a_client).await });
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let second = increment(&b).await;
+            let first = first.await.expect("a's increment");
+            force(Site::CommitEndDelay, false);
+            let read = a.run(|txn| async move { txn.read_file("/n").await }).await.map(|d| value(&d));
+            (first, second, read, a.cache_stats())
+        })
+        .await
+        .expect("clients");
+    let (first, second, read, stats) = outcome;
+    let mut run = Run { overwrites: 0, hits: stats.hits, local_commits: stats.local_commits, stale: Vec::new() };
+    let (first, second, read) = match (first, second, read) {
+        (Ok(first), Ok(second), Ok(read)) => (first, second, read),
+        failed => {
+            run.stale.push(format!("an operation failed: {failed:?}"));
+            return run;
+        }
+    };
+    run.overwrites = 2;
+    let latest = first.max(second);
+    if read < latest {
+        run.stale.push(format!("a read after increments to {first} (a) and {second} (b) returned {read}"));
+    }
+    run
+}
+
+#[test]
+fn a_writer_never_caches_a_value_replaced_before_its_commit_ended() {
+    for (seed, run) in (1..).zip(runner::planted_seeds(None, OWN_RACE_SEEDS, commit_lease_race_scenario)) {
+        eprintln!("leases on commit, seed {seed}: {run:?}");
+        assert!(run.stale.is_empty(), "seed {seed}: {:?}", run.stale);
+        assert_eq!(run.overwrites, 2, "seed {seed}: {run:?}");
+    }
+}
+
+/// The checks' twin: leased without them, the writer caches its own value, which the other
+/// client's increment replaced before the writer's commit ended, and reads it back stale.
+#[test]
+fn a_lease_on_commit_without_its_checks_is_caught() {
+    let runs = runner::planted_seeds(Some(Planted::CommitLeaseUnchecked), OWN_RACE_SEEDS, commit_lease_race_scenario);
+    let caught = runs.iter().filter(|run| !run.stale.is_empty()).count();
+    eprintln!("planted commit-lease-unchecked: caught in {caught} of {OWN_RACE_SEEDS} seeds");
+    assert!(caught > 0, "no stale read without the checks of a lease on commit");
 }

@@ -373,8 +373,7 @@ impl MetadataService {
                 let _guard = self.state.apply_lock.read().expect("apply lock");
                 txn::validate_reads(self.state.engine.as_ref(), &request).map_err(|e| self.storage_failed(e))?
             };
-            let response = conflict
-                .unwrap_or(CommitResponse {
+            let response = conflict.unwrap_or(CommitResponse {
                 outcome: Some(cffs_proto::commit_response::Outcome::CommittedVersion(0)),
                 lease: None,
             });
@@ -741,6 +740,12 @@ impl MetadataService {
             })) if *version > 0 && !leased.is_empty() => *version,
             Ok(_) => return outcome,
         };
+        #[cfg(madsim)]
+        if crate::buggify::forced(crate::buggify::Site::CommitEndDelay) {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        } else if crate::buggify::fire(crate::buggify::Site::CommitEndDelay, 0.05) {
+            crate::buggify::delay().await;
+        }
         let keys: Vec<Key> = leased.iter().map(|(key, _, _)| key.clone()).collect();
         let still_stored = || {
             let _guard = self.state.apply_lock.read().expect("apply lock");
