@@ -335,8 +335,8 @@ impl Cache {
             return None;
         }
         let only_this = self.own_writes_in_flight.get(&key) == Some(&1)
-            && !self.own_writes_ended.get(&key).is_some_and(|ended| sent <= *ended)
-            && !self.own_writes_floor.is_some_and(|floor| sent <= floor);
+            && self.own_writes_ended.get(&key).is_none_or(|ended| sent > *ended)
+            && self.own_writes_floor.is_none_or(|floor| sent > floor);
         if !only_this {
             return None;
         }
@@ -351,7 +351,7 @@ impl Cache {
             && session == self.session.id
             // Below `forgotten`: an invalidation that overtook it may have been dropped.
             && grant_seq >= self.forgotten
-            && !self.invalidated.get(key).is_some_and(|seq| *seq > grant_seq)
+            && self.invalidated.get(key).is_none_or(|seq| *seq <= grant_seq)
     }
 
     /// Stores `value` under `key` (replacing any entry), read or written at `sent`; returns

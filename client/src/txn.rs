@@ -1209,7 +1209,7 @@ fn leased_value(write: &cffs_proto::LeasedWrite<'_>) -> Option<(CacheKey, Leased
     let key = CacheKey::from_wire(&write.key())?;
     Some(match write {
         cffs_proto::LeasedWrite::Inode(inode) => (key, LeasedValue::Inode((*inode).clone())),
-        cffs_proto::LeasedWrite::Dentry(_, dentry) => (key, LeasedValue::Dentry((*dentry).clone())),
+        cffs_proto::LeasedWrite::Dentry(_, dentry) => (key, LeasedValue::Dentry(**dentry)),
     })
 }
 

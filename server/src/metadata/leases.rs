@@ -129,6 +129,16 @@ pub enum OpenRefused {
     TooManySessions,
 }
 
+/// A committed write ending (`LeaseTable::end_write_granting`): the term it began in, its
+/// writer's session, the keys it marked pending, and those it wrote whole.
+#[derive(Debug, Clone, Copy)]
+pub struct CommittedWrite<'a> {
+    pub term: Option<u64>,
+    pub writer: u64,
+    pub keys: &'a BTreeSet<Vec<u8>>,
+    pub leased: &'a [Vec<u8>],
+}
+
 #[derive(Debug)]
 pub struct LeaseTable {
     config: LeaseConfig,
@@ -381,14 +391,12 @@ impl LeaseTable {
     /// invalidation sequence number at the grant, or None (the write ends either way).
     pub fn end_write_granting(
         &mut self,
-        term: Option<u64>,
-        writer: u64,
-        keys: &BTreeSet<Vec<u8>>,
-        leased: &[Vec<u8>],
+        write: CommittedWrite<'_>,
         round_start: Instant,
         now: Instant,
         still_stored: impl FnOnce() -> bool,
     ) -> Option<u64> {
+        let CommittedWrite { term, writer, keys, leased } = write;
         // A table of another term holds no pending marks of this write: nothing to end or
         // grant (the caller synced the table to the term it leads now).
         if self.term != term || term.is_none() {
@@ -589,7 +597,12 @@ mod tests {
         let written = keys(&["inode", "parent"]);
         let leased = vec![b"inode".to_vec()];
         table.begin_write(TERM, writer, &written, now).unwrap();
-        let seq = table.end_write_granting(TERM, writer, &written, &leased, now, now, || true);
+        let seq = table.end_write_granting(
+            CommittedWrite { term: TERM, writer, keys: &written, leased: &leased },
+            now,
+            now,
+            || true,
+        );
         assert_eq!(seq, Some(0));
         assert_eq!(table.leased_keys(), 1, "only the key written whole is leased");
         // The write ended: its keys are grantable again (to another reader).
@@ -608,24 +621,53 @@ mod tests {
         // Two writes of the key in flight: the first to end leases nothing.
         table.begin_write(TERM, writer, &written, now).unwrap();
         table.begin_write(TERM, other, &written, now).unwrap();
-        assert_eq!(table.end_write_granting(TERM, writer, &written, &leased, now, now, || true), None);
+        assert_eq!(
+            table.end_write_granting(
+                CommittedWrite { term: TERM, writer, keys: &written, leased: &leased },
+                now,
+                now,
+                || true
+            ),
+            None
+        );
         table.end_write(&written);
         assert_eq!(table.leased_keys(), 0);
         // Alone, but the state no longer holds what it wrote (a later write applied and
         // ended): nothing.
         table.begin_write(TERM, writer, &written, now).unwrap();
         let mut checked = false;
-        let seq = table.end_write_granting(TERM, writer, &written, &leased, now, now, || {
-            checked = true;
-            false
-        });
+        let seq = table.end_write_granting(
+            CommittedWrite { term: TERM, writer, keys: &written, leased: &leased },
+            now,
+            now,
+            || {
+                checked = true;
+                false
+            },
+        );
         assert!(checked && seq.is_none());
         // No session, or a key it did not write: nothing; and the write still ends.
         table.begin_write(TERM, 0, &written, now).unwrap();
-        assert_eq!(table.end_write_granting(TERM, 0, &written, &leased, now, now, || true), None);
+        assert_eq!(
+            table.end_write_granting(
+                CommittedWrite { term: TERM, writer: 0, keys: &written, leased: &leased },
+                now,
+                now,
+                || true
+            ),
+            None
+        );
         table.begin_write(TERM, writer, &written, now).unwrap();
         let stray = vec![b"other".to_vec()];
-        assert_eq!(table.end_write_granting(TERM, writer, &written, &stray, now, now, || true), None);
+        assert_eq!(
+            table.end_write_granting(
+                CommittedWrite { term: TERM, writer, keys: &written, leased: &stray },
+                now,
+                now,
+                || true
+            ),
+            None
+        );
         assert!(table.grant(TERM, other, &leased, now, now).is_some(), "no write is left pending");
         // A write of an earlier term ends nothing and grants nothing in a new term's table.
         table.begin_write(TERM, writer, &written, now).unwrap();
@@ -634,7 +676,15 @@ mod tests {
         let later = now + config().server_span();
         let session = table.open_session(Some(4), later).unwrap();
         table.begin_write(Some(4), session, &written, later).unwrap();
-        assert_eq!(table.end_write_granting(TERM, writer, &written, &leased, later, later, || true), None);
+        assert_eq!(
+            table.end_write_granting(
+                CommittedWrite { term: TERM, writer, keys: &written, leased: &leased },
+                later,
+                later,
+                || true
+            ),
+            None
+        );
         table.end_write_in(TERM, &written);
         assert_eq!(table.grant(Some(4), other, &leased, later, later), None, "the new term's write is still pending");
     }

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tonic::Status;
 
-use super::leases::{LeaseConfig, LeaseTable, OpenRefused, WriteRefused};
+use super::leases::{CommittedWrite, LeaseConfig, LeaseTable, OpenRefused, WriteRefused};
 use super::read_index::ReadIndex;
 use super::session_ids;
 use crate::clock::Clock;
@@ -122,7 +122,8 @@ impl WriteGuard {
             state.table.end_write_in(self.term, &keys);
             return None;
         }
-        let seq = state.table.end_write_granting(self.term, writer, &keys, &leased, round_start, now, still_stored);
+        let write = CommittedWrite { term: self.term, writer, keys: &keys, leased: &leased };
+        let seq = state.table.end_write_granting(write, round_start, now, still_stored);
         seq.map(|seq| LeaseGrant { seq })
     }
 }
