@@ -45,6 +45,12 @@ pub struct ClientOptions {
     pub inode_batch: u32,
     /// Most bytes of file blocks the client caches (blocks are immutable: no lease).
     pub block_cache_bytes: usize,
+    /// Ask the leader to lease what each commit writes back to this client, so a
+    /// read-modify-write of what it wrote last sends only its commit (docs/design/leases.md,
+    /// "Leases on commit"). Turn it off for a process that ends after its commit (a one-shot
+    /// command): its leases would outlive it, and the next writer of those keys would wait
+    /// them out (about one lease).
+    pub lease_writes: bool,
 }
 
 impl Default for ClientOptions {
@@ -54,6 +60,7 @@ impl Default for ClientOptions {
             cache_bytes: CACHE_BYTES_DEFAULT,
             inode_batch: INODE_BATCH,
             block_cache_bytes: crate::blocks::BLOCK_CACHE_BYTES_DEFAULT,
+            lease_writes: true,
         }
     }
 }
@@ -121,6 +128,11 @@ impl Client {
     }
 
     /// The cache, when this client caches; starts its session on first use.
+    /// Whether commits ask for leases on what they write (`ClientOptions::lease_writes`).
+    pub(crate) fn lease_writes(&self) -> bool {
+        self.inner.options.lease_writes
+    }
+
     pub(crate) fn cache(&self) -> Option<&Mutex<Cache>> {
         if !self.inner.options.cache {
             return None;

@@ -1086,7 +1086,14 @@ impl Transaction {
             });
         }
         let session_id = self.client.cache().map_or(0, |cache| cache.lock().expect("cache lock").session_id());
-        CommitRequest { txn_id: self.txn_id.to_vec(), reads, writes, session_id, blocks_checked_at: 0 }
+        CommitRequest {
+            txn_id: self.txn_id.to_vec(),
+            reads,
+            writes,
+            session_id,
+            blocks_checked_at: 0,
+            lease_writes: session_id != 0 && self.client.lease_writes(),
+        }
     }
 
     /// True when the transaction wrote nothing.
@@ -1123,9 +1130,9 @@ impl Transaction {
             OwnWrite { cache, keys }
         });
         // What the commit writes whole: cached under the lease its answer may carry.
-        let leased: Vec<(CacheKey, LeasedValue)> = match (&own_write, request.session_id) {
-            (None, _) | (_, 0) => Vec::new(),
-            _ => request.leased_writes().iter().filter_map(leased_value).collect(),
+        let leased: Vec<(CacheKey, LeasedValue)> = match (&own_write, request.lease_writes) {
+            (Some(_), true) => request.leased_writes().iter().filter_map(leased_value).collect(),
+            _ => Vec::new(),
         };
         let session = request.session_id;
         let sent = tokio::time::Instant::now();

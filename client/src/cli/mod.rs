@@ -389,7 +389,15 @@ fn connect(cli: &Cli) -> Result<Client, Failure> {
     let address_map =
         crate::calls::parse_address_map(&cli.address_map).map_err(|e| Failure(format!("--address-map: {e}")))?;
     crate::calls::set_address_map(address_map);
-    Client::connect(&endpoints).map_err(|e| Failure(e.to_string()))
+    // Leases on commit only for the commands that go on after a commit; a one-shot command
+    // (and `cffs run`, whose transaction commits as its process ends) would leave leases
+    // for the next writer to wait out.
+    let lease_writes = matches!(
+        cli.command,
+        Command::Mount(_) | Command::Bench(_) | Command::BenchMount(_) | Command::BenchData(_) | Command::Workload(_)
+    );
+    let options = crate::ClientOptions { lease_writes, ..Default::default() };
+    Client::connect_with(&endpoints, options).map_err(|e| Failure(e.to_string()))
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {

@@ -723,9 +723,9 @@ impl MetadataService {
         // Leases on commit (docs/design/leases.md): what the writer wrote whole, with the
         // stored record each must still be once the commit is applied.
         let writer = request.session_id;
-        let leased: Vec<(Key, Vec<u8>, Vec<u8>)> = match writer {
-            0 => Vec::new(),
-            _ => request.leased_writes().iter().filter_map(|write| leased_record(write)).collect(),
+        let leased: Vec<(Key, Vec<u8>, Vec<u8>)> = match writer != 0 && request.lease_writes {
+            false => Vec::new(),
+            true => request.leased_writes().iter().filter_map(|write| leased_record(write)).collect(),
         };
         let proposed_at = self.sessions.now();
         let outcome = self.batcher.commit(request, pending.term()).await.map_err(|error| self.propose_status(error));

@@ -891,7 +891,7 @@ mod tests {
     }
 
     fn txn(id: u8, reads: Vec<ReadEntry>, writes: Vec<WriteOp>) -> CommitRequest {
-        CommitRequest { txn_id: vec![id; 16], reads, writes, session_id: 0, blocks_checked_at: 0 }
+        CommitRequest { txn_id: vec![id; 16], reads, writes, session_id: 0, blocks_checked_at: 0, lease_writes: false }
     }
 
     fn committed(response: &CommitResponse) -> bool {

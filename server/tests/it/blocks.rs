@@ -199,6 +199,7 @@ async fn bad_blocks_and_block_maps_are_refused() {
         writes: vec![WriteOp { op: Some(write_op::Op::PutInode(inode)) }],
         session_id: 0,
         blocks_checked_at: 0,
+        lease_writes: false,
     };
     let cases = [
         ("a block no server holds", commit(inode(100_000, vec![missing.clone()]), 1), ErrorCode::BlockMissing),

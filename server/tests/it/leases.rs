@@ -245,4 +245,12 @@ async fn a_read_modify_write_of_a_file_the_client_just_wrote_sends_only_its_comm
     assert_eq!(increment(&client).await.expect("increment after the other's"), 22);
     let read = client.run(|txn| async move { txn.read_file("/counter").await }).await.expect("read");
     assert_eq!(number(&read), 22);
+    // A client that asks for no leases on commit (a one-shot command) reads again each time.
+    let options = ClientOptions { lease_writes: false, ..ClientOptions::default() };
+    let one_shot = Client::connect_with(&cluster.endpoints(), options).expect("client");
+    increment(&one_shot).await.expect("warm-up increment");
+    let before = one_shot.requests_sent();
+    increment(&one_shot).await.expect("increment");
+    let sent = one_shot.requests_sent() - before;
+    assert!(sent >= 2, "its inode is read again before the commit: {sent} requests");
 }
