@@ -87,6 +87,8 @@ EOT
   down) shift; "${compose[@]}" down "$@" ;;
   destroy) shift; "${compose[@]}" down -v "$@" ;;
   wait) shift; wait_healthy "$@" ;;
+  # Without a terminal on stdin (a script, a pipe, CI), no TTY is asked for.
+  exec) shift; if [ -t 0 ]; then "${compose[@]}" exec "$@"; else "${compose[@]}" exec -T "$@"; fi ;;
   ""|-h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) "${compose[@]}" "$@" ;;
 esac
