@@ -251,7 +251,7 @@ impl Client {
     }
 
     /// Sends a commit, retrying with the same id until its outcome is known.
-    pub(crate) async fn commit_request(&self, request: CommitRequest) -> Result<CommitResponse, FsError> {
+    pub(crate) async fn commit_request(&self, request: &CommitRequest) -> Result<CommitResponse, FsError> {
         self.call("commit", true, |mut client| {
             let request = request.clone();
             async move { client.commit(request).await }

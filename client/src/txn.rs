@@ -1129,24 +1129,20 @@ impl Transaction {
             cache.lock().expect("cache lock").begin_own_write(&keys);
             OwnWrite { cache, keys }
         });
-        // What the commit writes whole: cached under the lease its answer may carry.
-        let leased: Vec<(CacheKey, LeasedValue)> = match (&own_write, request.lease_writes) {
-            (Some(_), true) => request.leased_writes().iter().filter_map(leased_value).collect(),
-            _ => Vec::new(),
-        };
-        let session = request.session_id;
         let sent = tokio::time::Instant::now();
-        let response = self.send_request(request).await?;
+        let response = self.send_request(&request).await?;
+        // What the commit wrote whole, cached under the lease its answer carries (if any).
         if let (Some(own), Some(grant), Some(commit_response::Outcome::CommittedVersion(version))) =
             (&own_write, response.lease.as_ref(), response.outcome.as_ref())
         {
             let mut cache = own.cache.lock().expect("cache lock");
-            for (key, value) in leased {
-                let value = match value {
-                    LeasedValue::Inode(inode) => CacheValue::Inode(*version, Some(Arc::new(inode))),
-                    LeasedValue::Dentry(dentry) => CacheValue::Dentry(*version, Some(dentry)),
+            for write in request.leased_writes() {
+                let Some(key) = CacheKey::from_wire(&write.key()) else { continue };
+                let value = match write {
+                    cffs_proto::LeasedWrite::Inode(inode) => CacheValue::Inode(*version, Some(Arc::new(inode.clone()))),
+                    cffs_proto::LeasedWrite::Dentry(_, dentry) => CacheValue::Dentry(*version, Some(*dentry)),
                 };
-                cache.insert_own_write(key, value, session, grant.seq, sent);
+                cache.insert_own_write(key, value, request.session_id, grant.seq, sent);
             }
         }
         drop(own_write);
@@ -1182,10 +1178,10 @@ impl Transaction {
     }
 
     async fn send(&self, request: CommitRequest) -> Result<Outcome, FsError> {
-        outcome_of(self.send_request(request).await?)
+        outcome_of(self.send_request(&request).await?)
     }
 
-    async fn send_request(&self, request: CommitRequest) -> Result<cffs_proto::CommitResponse, FsError> {
+    async fn send_request(&self, request: &CommitRequest) -> Result<cffs_proto::CommitResponse, FsError> {
         let names_blocks = request
             .writes
             .iter()
@@ -1204,20 +1200,6 @@ impl Transaction {
         }
         response
     }
-}
-
-/// What a commit wrote whole, kept to be cached under a lease granted with its answer.
-enum LeasedValue {
-    Inode(Inode),
-    Dentry(Dentry),
-}
-
-fn leased_value(write: &cffs_proto::LeasedWrite<'_>) -> Option<(CacheKey, LeasedValue)> {
-    let key = CacheKey::from_wire(&write.key())?;
-    Some(match write {
-        cffs_proto::LeasedWrite::Inode(inode) => (key, LeasedValue::Inode((*inode).clone())),
-        cffs_proto::LeasedWrite::Dentry(_, dentry) => (key, LeasedValue::Dentry(**dentry)),
-    })
 }
 
 fn outcome_of(response: cffs_proto::CommitResponse) -> Result<Outcome, FsError> {

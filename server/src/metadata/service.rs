@@ -751,7 +751,11 @@ impl MetadataService {
             let _guard = self.state.apply_lock.read().expect("apply lock");
             leased.iter().all(|(_, storage_key, payload)| {
                 let stored = self.state.engine.get(Cf::State, storage_key);
-                matches!(stored, Ok(Some(value)) if value == keys::versioned_encode(version, payload))
+                // Decoded as every read is (its crc checked), not re-encoded to compare.
+                let same = |value: &[u8]| {
+                    keys::versioned_decode(value).is_ok_and(|(v, p)| v == version && p == payload.as_slice())
+                };
+                matches!(stored, Ok(Some(value)) if same(&value))
             })
         };
         let grant = pending.end_granting(leader_term(&self.raft), writer, &keys, proposed_at, still_stored);
