@@ -12,9 +12,10 @@ use cffs_proto::{AllocateInodesRequest, ClusterStatusRequest, ClusterStatusRespo
 use rand::Rng;
 use tonic::transport::Channel;
 
-use crate::cache::{Cache, CacheKey, CacheStats, CACHE_BYTES_DEFAULT};
+use crate::cache::{Cache, CacheStats, CACHE_BYTES_DEFAULT};
 use crate::calls::Calls;
 use crate::error::FsError;
+use crate::session::InvalidationListener;
 use crate::txn::{Outcome, Transaction};
 
 pub use crate::calls::{RPC_ATTEMPTS_MAX, RPC_BACKOFF_MAX, RPC_BACKOFF_MIN, RPC_RETRY_DURATION_MAX, RPC_TIMEOUT};
@@ -64,9 +65,6 @@ impl Default for ClientOptions {
         }
     }
 }
-
-/// What `Client::on_invalidate` calls: the keys invalidated, or `None` for everything.
-pub type InvalidationListener = Arc<dyn Fn(Option<&[CacheKey]>) + Send + Sync>;
 
 pub(crate) struct Inner {
     /// Leader following and calls to the metadata group (shared, weakly, with the session).

@@ -33,9 +33,10 @@ pub mod txn;
 
 pub use blocks::BlockStats;
 pub use cache::CacheStats;
-pub use client::{Client, ClientOptions, InvalidationListener};
+pub use client::{Client, ClientOptions};
 pub use error::FsError;
 pub use inode_ops::{RenameMode, SetAttr};
+pub use session::InvalidationListener;
 pub use txn::{Attr, DirEntry, FileHandle, Kind, Outcome, Transaction};
 
 #[cfg(not(madsim))]

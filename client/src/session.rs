@@ -15,11 +15,14 @@ use crate::cache::{Cache, CacheKey};
 use crate::calls::{Calls, RPC_BACKOFF_MAX, RPC_BACKOFF_MIN, RPC_TIMEOUT};
 use crate::error::FsError;
 
+/// What `Client::on_invalidate` calls: the keys invalidated, or `None` for everything.
+pub type InvalidationListener = Arc<dyn Fn(Option<&[CacheKey]>) + Send + Sync>;
+
 /// How the session task reaches the rest of the client.
 pub(crate) struct SessionLink {
     pub calls: Weak<Calls>,
     pub cache: Arc<Mutex<Cache>>,
-    pub listener: Arc<Mutex<Option<crate::client::InvalidationListener>>>,
+    pub listener: Arc<Mutex<Option<InvalidationListener>>>,
 }
 
 impl SessionLink {

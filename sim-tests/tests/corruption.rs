@@ -109,7 +109,8 @@ fn a_rotted_vote_keeps_a_follower_down_and_the_others_serve() {
         let leader = cluster.leader().await.expect("a leader");
         let follower = (1..=3).find(|id| *id != leader).expect("a follower");
         cluster.kill(follower);
-        assert!(cluster.disk(follower).corrupt_stored(Cf::RaftMeta, keys::META_VOTE));
+        let vote = keys::GroupKeys::new(cffs_server::metadata::METADATA_GROUP).meta(keys::META_VOTE);
+        assert!(cluster.disk(follower).corrupt_stored(Cf::RaftMeta, &vote));
         cluster.restart(follower);
         tokio::time::sleep(Duration::from_secs(2)).await;
         let all = cluster.with_client(|client| async move { client.cluster_status_all().await }).await;

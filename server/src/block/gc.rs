@@ -19,11 +19,11 @@ use std::time::Duration;
 use cffs_proto::{command, BlockIds, Command, DeleteBlocksRequest, ListBlocksRequest};
 
 use super::check::BlockCheck;
+use crate::metadata::raft_types::RaftCommand;
 use crate::metadata::state;
+use crate::metadata::state_machine::MetaState;
 use crate::metadata::txn::CommandOutcome;
-use crate::raft::state_machine::MetaState;
-use crate::raft::type_config::RaftCommand;
-use crate::raft::MetaRaft;
+use crate::metadata::MetaRaft;
 use crate::storage::{keys, Cf};
 
 #[derive(Debug, Clone, Copy)]

@@ -28,8 +28,8 @@ use prost::Message;
 use super::check::BlockCheck;
 use super::store::block_id_hex;
 use crate::metadata::state;
-use crate::raft::state_machine::MetaState;
-use crate::raft::MetaRaft;
+use crate::metadata::state_machine::MetaState;
+use crate::metadata::MetaRaft;
 use crate::storage::{keys, Cf};
 
 /// How fast, and how often, the scrubber reads.

@@ -21,9 +21,9 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::txn::CommandOutcome;
 use crate::constants::REQUEST_TIMEOUT;
+use crate::metadata::raft_types::RaftCommand;
+use crate::metadata::MetaRaft;
 use crate::metrics::CommitMetrics;
-use crate::raft::type_config::RaftCommand;
-use crate::raft::MetaRaft;
 
 type NodeId = u64;
 

@@ -17,13 +17,13 @@ use tracing::{info, warn};
 use super::leases::LeaseConfig;
 use super::read_index::RestartFloor;
 use super::service::MetadataService;
+use super::state_machine::{MetaState, StateMachine};
+use super::{MetaRaft, METADATA_GROUP};
 use crate::clock::{Clock, ClockSkew};
 use crate::constants::*;
-use crate::raft::log_store::LogStore;
-use crate::raft::network::{channel, Network, RaftService};
+use crate::raft::log_store::{self, LogStore};
+use crate::raft::network::{Channels, Network, RaftService};
 use crate::raft::prompt_election::{self, LeaderContact};
-use crate::raft::state_machine::{MetaState, StateMachine};
-use crate::raft::MetaRaft;
 use crate::storage::fail_stop::FailStop;
 use crate::storage::KvEngine;
 
@@ -123,7 +123,11 @@ impl MetaNode {
         let health = fail_stop.health();
         let engine: Arc<dyn KvEngine> = fail_stop;
         anyhow::ensure!(config.peers.contains_key(&config.id), "--peers must include this node's own id {}", config.id);
-        let mut log_store = LogStore::new(engine.clone());
+        let moved = log_store::migrate_ungrouped(engine.as_ref(), METADATA_GROUP)?;
+        if moved > 0 {
+            info!(node_id = config.id, moved, "moved the raft keys of an older layout under the metadata group");
+        }
+        let mut log_store = LogStore::new(engine.clone(), METADATA_GROUP);
         let initialized = log_store.is_initialized()?;
         let floor = {
             use openraft::storage::RaftLogStorage;
@@ -138,8 +142,9 @@ impl MetaNode {
                 anyhow::bail!("{why}");
             }
         }
-        let raft =
-            MetaRaft::new(config.id, raft_config(&config)?, Network::default(), log_store, state_machine).await?;
+        let channels = Channels::default();
+        let network = Network::new(channels.clone(), METADATA_GROUP);
+        let raft = MetaRaft::new(config.id, raft_config(&config)?, network, log_store, state_machine).await?;
 
         if let Some(floor) = floor {
             info!(node_id = config.id, vote = %floor.vote, last_log_index = floor.last_log_index, "restarting as the leader of its stored term; reads wait for the log found at startup");
@@ -164,7 +169,7 @@ impl MetaNode {
         }
         let service = metadata.clone();
         let contact = LeaderContact::new(clock);
-        tokio::spawn(prompt_election::watch(raft.clone(), contact.clone()));
+        tokio::spawn(prompt_election::watch(raft.clone(), METADATA_GROUP, contact.clone(), channels.clone()));
         let router = tonic::transport::Server::builder()
             .initial_stream_window_size(cffs_proto::limits::HTTP2_STREAM_WINDOW_BYTES)
             .initial_connection_window_size(cffs_proto::limits::HTTP2_CONNECTION_WINDOW_BYTES)
@@ -175,9 +180,13 @@ impl MetaNode {
                     .max_encoding_message_size(RPC_MESSAGE_BYTES_MAX),
             )
             .add_service(
-                cffs_proto::raft_server::RaftServer::new(RaftService::new(raft.clone(), contact.clone()))
-                    .max_decoding_message_size(RPC_MESSAGE_BYTES_MAX)
-                    .max_encoding_message_size(RPC_MESSAGE_BYTES_MAX),
+                cffs_proto::raft_server::RaftServer::new(RaftService::default().with_group(
+                    METADATA_GROUP,
+                    raft.clone(),
+                    contact,
+                ))
+                .max_decoding_message_size(RPC_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(RPC_MESSAGE_BYTES_MAX),
             )
             .add_optional_service(config.block_service.clone().map(|service| service.server()));
         #[cfg(not(madsim))]
@@ -195,7 +204,7 @@ impl MetaNode {
             let raft = raft.clone();
             let peers = config.peers.clone();
             let id = config.id;
-            tokio::spawn(async move { bootstrap(id, raft, peers).await });
+            tokio::spawn(async move { bootstrap(id, raft, peers, channels).await });
         }
         #[cfg(madsim)]
         {
@@ -234,11 +243,12 @@ fn grpc_health(
 }
 
 /// Initializes a new cluster from the lowest-id node, unless a peer already belongs to one.
-async fn bootstrap(id: u64, raft: MetaRaft, peers: BTreeMap<u64, String>) {
+async fn bootstrap(id: u64, raft: MetaRaft, peers: BTreeMap<u64, String>, channels: Channels) {
     loop {
         let mut peer_initialized = false;
         for (peer, addr) in peers.iter().filter(|(peer, _)| **peer != id) {
-            if let Some(true) = peer_is_initialized(addr).await {
+            let probe = channels.probe(addr, METADATA_GROUP, Duration::from_secs(1)).await;
+            if probe.is_some_and(|probe| probe.initialized) {
                 info!(peer, "peer belongs to a cluster already; not bootstrapping");
                 peer_initialized = true;
             }
@@ -261,16 +271,6 @@ async fn bootstrap(id: u64, raft: MetaRaft, peers: BTreeMap<u64, String>) {
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-async fn peer_is_initialized(addr: &str) -> Option<bool> {
-    let channel = channel(addr).ok()?;
-    let mut client = cffs_proto::metadata_client::MetadataClient::new(channel);
-    let call = client.cluster_status(cffs_proto::ClusterStatusRequest {});
-    match tokio::time::timeout(Duration::from_secs(1), call).await {
-        Ok(Ok(reply)) => Some(reply.into_inner().initialized),
-        _ => None,
     }
 }
 

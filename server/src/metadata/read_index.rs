@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::clock::Clock;
-use crate::raft::MetaRaft;
+use crate::metadata::MetaRaft;
 
 /// Most reads waiting for a round; beyond it a read fails at once as unavailable.
 pub const READ_INDEX_QUEUE_MAX: usize = 16 * 1024;

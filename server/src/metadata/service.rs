@@ -25,8 +25,8 @@ use super::state;
 use super::txn::{self, CommandOutcome};
 use crate::clock::Clock;
 use crate::constants::{INODE_ALLOCATE_MAX, READDIR_PAGE_MAX, REQUEST_TIMEOUT};
-use crate::raft::state_machine::MetaState;
-use crate::raft::MetaRaft;
+use crate::metadata::state_machine::MetaState;
+use crate::metadata::MetaRaft;
 use crate::storage::keys;
 use crate::storage::{Cf, StorageError};
 

@@ -6,10 +6,15 @@
 
 use crate::constants::SESSION_IDS_RESERVED_PER_WRITE;
 use crate::storage::codec::{session_ids_decode, session_ids_encode};
-use crate::storage::keys::META_SESSION_IDS;
+use crate::storage::keys::{GroupKeys, META_SESSION_IDS};
 use crate::storage::{Cf, KvEngine, StorageError, WriteBatch};
 
 use super::leases::{SessionIdRange, SESSION_NUMBERS_PER_TERM_MAX, SESSION_TERM_MAX};
+
+/// The metadata group's `session_ids` key.
+fn session_ids_key() -> Vec<u8> {
+    GroupKeys::new(super::METADATA_GROUP).meta(META_SESSION_IDS)
+}
 
 /// Reserves the next session numbers of `term`: durable (synced) before this returns. None
 /// when the term has none left (or is too large for an id): this replica then opens no more
@@ -18,7 +23,7 @@ pub fn reserve(engine: &dyn KvEngine, term: u64) -> Result<Option<SessionIdRange
     if term == 0 || term > SESSION_TERM_MAX {
         return Ok(None);
     }
-    let stored = match engine.get(Cf::RaftMeta, META_SESSION_IDS)? {
+    let stored = match engine.get(Cf::RaftMeta, &session_ids_key())? {
         Some(value) => Some(session_ids_decode(&value)?),
         None => None,
     };
@@ -39,7 +44,7 @@ pub fn reserve(engine: &dyn KvEngine, term: u64) -> Result<Option<SessionIdRange
     }
     let end = (next + SESSION_IDS_RESERVED_PER_WRITE).min(SESSION_NUMBERS_PER_TERM_MAX + 1);
     let mut batch = WriteBatch::default();
-    batch.put(Cf::RaftMeta, META_SESSION_IDS.to_vec(), session_ids_encode(term, end));
+    batch.put(Cf::RaftMeta, session_ids_key(), session_ids_encode(term, end));
     engine.write(batch, true)?;
     Ok(Some(SessionIdRange { term, next, end }))
 }

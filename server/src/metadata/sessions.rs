@@ -91,7 +91,7 @@ impl WriteGuard {
 
     /// Keeps the keys pending until this replica has applied every entry logged so far (an
     /// entry whose outcome is unknown may still apply), then releases them.
-    pub fn release_when_applied(self, raft: crate::raft::MetaRaft) {
+    pub fn release_when_applied(self, raft: crate::metadata::MetaRaft) {
         let logged = raft.metrics().borrow().last_log_index;
         tokio::spawn(async move {
             let _ = raft.wait(None).applied_index_at_least(logged, "lease: unknown outcome").await;
@@ -193,7 +193,7 @@ impl Sessions {
 
     /// Follows this replica's leadership, so that a new term's quiet span starts when the
     /// term does (not at its first request) and a lost leadership closes every stream at once.
-    pub fn watch_leadership(&self, raft: crate::raft::MetaRaft) {
+    pub fn watch_leadership(&self, raft: crate::metadata::MetaRaft) {
         let sessions = self.clone();
         tokio::spawn(async move {
             let mut metrics = raft.metrics();

@@ -14,9 +14,9 @@ use cffs_proto::{command, ClusterSettings, Command};
 
 use super::leases::LeaseConfig;
 use super::sessions::Sessions;
-use crate::raft::state_machine::MetaState;
-use crate::raft::type_config::RaftCommand;
-use crate::raft::MetaRaft;
+use crate::metadata::raft_types::RaftCommand;
+use crate::metadata::state_machine::MetaState;
+use crate::metadata::MetaRaft;
 
 /// The settings a replica's own flags ask for.
 pub fn from_config(leases: &LeaseConfig) -> ClusterSettings {

@@ -1,6 +1,11 @@
-//! The Raft transport between metadata replicas: openraft's RPCs over the `cffs.v1.Raft`
-//! gRPC service. Payloads are openraft's request and response types in bincode; the reply
-//! carries the remote `Result`, so a remote Raft error comes back as itself.
+//! The Raft transport between replicas: openraft's RPCs over the `cffs.v1.Raft` gRPC
+//! service, for every group. Payloads are openraft's request and response types in bincode,
+//! each call carrying its group's id; the reply carries the remote `Result`, so a remote Raft
+//! error comes back as itself. One `RaftService` per server routes each call to the group it
+//! names, and answers the probes elections and bootstraps send.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -8,16 +13,16 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-use openraft::BasicNode;
+use openraft::{BasicNode, Raft};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
 use super::prompt_election::LeaderContact;
-use super::{MetaRaft, TypeConfig};
+use super::{GroupId, GroupTypes};
 use crate::constants::{RAFT_RPC_TIMEOUT, RPC_MESSAGE_BYTES_MAX};
 use cffs_proto::raft_client::RaftClient;
-use cffs_proto::RaftPayload;
+use cffs_proto::{RaftPayload, RaftProbeRequest, RaftProbeResponse};
 
 type NodeId = u64;
 
@@ -45,12 +50,13 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
 /// would open a TCP connection per peer per read. Channels are kept per address and shared
 /// (a tonic channel multiplexes calls over one HTTP/2 connection, and reconnects by itself
 /// after the peer restarts).
+/// The channels of one server to its peers, shared by every group it hosts and by the probes.
 #[derive(Clone, Default)]
-pub struct Network {
-    channels: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, Channel>>>,
+pub struct Channels {
+    channels: Arc<std::sync::Mutex<BTreeMap<String, Channel>>>,
 }
 
-impl Network {
+impl Channels {
     fn channel_to(&self, addr: &str) -> Option<Channel> {
         let mut channels = self.channels.lock().expect("raft channels lock");
         if let Some(channel) = channels.get(addr) {
@@ -60,25 +66,56 @@ impl Network {
         channels.insert(addr.to_string(), opened.clone());
         Some(opened)
     }
-}
 
-impl RaftNetworkFactory<TypeConfig> for Network {
-    type Network = Connection;
-
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        let client = self.channel_to(&node.addr).map(|channel| {
+    /// A Raft client to `addr`, on the shared channel; None for an address that cannot be one.
+    pub fn client(&self, addr: &str) -> Option<RaftClient<Channel>> {
+        self.channel_to(addr).map(|channel| {
             RaftClient::new(channel)
                 .max_decoding_message_size(RPC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(RPC_MESSAGE_BYTES_MAX)
-        });
-        Connection { target, addr: node.addr.clone(), client }
+        })
+    }
+
+    /// Asks the replica at `addr` for its log in `group`; None when it does not answer within
+    /// `timeout` (or does not host the group).
+    pub async fn probe(&self, addr: &str, group: GroupId, timeout: std::time::Duration) -> Option<RaftProbeResponse> {
+        let mut client = self.client(addr)?;
+        match tokio::time::timeout(timeout, client.probe(RaftProbeRequest { group })).await {
+            Ok(Ok(reply)) => Some(reply.into_inner()),
+            _ => None,
+        }
     }
 }
 
-pub struct Connection {
+/// openraft's network factory for one group: its calls name the group, over the server's
+/// shared channels.
+pub struct Network<C> {
+    channels: Channels,
+    group: GroupId,
+    _types: std::marker::PhantomData<fn() -> C>,
+}
+
+impl<C> Network<C> {
+    pub fn new(channels: Channels, group: GroupId) -> Self {
+        Network { channels, group, _types: std::marker::PhantomData }
+    }
+}
+
+impl<C: GroupTypes> RaftNetworkFactory<C> for Network<C> {
+    type Network = Connection<C>;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+        let client = self.channels.client(&node.addr);
+        Connection { target, addr: node.addr.clone(), group: self.group, client, _types: std::marker::PhantomData }
+    }
+}
+
+pub struct Connection<C> {
     target: NodeId,
     addr: String,
+    group: GroupId,
     client: Option<RaftClient<Channel>>,
+    _types: std::marker::PhantomData<fn() -> C>,
 }
 
 #[derive(Debug)]
@@ -99,7 +136,7 @@ enum Rpc {
     InstallSnapshot,
 }
 
-impl Connection {
+impl<C> Connection<C> {
     async fn call<Req, Resp, E>(&mut self, rpc: Rpc, request: &Req) -> Result<Resp, RPCError<NodeId, BasicNode, E>>
     where
         Req: Serialize,
@@ -110,7 +147,7 @@ impl Connection {
             let error = TransportError(format!("bad peer address {}", self.addr));
             return Err(RPCError::Unreachable(Unreachable::new(&error)));
         };
-        let payload = RaftPayload { data: encode(request) };
+        let payload = RaftPayload { data: encode(request), group: self.group };
         let mut request = tonic::Request::new(payload);
         request.set_timeout(RAFT_RPC_TIMEOUT);
         let call = async {
@@ -142,10 +179,10 @@ impl Connection {
     }
 }
 
-impl RaftNetwork<TypeConfig> for Connection {
+impl<C: GroupTypes> RaftNetwork<C> for Connection<C> {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        rpc: AppendEntriesRequest<C>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         self.call::<_, _, RaftError<NodeId>>(Rpc::AppendEntries, &rpc).await
@@ -153,7 +190,7 @@ impl RaftNetwork<TypeConfig> for Connection {
 
     async fn install_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
+        rpc: InstallSnapshotRequest<C>,
         _option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
     {
@@ -169,28 +206,93 @@ impl RaftNetwork<TypeConfig> for Connection {
     }
 }
 
-/// The server side: hands each RPC to the local Raft and returns its `Result` encoded, and
-/// notes each append or snapshot chunk it accepted, and each vote it granted, as contact with
-/// a leader (see `prompt_election`).
-pub struct RaftService {
-    raft: MetaRaft,
+/// One group as the server side sees it: its calls decoded, handed to its Raft, and the
+/// `Result` encoded; each append or snapshot chunk it accepted, and each vote it granted,
+/// noted as contact with a leader (see `prompt_election`).
+#[tonic::async_trait]
+trait GroupEndpoint: Send + Sync + 'static {
+    async fn append_entries(&self, data: &[u8]) -> Result<Vec<u8>, tonic::Status>;
+    async fn vote(&self, data: &[u8]) -> Result<Vec<u8>, tonic::Status>;
+    async fn install_snapshot(&self, data: &[u8]) -> Result<Vec<u8>, tonic::Status>;
+    fn probe(&self) -> RaftProbeResponse;
+}
+
+struct Hosted<C: GroupTypes> {
+    raft: Raft<C>,
     contact: LeaderContact,
 }
 
-impl RaftService {
-    pub fn new(raft: MetaRaft, contact: LeaderContact) -> Self {
-        RaftService { raft, contact }
+#[tonic::async_trait]
+impl<C: GroupTypes> GroupEndpoint for Hosted<C> {
+    async fn append_entries(&self, data: &[u8]) -> Result<Vec<u8>, tonic::Status> {
+        let request: AppendEntriesRequest<C> = decode_request(data)?;
+        let result = self.raft.append_entries(request).await;
+        if matches!(result, Ok(ref response) if !matches!(response, AppendEntriesResponse::HigherVote(_))) {
+            self.contact.touch();
+        }
+        Ok(encode(&result))
+    }
+
+    async fn vote(&self, data: &[u8]) -> Result<Vec<u8>, tonic::Status> {
+        let request: VoteRequest<NodeId> = decode_request(data)?;
+        let result = self.raft.vote(request).await;
+        if matches!(result, Ok(ref response) if response.vote_granted) {
+            self.contact.touch();
+        }
+        Ok(encode(&result))
+    }
+
+    async fn install_snapshot(&self, data: &[u8]) -> Result<Vec<u8>, tonic::Status> {
+        let request: InstallSnapshotRequest<C> = decode_request(data)?;
+        let vote = request.vote;
+        let result = self.raft.install_snapshot(request).await;
+        if matches!(result, Ok(ref response) if response.vote == vote) {
+            self.contact.touch();
+        }
+        Ok(encode(&result))
+    }
+
+    fn probe(&self) -> RaftProbeResponse {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        RaftProbeResponse {
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            initialized: metrics.last_log_index.is_some() || metrics.vote.leader_id().term > 0,
+        }
     }
 }
 
-fn decode_request<T: DeserializeOwned>(request: tonic::Request<RaftPayload>) -> Result<T, tonic::Status> {
-    bincode::deserialize(&request.into_inner().data).map_err(|e| {
+/// The server side of the transport: every group this server hosts, by id.
+#[derive(Clone, Default)]
+pub struct RaftService {
+    groups: BTreeMap<GroupId, Arc<dyn GroupEndpoint>>,
+}
+
+impl RaftService {
+    /// Adds `group`, served by `raft`; `contact` is told of each leader's call it accepts.
+    pub fn with_group<C: GroupTypes>(mut self, group: GroupId, raft: Raft<C>, contact: LeaderContact) -> Self {
+        self.groups.insert(group, Arc::new(Hosted { raft, contact }));
+        self
+    }
+
+    fn group(&self, group: GroupId) -> Result<&Arc<dyn GroupEndpoint>, tonic::Status> {
+        self.groups.get(&group).ok_or_else(|| {
+            cffs_proto::error_code::status(
+                cffs_proto::ErrorCode::InvalidArgument,
+                format!("this server hosts no raft group {group}"),
+            )
+        })
+    }
+}
+
+fn decode_request<T: DeserializeOwned>(data: &[u8]) -> Result<T, tonic::Status> {
+    bincode::deserialize(data).map_err(|e| {
         cffs_proto::error_code::status(cffs_proto::ErrorCode::InvalidArgument, format!("decode raft rpc: {e}"))
     })
 }
 
-fn reply<T: Serialize>(result: &T) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
-    Ok(tonic::Response::new(RaftPayload { data: encode(result) }))
+fn reply(group: GroupId, data: Vec<u8>) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+    Ok(tonic::Response::new(RaftPayload { data, group }))
 }
 
 #[tonic::async_trait]
@@ -199,33 +301,45 @@ impl cffs_proto::raft_server::Raft for RaftService {
         &self,
         request: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
-        let request: AppendEntriesRequest<TypeConfig> = decode_request(request)?;
-        let result = self.raft.append_entries(request).await;
-        if matches!(result, Ok(ref response) if !matches!(response, AppendEntriesResponse::HigherVote(_))) {
-            self.contact.touch();
-        }
-        reply(&result)
+        let RaftPayload { data, group } = request.into_inner();
+        reply(group, self.group(group)?.append_entries(&data).await?)
     }
 
     async fn vote(&self, request: tonic::Request<RaftPayload>) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
-        let request: VoteRequest<NodeId> = decode_request(request)?;
-        let result = self.raft.vote(request).await;
-        if matches!(result, Ok(ref response) if response.vote_granted) {
-            self.contact.touch();
-        }
-        reply(&result)
+        let RaftPayload { data, group } = request.into_inner();
+        reply(group, self.group(group)?.vote(&data).await?)
     }
 
     async fn install_snapshot(
         &self,
         request: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
-        let request: InstallSnapshotRequest<TypeConfig> = decode_request(request)?;
-        let vote = request.vote;
-        let result = self.raft.install_snapshot(request).await;
-        if matches!(result, Ok(ref response) if response.vote == vote) {
-            self.contact.touch();
-        }
-        reply(&result)
+        let RaftPayload { data, group } = request.into_inner();
+        reply(group, self.group(group)?.install_snapshot(&data).await?)
+    }
+
+    async fn probe(
+        &self,
+        request: tonic::Request<RaftProbeRequest>,
+    ) -> Result<tonic::Response<RaftProbeResponse>, tonic::Status> {
+        let group = request.into_inner().group;
+        Ok(tonic::Response::new(self.group(group)?.probe()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cffs_proto::raft_server::Raft as _;
+
+    #[tokio::test]
+    async fn a_call_for_a_group_the_server_does_not_host_is_refused() {
+        let service = RaftService::default();
+        let status = service.probe(tonic::Request::new(RaftProbeRequest { group: 7 })).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("hosts no raft group 7"), "{status:?}");
+        let payload = RaftPayload { data: encode(&"anything"), group: 7 };
+        let status = service.append_entries(tonic::Request::new(payload)).await.unwrap_err();
+        assert!(status.message().contains("hosts no raft group 7"), "{status:?}");
     }
 }

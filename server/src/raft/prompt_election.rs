@@ -21,16 +21,17 @@
 //! longer log split the vote in that term when it campaigns in turn (seen in simulation: a
 //! whole election timeout lost). So before campaigning, a follower asks the other voters for
 //! their status and stands aside when one of them has a longer log; that one campaigns on its
-//! own watch.
+//! own watch. The probe is the Raft service's own (`Probe`, on the shared channels), so a
+//! group of any kind is watched the same way.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::ServerState;
+use openraft::{Raft, ServerState};
 use tokio::time::Instant;
 
-use super::network::channel;
-use super::MetaRaft;
+use super::network::Channels;
+use super::{GroupId, GroupTypes};
 use crate::clock::Clock;
 use crate::constants::{
     PROMPT_ELECTION_CHECK, PROMPT_ELECTION_PROBE_TIMEOUT, PROMPT_ELECTION_STAGGER, RAFT_ELECTION_TIMEOUT_MAX,
@@ -68,8 +69,8 @@ fn stagger() -> Duration {
     Duration::from_millis(madsim::rand::thread_rng().gen_range(min..max))
 }
 
-/// Watches the silence and starts elections; runs for the life of the replica.
-pub async fn watch(raft: MetaRaft, contact: LeaderContact) {
+/// Watches the silence in `group` and starts elections; runs for the life of the replica.
+pub async fn watch<C: GroupTypes>(raft: Raft<C>, group: GroupId, contact: LeaderContact, channels: Channels) {
     let mut stagger = stagger();
     loop {
         contact.clock.sleep(PROMPT_ELECTION_CHECK).await;
@@ -85,7 +86,7 @@ pub async fn watch(raft: MetaRaft, contact: LeaderContact) {
         if contact.silence() < wait {
             continue;
         }
-        if a_peer_has_a_longer_log(&raft).await {
+        if a_peer_has_a_longer_log(&raft, group, &channels).await {
             contact.touch();
             stagger = self::stagger();
             continue;
@@ -96,6 +97,7 @@ pub async fn watch(raft: MetaRaft, contact: LeaderContact) {
             continue;
         }
         tracing::info!(
+            group,
             silence_ms = contact.silence().as_millis() as u64,
             ?state,
             "no leader heard from; starting an election"
@@ -110,7 +112,7 @@ pub async fn watch(raft: MetaRaft, contact: LeaderContact) {
 
 /// True when another voter reports a longer log than this replica's (so it, not this one, can
 /// win the next election). Peers that do not answer within the probe timeout count as not.
-async fn a_peer_has_a_longer_log(raft: &MetaRaft) -> bool {
+async fn a_peer_has_a_longer_log<C: GroupTypes>(raft: &Raft<C>, group: GroupId, channels: &Channels) -> bool {
     let (me, mine, peers) = {
         let metrics = raft.metrics();
         let metrics = metrics.borrow();
@@ -122,18 +124,12 @@ async fn a_peer_has_a_longer_log(raft: &MetaRaft) -> bool {
             .collect();
         (metrics.id, metrics.last_log_index.unwrap_or(0), peers)
     };
-    let probes = peers.into_iter().map(|addr| async move {
-        let channel = channel(&addr).ok()?;
-        let mut client = cffs_proto::metadata_client::MetadataClient::new(channel);
-        let call = client.cluster_status(cffs_proto::ClusterStatusRequest {});
-        match tokio::time::timeout(PROMPT_ELECTION_PROBE_TIMEOUT, call).await {
-            Ok(Ok(reply)) => Some(reply.into_inner().last_log_index),
-            _ => None,
-        }
+    let probes = peers.iter().map(|addr| async move {
+        channels.probe(addr, group, PROMPT_ELECTION_PROBE_TIMEOUT).await.map(|reply| reply.last_log_index)
     });
     let longest = futures::future::join_all(probes).await.into_iter().flatten().max().unwrap_or(0);
     if longest > mine {
-        tracing::info!(node_id = me, mine, longest, "a peer has a longer log; leaving the election to it");
+        tracing::info!(node_id = me, group, mine, longest, "a peer has a longer log; leaving the election to it");
     }
     longest > mine
 }

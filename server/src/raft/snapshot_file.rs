@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 
 use crate::constants::{SNAPSHOT_FRAME_BYTES, SNAPSHOT_FRAME_RECORD_MAX};
 use crate::storage::codec::{self, Kind};
-use crate::storage::keys;
+use crate::storage::keys::{self, GroupKeys};
 use crate::storage::{Cf, KvEngine, KvPairs, StorageError, WriteBatch};
 
 type Meta = SnapshotMeta<u64, BasicNode>;
@@ -39,6 +39,8 @@ const SCAN_PAGE_PAIRS: usize = 1024;
 #[derive(Clone)]
 pub struct SnapshotStore {
     engine: Arc<dyn KvEngine>,
+    /// The group's keys: its frames and markers live under its id.
+    keys: GroupKeys,
     next_file: Arc<AtomicU64>,
     files: Arc<Mutex<Files>>,
 }
@@ -52,15 +54,19 @@ struct Files {
 }
 
 impl SnapshotStore {
-    /// Opens the store on `engine`: new files are numbered after every file found.
-    pub fn open(engine: Arc<dyn KvEngine>) -> Result<Self, StorageError> {
-        let start = keys::snapshot_file_start(0);
-        let end = keys::snapshot_file_start(u64::MAX);
+    /// Opens group `keys`'s store on `engine`: new files are numbered after every file found.
+    pub fn open(engine: Arc<dyn KvEngine>, keys: GroupKeys) -> Result<Self, StorageError> {
+        let start = keys.snapshot_file_start(0);
+        let end = keys.snapshot_file_start(u64::MAX);
         let next = match engine.last(Cf::RaftMeta, &start, &end)? {
-            Some((key, _)) => keys::snapshot_frame_key_decode(&key)?.0 + 1,
+            Some((key, _)) => keys.snapshot_frame_decode(&key)?.0 + 1,
             None => 1,
         };
-        Ok(SnapshotStore { engine, next_file: Arc::new(AtomicU64::new(next)), files: Arc::default() })
+        Ok(SnapshotStore { engine, keys, next_file: Arc::new(AtomicU64::new(next)), files: Arc::default() })
+    }
+
+    pub fn keys(&self) -> GroupKeys {
+        self.keys
     }
 
     pub fn engine(&self) -> &Arc<dyn KvEngine> {
@@ -97,8 +103,8 @@ impl SnapshotStore {
 
     /// The current snapshot: its meta, file and frame lengths.
     pub fn current(&self) -> Result<Option<(Meta, u64, Vec<u32>)>, StorageError> {
-        let meta = self.engine.get(Cf::RaftMeta, keys::META_SNAPSHOT_META)?;
-        let file = self.engine.get(Cf::RaftMeta, keys::META_SNAPSHOT_FILE)?;
+        let meta = self.engine.get(Cf::RaftMeta, &self.keys.meta(keys::META_SNAPSHOT_META))?;
+        let file = self.engine.get(Cf::RaftMeta, &self.keys.meta(keys::META_SNAPSHOT_FILE))?;
         let (Some(meta), Some(file)) = (meta, file) else { return Ok(None) };
         let meta = codec::snapshot_meta_decode(&meta)?;
         let (file, lens) = codec::snapshot_file_decode(&file)?;
@@ -124,8 +130,8 @@ impl SnapshotStore {
                 return Ok(false);
             }
         }
-        batch.put(Cf::RaftMeta, keys::META_SNAPSHOT_META.to_vec(), codec::snapshot_meta_encode(meta));
-        batch.put(Cf::RaftMeta, keys::META_SNAPSHOT_FILE.to_vec(), codec::snapshot_file_encode(file, lens));
+        batch.put(Cf::RaftMeta, self.keys.meta(keys::META_SNAPSHOT_META), codec::snapshot_meta_encode(meta));
+        batch.put(Cf::RaftMeta, self.keys.meta(keys::META_SNAPSHOT_FILE), codec::snapshot_file_encode(file, lens));
         self.engine.write(batch, true)?;
         if let Some((_, old, _)) = replaced.filter(|(_, old, _)| *old != file) {
             if files.readers.get(&old).is_some_and(|n| *n > 0) {
@@ -152,13 +158,13 @@ impl SnapshotStore {
     /// its install, is synced after it).
     fn put_frame(&self, file: u64, n: usize, record: Vec<u8>) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
-        batch.put(Cf::RaftMeta, keys::snapshot_frame_key(file, n as u64), record);
+        batch.put(Cf::RaftMeta, self.keys.snapshot_frame(file, n as u64), record);
         self.engine.write(batch, false)
     }
 
     fn remove(&self, file: u64) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
-        batch.delete_range(Cf::RaftMeta, keys::snapshot_file_start(file), keys::snapshot_file_start(file + 1));
+        batch.delete_range(Cf::RaftMeta, self.keys.snapshot_file_start(file), self.keys.snapshot_file_start(file + 1));
         self.engine.write(batch, false)
     }
 
@@ -168,11 +174,11 @@ impl SnapshotStore {
         let mut batch = WriteBatch::default();
         let mut from = 0;
         for file in keep.iter().copied().collect::<BTreeSet<u64>>() {
-            batch.delete_range(Cf::RaftMeta, keys::snapshot_file_start(from), keys::snapshot_file_start(file));
+            batch.delete_range(Cf::RaftMeta, self.keys.snapshot_file_start(from), self.keys.snapshot_file_start(file));
             from = file + 1;
         }
-        batch.delete_range(Cf::RaftMeta, keys::snapshot_file_start(from), keys::snapshot_file_start(u64::MAX));
-        batch.delete(Cf::RaftMeta, keys::META_SNAPSHOT_DATA_OLD.to_vec());
+        batch.delete_range(Cf::RaftMeta, self.keys.snapshot_file_start(from), self.keys.snapshot_file_start(u64::MAX));
+        batch.delete(Cf::RaftMeta, self.keys.meta(keys::META_SNAPSHOT_DATA_OLD));
         self.engine.write(batch, false)
     }
 
@@ -180,7 +186,7 @@ impl SnapshotStore {
     fn frame(&self, file: u64, n: usize, len: u32, last: bool) -> Result<Vec<u8>, StorageError> {
         let record = self
             .engine
-            .get(Cf::RaftMeta, &keys::snapshot_frame_key(file, n as u64))?
+            .get(Cf::RaftMeta, &self.keys.snapshot_frame(file, n as u64))?
             .ok_or_else(|| StorageError::corruption(format!("snapshot file {file} has no frame {n}")))?;
         if record.len() != len as usize {
             return Err(StorageError::corruption(format!(
@@ -527,15 +533,15 @@ pub fn install_frames(store: &SnapshotStore, file: u64, lens: &[u32], meta: &Met
     let mut last = pending.unwrap_or_default();
     last.put(Cf::State, keys::SYSTEM_APPLIED.to_vec(), codec::log_id_encode(&meta.last_log_id));
     last.put(Cf::State, keys::SYSTEM_MEMBERSHIP.to_vec(), codec::membership_encode(&meta.last_membership));
-    last.delete(Cf::RaftMeta, keys::META_SNAPSHOT_INSTALLING.to_vec());
-    last.delete(Cf::RaftMeta, keys::META_SNAPSHOT_INSTALLING_META.to_vec());
+    last.delete(Cf::RaftMeta, store.keys.meta(keys::META_SNAPSHOT_INSTALLING));
+    last.delete(Cf::RaftMeta, store.keys.meta(keys::META_SNAPSHOT_INSTALLING_META));
     Ok(last)
 }
 
 /// The install a crash cut short, if any: its meta, file and frame lengths.
-pub fn installing(engine: &dyn KvEngine) -> Result<Option<(Meta, u64, Vec<u32>)>, StorageError> {
-    let file = engine.get(Cf::RaftMeta, keys::META_SNAPSHOT_INSTALLING)?;
-    let meta = engine.get(Cf::RaftMeta, keys::META_SNAPSHOT_INSTALLING_META)?;
+pub fn installing(engine: &dyn KvEngine, keys: GroupKeys) -> Result<Option<(Meta, u64, Vec<u32>)>, StorageError> {
+    let file = engine.get(Cf::RaftMeta, &keys.meta(keys::META_SNAPSHOT_INSTALLING))?;
+    let meta = engine.get(Cf::RaftMeta, &keys.meta(keys::META_SNAPSHOT_INSTALLING_META))?;
     match (file, meta) {
         (Some(file), Some(meta)) => {
             let (file, lens) = codec::snapshot_file_decode(&file)?;
@@ -548,15 +554,21 @@ pub fn installing(engine: &dyn KvEngine) -> Result<Option<(Meta, u64, Vec<u32>)>
 
 /// Marks the start of an install of `file` (synced: its frames, written before, are durable
 /// with it).
-pub fn mark_installing(engine: &dyn KvEngine, meta: &Meta, file: u64, lens: &[u32]) -> Result<(), StorageError> {
+pub fn mark_installing(
+    engine: &dyn KvEngine,
+    keys: GroupKeys,
+    meta: &Meta,
+    file: u64,
+    lens: &[u32],
+) -> Result<(), StorageError> {
     let mut batch = WriteBatch::default();
-    batch.put(Cf::RaftMeta, keys::META_SNAPSHOT_INSTALLING.to_vec(), codec::snapshot_file_encode(file, lens));
-    batch.put(Cf::RaftMeta, keys::META_SNAPSHOT_INSTALLING_META.to_vec(), codec::snapshot_meta_encode(meta));
+    batch.put(Cf::RaftMeta, keys.meta(keys::META_SNAPSHOT_INSTALLING), codec::snapshot_file_encode(file, lens));
+    batch.put(Cf::RaftMeta, keys.meta(keys::META_SNAPSHOT_INSTALLING_META), codec::snapshot_meta_encode(meta));
     engine.write(batch, true)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::storage::sim_disk::SimDisk;
     use futures::executor::block_on;
@@ -564,7 +576,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
     /// A store whose state holds `pairs` pairs of about 500 bytes: several frames.
-    fn store_with_state(pairs: usize) -> SnapshotStore {
+    pub(crate) fn store_with_state(pairs: usize) -> SnapshotStore {
         store_on(Arc::new(SimDisk::new()), pairs)
     }
 
@@ -574,10 +586,10 @@ mod tests {
             batch.put(Cf::State, format!("k{i:06}").into_bytes(), vec![(i % 251) as u8; 500]);
         }
         disk.write(batch, true).unwrap();
-        SnapshotStore::open(disk).unwrap()
+        SnapshotStore::open(disk, GroupKeys::new(0)).unwrap()
     }
 
-    fn meta(index: u64) -> Meta {
+    pub(crate) fn meta(index: u64) -> Meta {
         Meta {
             last_log_id: Some(LogId::new(CommittedLeaderId::new(2, 1), index)),
             last_membership: StoredMembership::default(),
@@ -590,7 +602,7 @@ mod tests {
     }
 
     /// Builds a snapshot of `store` and returns its byte stream.
-    fn build(store: &SnapshotStore) -> (u64, Vec<u32>, Vec<u8>) {
+    pub(crate) fn build(store: &SnapshotStore) -> (u64, Vec<u32>, Vec<u8>) {
         let file = store.allocate();
         let lens = store.write_state(file).unwrap();
         assert!(store.make_current(&meta(10), file, &lens, WriteBatch::default(), false).unwrap());
@@ -616,7 +628,7 @@ mod tests {
         streams_between(store_on(open(&a), 2_000), follower.clone());
         // Reopened, the store numbers new files after the current one, and keeps it.
         let current = follower.current().unwrap().unwrap().1;
-        let reopened = SnapshotStore::open(follower.engine().clone()).unwrap();
+        let reopened = SnapshotStore::open(follower.engine().clone(), GroupKeys::new(0)).unwrap();
         assert!(reopened.allocate() > current);
     }
 
@@ -642,7 +654,7 @@ mod tests {
         block_on(received.shutdown()).unwrap();
         let (file, received_lens) = received.complete().unwrap();
         assert_eq!(received_lens, lens);
-        mark_installing(follower.engine().as_ref(), &meta(10), file, &received_lens).unwrap();
+        mark_installing(follower.engine().as_ref(), follower.keys(), &meta(10), file, &received_lens).unwrap();
         let last = install_frames(&follower, file, &received_lens, &meta(10)).unwrap();
         follower.make_current(&meta(10), file, &received_lens, last, true).unwrap();
         let mut expected = state(&leader);
@@ -650,7 +662,7 @@ mod tests {
         let mut installed = state(&follower);
         installed.retain(|(k, _)| !k.starts_with(keys::SYSTEM_APPLIED) && !k.starts_with(keys::SYSTEM_MEMBERSHIP));
         assert_eq!(installed, expected);
-        assert!(installing(follower.engine().as_ref()).unwrap().is_none(), "the marker is gone");
+        assert!(installing(follower.engine().as_ref(), follower.keys()).unwrap().is_none(), "the marker is gone");
     }
 
     #[test]
@@ -683,7 +695,7 @@ mod tests {
         let mut received = SnapshotFile::writer(follower.clone(), follower.allocate());
         assert!(block_on(received.write_all(&flipped)).is_err());
         // A byte flipped on the leader's disk: the reader refuses to send the frame.
-        let key = keys::snapshot_frame_key(file, 1);
+        let key = leader.keys().snapshot_frame(file, 1);
         let mut record = leader.engine().get(Cf::RaftMeta, &key).unwrap().unwrap();
         record[10] ^= 0x80;
         let mut batch = WriteBatch::default();
@@ -694,35 +706,7 @@ mod tests {
         assert!(sent.len() < bytes.len());
     }
 
-    #[test]
-    fn an_install_cut_short_is_finished_when_the_replica_starts() {
-        let leader = store_with_state(2_000);
-        let (_, _, bytes) = build(&leader);
-        let disk: Arc<dyn KvEngine> = Arc::new(SimDisk::new());
-        let follower = SnapshotStore::open(disk.clone()).unwrap();
-        let mut received = SnapshotFile::writer(follower.clone(), follower.allocate());
-        block_on(received.write_all(&bytes)).unwrap();
-        let (file, lens) = received.complete().unwrap();
-        mark_installing(disk.as_ref(), &meta(10), file, &lens).unwrap();
-        // The crash: the old state deleted and one frame written, nothing more.
-        let mut batch = WriteBatch::default();
-        batch.delete_range(Cf::State, Vec::new(), vec![0xff; 16]);
-        batch.put(Cf::State, b"k000000".to_vec(), b"half".to_vec());
-        disk.write(batch, false).unwrap();
-        let health = Arc::new(crate::storage::fail_stop::Health::default());
-        let state = crate::raft::state_machine::MetaState::new(disk.clone(), health);
-        crate::raft::state_machine::StateMachine::open(state).unwrap();
-        let mut expected = state_of_without_system(&leader);
-        let installed = state_of_without_system(&follower);
-        expected.sort();
-        assert_eq!(installed, expected);
-        let applied = disk.get(Cf::State, keys::SYSTEM_APPLIED).unwrap().unwrap();
-        assert_eq!(codec::log_id_decode(&applied).unwrap(), meta(10).last_log_id);
-        assert!(installing(disk.as_ref()).unwrap().is_none(), "the marker is gone");
-        assert_eq!(follower.current().unwrap().unwrap().1, file);
-    }
-
-    fn state_of_without_system(store: &SnapshotStore) -> KvPairs {
+    pub(crate) fn state_of_without_system(store: &SnapshotStore) -> KvPairs {
         let mut pairs = state(store);
         pairs.retain(|(k, _)| !k.starts_with(keys::SYSTEM_APPLIED) && !k.starts_with(keys::SYSTEM_MEMBERSHIP));
         pairs
@@ -736,7 +720,7 @@ mod tests {
         let new = store.allocate();
         let lens = store.write_state(new).unwrap();
         assert!(store.make_current(&meta(20), new, &lens, WriteBatch::default(), false).unwrap());
-        let frame = keys::snapshot_frame_key(old, 0);
+        let frame = store.keys().snapshot_frame(old, 0);
         assert!(store.engine().get(Cf::RaftMeta, &frame).unwrap().is_some(), "still read");
         drop(reading);
         assert!(store.engine().get(Cf::RaftMeta, &frame).unwrap().is_none(), "dropped with its reader");
@@ -748,18 +732,18 @@ mod tests {
         assert_eq!(store.current().unwrap().unwrap().1, new);
         let late_reader = SnapshotFile::reader(store.clone(), late, late_lens.clone());
         store.discard(late).unwrap();
-        assert!(store.engine().get(Cf::RaftMeta, &keys::snapshot_frame_key(late, 0)).unwrap().is_some());
+        assert!(store.engine().get(Cf::RaftMeta, &store.keys().snapshot_frame(late, 0)).unwrap().is_some());
         drop(late_reader);
-        assert!(store.engine().get(Cf::RaftMeta, &keys::snapshot_frame_key(late, 0)).unwrap().is_none());
+        assert!(store.engine().get(Cf::RaftMeta, &store.keys().snapshot_frame(late, 0)).unwrap().is_none());
         // Another late one stays until the start's collection.
         let late = store.allocate();
         store.write_state(late).unwrap();
         // At start, files that are not current go.
         store.collect_garbage(&[new]).unwrap();
-        assert!(store.engine().get(Cf::RaftMeta, &keys::snapshot_frame_key(late, 0)).unwrap().is_none());
-        assert!(store.engine().get(Cf::RaftMeta, &keys::snapshot_frame_key(new, 0)).unwrap().is_some());
+        assert!(store.engine().get(Cf::RaftMeta, &store.keys().snapshot_frame(late, 0)).unwrap().is_none());
+        assert!(store.engine().get(Cf::RaftMeta, &store.keys().snapshot_frame(new, 0)).unwrap().is_some());
         assert!(
-            SnapshotStore::open(store.engine().clone()).unwrap().allocate() > new,
+            SnapshotStore::open(store.engine().clone(), GroupKeys::new(0)).unwrap().allocate() > new,
             "numbered after every file left"
         );
     }

@@ -13,13 +13,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cffs_proto::Command;
 use openraft::{BasicNode, Entry, EntryPayload, LeaderId, LogId, Membership, SnapshotMeta, StoredMembership, Vote};
 use prost::Message;
 
 use super::kv_engine::{KvPairs, StorageError};
-use crate::raft::type_config::RaftCommand;
-use crate::raft::TypeConfig;
+use crate::raft::{GroupTypes, LogPayload};
 
 /// The record kinds, one byte each, so that a value read under the wrong key is caught too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -304,14 +302,14 @@ pub fn membership_decode(record: &[u8]) -> Result<StoredMembership<u64, BasicNod
     Ok(membership)
 }
 
-// Log entry: log id, payload tag:u8 (0 blank, 1 command: the protobuf `Command` to the end,
-// 2 membership).
+// Log entry: log id, payload tag:u8 (0 blank, 1 command: the group's payload to the end, the
+// metadata group's a protobuf `Command`; 2 membership).
 
 const ENTRY_BLANK: u8 = 0;
 const ENTRY_COMMAND: u8 = 1;
 const ENTRY_MEMBERSHIP: u8 = 2;
 
-pub fn entry_encode(entry: &Entry<TypeConfig>) -> Vec<u8> {
+pub fn entry_encode<C: GroupTypes>(entry: &Entry<C>) -> Vec<u8> {
     let mut w = Writer::new(Kind::Entry);
     log_id_write(&mut w, &entry.log_id);
     match &entry.payload {
@@ -319,7 +317,7 @@ pub fn entry_encode(entry: &Entry<TypeConfig>) -> Vec<u8> {
             w.u8(ENTRY_BLANK);
         }
         EntryPayload::Normal(command) => {
-            w.u8(ENTRY_COMMAND).rest(&command.0.encode_to_vec());
+            w.u8(ENTRY_COMMAND).rest(&command.encode_payload());
         }
         EntryPayload::Membership(membership) => {
             w.u8(ENTRY_MEMBERSHIP);
@@ -329,14 +327,15 @@ pub fn entry_encode(entry: &Entry<TypeConfig>) -> Vec<u8> {
     w.finish()
 }
 
-pub fn entry_decode(record: &[u8]) -> Result<Entry<TypeConfig>, StorageError> {
+pub fn entry_decode<C: GroupTypes>(record: &[u8]) -> Result<Entry<C>, StorageError> {
     let mut r = Reader::open(Kind::Entry, record)?;
     let log_id = log_id_read(&mut r)?;
     let payload = match r.u8()? {
         ENTRY_BLANK => EntryPayload::Blank,
         ENTRY_COMMAND => {
-            let command = Command::decode(r.rest()).map_err(|e| corruption(Kind::Entry, format!("command: {e}")))?;
-            EntryPayload::Normal(RaftCommand(command))
+            let payload =
+                C::D::decode_payload(r.rest()).map_err(|e| corruption(Kind::Entry, format!("payload: {e}")))?;
+            EntryPayload::Normal(payload)
         }
         ENTRY_MEMBERSHIP => EntryPayload::Membership(membership_read(&mut r)?),
         tag => return Err(corruption(Kind::Entry, format!("payload tag {tag}"))),
@@ -522,6 +521,8 @@ pub fn session_ids_decode(record: &[u8]) -> Result<(u64, u64), StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metadata::raft_types::{RaftCommand, TypeConfig};
+    use cffs_proto::Command;
 
     fn membership() -> StoredMembership<u64, BasicNode> {
         let nodes: BTreeMap<u64, BasicNode> =
@@ -567,7 +568,7 @@ mod tests {
             let record = entry_encode(&entry);
             assert_eq!(entry_decode(&record).unwrap(), entry);
             assert_eq!(entry_index(&record).unwrap(), log_id);
-            every_byte_flip_is_caught(&record, entry_decode);
+            every_byte_flip_is_caught(&record, entry_decode::<TypeConfig>);
         }
     }
 

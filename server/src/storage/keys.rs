@@ -20,11 +20,14 @@
 //! A versioned value holds `version:u64` and then the payload: the version is the log index
 //! of the commit that last wrote the key; an absent key has version 0.
 //!
-//! Column family `raft_log`: log index:u64 → `Entry` record.
-//! Column family `raft_meta`: `vote`, `committed`, `purged`, `snapshot_meta`, `snapshot_file`
-//! and `snapshot_frame` file n (the current snapshot, in frames; `raft/snapshot_file.rs`),
-//! `snapshot_installing` (an install under way), `session_ids` (the session numbers this
-//! replica reserved).
+//! Column family `raft_log`: group:u32 log index:u64 → `Entry` record.
+//! Column family `raft_meta`, each key after group:u32: `vote`, `committed`, `purged`,
+//! `snapshot_meta`, `snapshot_file` and `snapshot_frame` file n (the current snapshot, in
+//! frames; `raft/snapshot_file.rs`), `snapshot_installing` (an install under way),
+//! `session_ids` (the session numbers this replica reserved). `GroupKeys` builds them: every
+//! Raft group a server hosts has its own log and meta keys in one engine (group 0 is the
+//! metadata group). Keys written before groups (a log key of 8 bytes, a meta key that starts
+//! with its name) are moved under group 0 at start (`migrate_ungrouped`).
 //!
 //! Every value is a record of `codec.rs` (kind, format, body, crc32), checked on every read;
 //! docs/design/storage.md has each byte by byte.
@@ -80,28 +83,91 @@ pub const META_SNAPSHOT_DATA_OLD: &[u8] = b"snapshot_data";
 /// `snapshot_frame` file:u64 n:u64 → a snapshot's frame `n` (a frame or, last, the trailer).
 pub const META_SNAPSHOT_FRAME_PREFIX: &[u8] = b"snapshot_frame";
 
-pub fn snapshot_frame_key(file: u64, n: u64) -> Vec<u8> {
-    let mut key = META_SNAPSHOT_FRAME_PREFIX.to_vec();
-    key.extend_from_slice(&file.to_be_bytes());
-    key.extend_from_slice(&n.to_be_bytes());
-    key
+/// The `raft_log` and `raft_meta` keys of one Raft group: each starts with the group's id
+/// (u32 BE), so the groups of one engine never share a key and each group's log is one
+/// contiguous range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupKeys {
+    group: u32,
 }
 
-/// The first key of file `file`'s frames (and, for `file + 1`, the end of them).
-pub fn snapshot_file_start(file: u64) -> Vec<u8> {
-    let mut key = META_SNAPSHOT_FRAME_PREFIX.to_vec();
-    key.extend_from_slice(&file.to_be_bytes());
-    key
+impl GroupKeys {
+    pub const fn new(group: u32) -> Self {
+        GroupKeys { group }
+    }
+
+    pub fn group(&self) -> u32 {
+        self.group
+    }
+
+    fn prefixed(&self, capacity: usize) -> Vec<u8> {
+        let mut key = Vec::with_capacity(4 + capacity);
+        key.extend_from_slice(&self.group.to_be_bytes());
+        key
+    }
+
+    /// The `raft_log` key of entry `index`.
+    pub fn log(&self, index: u64) -> Vec<u8> {
+        let mut key = self.prefixed(8);
+        key.extend_from_slice(&index.to_be_bytes());
+        key
+    }
+
+    /// The first key after every entry of this group's log.
+    pub fn log_end(&self) -> Vec<u8> {
+        let mut key = self.prefixed(9);
+        key.extend_from_slice(&[0xff; 9]);
+        key
+    }
+
+    /// The index a `raft_log` key of this group names.
+    pub fn log_decode(&self, key: &[u8]) -> Result<u64, StorageError> {
+        match key.strip_prefix(&self.group.to_be_bytes()[..]).and_then(|rest| <[u8; 8]>::try_from(rest).ok()) {
+            Some(index) => Ok(u64::from_be_bytes(index)),
+            None => Err(StorageError::corruption(format!("a log key of group {}", self.group))),
+        }
+    }
+
+    /// The `raft_meta` key `name` (one of the `META_` names) of this group.
+    pub fn meta(&self, name: &[u8]) -> Vec<u8> {
+        let mut key = self.prefixed(name.len());
+        key.extend_from_slice(name);
+        key
+    }
+
+    pub fn snapshot_frame(&self, file: u64, n: u64) -> Vec<u8> {
+        let mut key = self.snapshot_file_start(file);
+        key.extend_from_slice(&n.to_be_bytes());
+        key
+    }
+
+    /// The first key of file `file`'s frames (and, for `file + 1`, the end of them).
+    pub fn snapshot_file_start(&self, file: u64) -> Vec<u8> {
+        let mut key = self.meta(META_SNAPSHOT_FRAME_PREFIX);
+        key.extend_from_slice(&file.to_be_bytes());
+        key
+    }
+
+    pub fn snapshot_frame_decode(&self, key: &[u8]) -> Result<(u64, u64), StorageError> {
+        let rest = key
+            .strip_prefix(self.meta(META_SNAPSHOT_FRAME_PREFIX).as_slice())
+            .filter(|rest| rest.len() == 16)
+            .ok_or_else(|| StorageError::corruption("a snapshot frame key"))?;
+        let file = u64::from_be_bytes(rest[..8].try_into().expect("8 bytes"));
+        Ok((file, u64::from_be_bytes(rest[8..].try_into().expect("8 bytes"))))
+    }
 }
 
-pub fn snapshot_frame_key_decode(key: &[u8]) -> Result<(u64, u64), StorageError> {
-    let rest = key
-        .strip_prefix(META_SNAPSHOT_FRAME_PREFIX)
-        .filter(|rest| rest.len() == 16)
-        .ok_or_else(|| StorageError::corruption("a snapshot frame key"))?;
-    let file = u64::from_be_bytes(rest[..8].try_into().expect("8 bytes"));
-    Ok((file, u64::from_be_bytes(rest[8..].try_into().expect("8 bytes"))))
+/// The keys a replica wrote before Raft groups had ids: `raft_log` keys of 8 bytes (the
+/// index alone), `raft_meta` keys that start with their name (every grouped key starts with
+/// a group id below 2^24, so with 0). True for a key in the old layout.
+pub fn is_ungrouped(cf_is_log: bool, key: &[u8]) -> bool {
+    match cf_is_log {
+        true => key.len() == 8,
+        false => key.first().is_some_and(|b| *b != 0),
+    }
 }
+
 pub const META_SESSION_IDS: &[u8] = b"session_ids";
 
 pub use cffs_proto::limits::TXN_ID_LEN;
@@ -176,15 +242,6 @@ pub fn dedup_by_index_key_decode(key: &[u8]) -> Result<(u64, [u8; TXN_ID_LEN]), 
     Ok((index, key[9..].try_into().expect("16 bytes")))
 }
 
-pub fn log_key(index: u64) -> Vec<u8> {
-    index.to_be_bytes().to_vec()
-}
-
-pub fn log_key_decode(key: &[u8]) -> Result<u64, StorageError> {
-    let bytes: [u8; 8] = key.try_into().map_err(|_| StorageError::corruption("log key"))?;
-    Ok(u64::from_be_bytes(bytes))
-}
-
 pub use super::codec::{versioned_decode, versioned_encode};
 
 #[cfg(test)]
@@ -198,5 +255,19 @@ mod tests {
         assert!(dentry_prefix(7) <= a && a < b && b < dentry_prefix_end(7));
         assert!(dentry_key(6, b"zzz") < dentry_prefix(7));
         assert_eq!(dentry_key_decode(&b).unwrap(), (7, &b"b"[..]));
+    }
+
+    #[test]
+    fn groups_have_disjoint_contiguous_logs_and_meta_keys() {
+        let (zero, one) = (GroupKeys::new(0), GroupKeys::new(1));
+        assert!(zero.log(0) < zero.log(u64::MAX) && zero.log(u64::MAX) < zero.log_end());
+        assert!(zero.log_end() < one.log(0));
+        assert_eq!(one.log_decode(&one.log(42)).unwrap(), 42);
+        assert!(zero.log_decode(&one.log(42)).is_err());
+        assert_ne!(zero.meta(META_VOTE), one.meta(META_VOTE));
+        assert_eq!(one.snapshot_frame_decode(&one.snapshot_frame(3, 9)).unwrap(), (3, 9));
+        assert!(zero.snapshot_frame_decode(&one.snapshot_frame(3, 9)).is_err());
+        assert!(!is_ungrouped(true, &zero.log(5)) && is_ungrouped(true, &5u64.to_be_bytes()));
+        assert!(!is_ungrouped(false, &zero.meta(META_VOTE)) && is_ungrouped(false, META_VOTE));
     }
 }

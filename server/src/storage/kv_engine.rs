@@ -12,9 +12,10 @@ use std::fmt;
 /// Column families. Each engine keeps them apart; keys of different families never mix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Cf {
-    /// Raft log entries, keyed by log index.
+    /// Raft log entries, keyed by group and log index.
     RaftLog,
-    /// Raft's own durable state: vote, committed and purged log ids, the last snapshot.
+    /// Raft's own durable state, keyed by group: vote, committed and purged log ids, the last
+    /// snapshot.
     RaftMeta,
     /// The replicated state machine: inodes, dentries, listing versions, dedup, system keys.
     State,

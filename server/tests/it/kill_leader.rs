@@ -21,10 +21,25 @@ async fn increment(client: &Client, file: usize) -> Result<(), FsError> {
         .await
 }
 
+/// Every replica's Raft service answers a probe of the metadata group (group 0) with its log,
+/// and refuses a group it does not host, by name.
+async fn raft_probes_name_their_group(cluster: &ProcessCluster) {
+    use cffs_proto::raft_client::RaftClient;
+    use cffs_proto::RaftProbeRequest;
+    for addr in cluster.endpoints() {
+        let mut raft = RaftClient::connect(format!("http://{addr}")).await.expect("connect");
+        let probe = raft.probe(RaftProbeRequest { group: 0 }).await.expect("probe group 0").into_inner();
+        assert!(probe.initialized && probe.last_log_index > 0, "{addr}: {probe:?}");
+        let refused = raft.probe(RaftProbeRequest { group: 9 }).await.expect_err("group 9 is not hosted");
+        assert!(refused.message().contains("no raft group 9"), "{addr}: {refused:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_sigkill_loses_no_acknowledged_commit() {
     let mut cluster = ProcessCluster::start(3);
     cluster.wait_for_leader(Duration::from_secs(30)).await;
+    raft_probes_name_their_group(&cluster).await;
     let setup = cluster.client();
     setup
         .run(|txn| async move {

@@ -13,14 +13,14 @@
 
 use std::sync::{Arc, RwLock};
 
-use super::log_store::storage_error;
-use super::snapshot_file::{self, SnapshotFile, SnapshotStore};
-use super::type_config::RaftOutcome;
+use super::raft_types::RaftOutcome;
+use super::txn;
 use super::TypeConfig;
 use crate::constants::ROOT_INO;
-use crate::metadata::txn;
+use crate::raft::log_store::storage_error;
+use crate::raft::snapshot_file::{self, SnapshotFile, SnapshotStore};
 use crate::storage::codec;
-use crate::storage::keys;
+use crate::storage::keys::{self, GroupKeys};
 use crate::storage::{self as kv, Cf, KvEngine, WriteBatch};
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -54,7 +54,7 @@ impl MetaState {
 
     /// Publishes the settings stored in the state (after a load or a snapshot install).
     fn publish_settings(&self) -> Result<(), kv::StorageError> {
-        let stored = crate::metadata::state::read_cluster_settings(self.engine.as_ref())?;
+        let stored = super::state::read_cluster_settings(self.engine.as_ref())?;
         self.settings.send_replace(stored);
         Ok(())
     }
@@ -81,7 +81,7 @@ fn sm_error(verb: ErrorVerb, error: kv::StorageError) -> StorageError<NodeId> {
 
 impl StateMachine {
     pub fn open(state: MetaState) -> Result<Self, kv::StorageError> {
-        let snapshots = SnapshotStore::open(state.engine.clone())?;
+        let snapshots = SnapshotStore::open(state.engine.clone(), GroupKeys::new(super::METADATA_GROUP))?;
         let mut machine =
             StateMachine { state, snapshots, receiving: None, applied: None, membership: Membership::default() };
         machine.finish_install()?;
@@ -93,7 +93,8 @@ impl StateMachine {
 
     /// An install a crash cut short is done again, from its complete and durable file.
     fn finish_install(&mut self) -> Result<(), kv::StorageError> {
-        let Some((meta, file, lens)) = snapshot_file::installing(self.state.engine.as_ref())? else {
+        let Some((meta, file, lens)) = snapshot_file::installing(self.state.engine.as_ref(), self.snapshots.keys())?
+        else {
             return Ok(());
         };
         tracing::warn!(snapshot = %meta.snapshot_id, "finishing a snapshot install cut short");
@@ -109,7 +110,7 @@ impl StateMachine {
         lens: &[u32],
     ) -> Result<(), kv::StorageError> {
         let _guard = self.state.apply_lock.write().expect("apply lock");
-        snapshot_file::mark_installing(self.state.engine.as_ref(), meta, file, lens)?;
+        snapshot_file::mark_installing(self.state.engine.as_ref(), self.snapshots.keys(), meta, file, lens)?;
         let last = snapshot_file::install_frames(&self.snapshots, file, lens, meta)?;
         // Installed state is durable before this returns: the log it replaces may be purged.
         self.snapshots.make_current(meta, file, lens, last, true)?;
@@ -155,7 +156,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut batch = WriteBatch::default();
             let fresh = self.applied.is_none_or(|applied| applied.index == 0);
             if fresh && index > 0 {
-                let root = crate::metadata::state::read_inode(self.state.engine.as_ref(), ROOT_INO)
+                let root = super::state::read_inode(self.state.engine.as_ref(), ROOT_INO)
                     .map_err(|e| sm_error(ErrorVerb::Read, e))?;
                 if root.1.is_none() {
                     txn::create_root(index, &mut batch);
@@ -275,5 +276,43 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             self.snapshots.discard(self.file).map_err(error)?;
         }
         Ok(Snapshot { meta, snapshot })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::snapshot_file::mark_installing;
+    use crate::raft::snapshot_file::tests::{build, meta, state_of_without_system, store_with_state};
+    use crate::storage::keys::GroupKeys;
+    use crate::storage::sim_disk::SimDisk;
+    use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn an_install_cut_short_is_finished_when_the_replica_starts() {
+        let leader = store_with_state(2_000);
+        let (_, _, bytes) = build(&leader);
+        let disk: Arc<dyn KvEngine> = Arc::new(SimDisk::new());
+        let follower = SnapshotStore::open(disk.clone(), GroupKeys::new(0)).unwrap();
+        let mut received = SnapshotFile::writer(follower.clone(), follower.allocate());
+        futures::executor::block_on(received.write_all(&bytes)).unwrap();
+        let (file, lens) = received.complete().unwrap();
+        mark_installing(disk.as_ref(), follower.keys(), &meta(10), file, &lens).unwrap();
+        // The crash: the old state deleted and one frame written, nothing more.
+        let mut batch = WriteBatch::default();
+        batch.delete_range(Cf::State, Vec::new(), vec![0xff; 16]);
+        batch.put(Cf::State, b"k000000".to_vec(), b"half".to_vec());
+        disk.write(batch, false).unwrap();
+        let health = Arc::new(crate::storage::fail_stop::Health::default());
+        let state = MetaState::new(disk.clone(), health);
+        StateMachine::open(state).unwrap();
+        let mut expected = state_of_without_system(&leader);
+        let installed = state_of_without_system(&follower);
+        expected.sort();
+        assert_eq!(installed, expected);
+        let applied = disk.get(Cf::State, keys::SYSTEM_APPLIED).unwrap().unwrap();
+        assert_eq!(codec::log_id_decode(&applied).unwrap(), meta(10).last_log_id);
+        assert!(snapshot_file::installing(disk.as_ref(), GroupKeys::new(0)).unwrap().is_none(), "the marker is gone");
+        assert_eq!(follower.current().unwrap().unwrap().1, file);
     }
 }

@@ -1,7 +1,7 @@
 //! openraft's type configuration for the metadata group. The log entry payload is a
 //! `cffs.v1.Command` (protobuf: a versioned, explicit record, since it is stored in the log);
-//! the apply result is a `CommandOutcome`. The async runtime is tokio for real runs and
-//! madsim under `cfg(madsim)`.
+//! the apply result is a `CommandOutcome`. The async runtime is the glue's (tokio for real
+//! runs, madsim under `cfg(madsim)`).
 
 use std::fmt;
 
@@ -9,12 +9,8 @@ use cffs_proto::{AllocateInodesResponse, Command, CommitResponse};
 use prost::Message;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::metadata::txn::CommandOutcome;
-
-#[cfg(madsim)]
-pub type Runtime = super::runtime::MadsimRuntime;
-#[cfg(not(madsim))]
-pub type Runtime = openraft::TokioRuntime;
+use super::txn::CommandOutcome;
+use crate::raft::LogPayload;
 
 openraft::declare_raft_types!(
     pub TypeConfig:
@@ -23,8 +19,8 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = super::snapshot_file::SnapshotFile,
-        AsyncRuntime = Runtime,
+        SnapshotData = crate::raft::snapshot_file::SnapshotFile,
+        AsyncRuntime = crate::raft::Runtime,
 );
 
 pub type MetaRaft = openraft::Raft<TypeConfig>;
@@ -61,6 +57,17 @@ impl fmt::Debug for RaftCommand {
             Some(cffs_proto::command::Kind::CommitBatch(b)) => write!(f, "CommitBatch({} commits)", b.commits.len()),
             None => write!(f, "Empty"),
         }
+    }
+}
+
+/// In the log: the protobuf `Command` (storage/codec.rs puts it in an entry record).
+impl LogPayload for RaftCommand {
+    fn encode_payload(&self) -> Vec<u8> {
+        self.0.encode_to_vec()
+    }
+
+    fn decode_payload(bytes: &[u8]) -> Result<Self, String> {
+        Command::decode(bytes).map(RaftCommand).map_err(|e| e.to_string())
     }
 }
 
