@@ -20,6 +20,13 @@ use crate::txn::{Outcome, Transaction};
 
 pub use crate::calls::{RPC_ATTEMPTS_MAX, RPC_BACKOFF_MAX, RPC_BACKOFF_MIN, RPC_RETRY_DURATION_MAX, RPC_TIMEOUT};
 
+/// How long a client may go without beginning a transaction before its session rests
+/// (`ClientOptions::session_rest_after`). A function invoked every few seconds keeps its
+/// warm cache; one idle for half a minute starts its next invocation cold, and costs the
+/// leader nothing meanwhile (a session renews every quarter lease: with 250 ms leases, 16
+/// messages a second each way per idle client).
+pub const SESSION_REST_AFTER_DEFAULT: Duration = Duration::from_secs(30);
+
 /// Inode numbers fetched per allocation.
 pub const INODE_BATCH: u32 = 1024;
 /// How many times `run` re-runs a function that conflicted, before `FsError::Busy`.
@@ -52,6 +59,10 @@ pub struct ClientOptions {
     /// command): its leases would outlive it, and the next writer of those keys would wait
     /// them out (about one lease).
     pub lease_writes: bool,
+    /// End the session after this long without a transaction begun (`None`: never), so an
+    /// idle client costs the leader nothing; the next transaction opens a new session and
+    /// reads without the cache (docs/design/leases.md, "Resting sessions").
+    pub session_rest_after: Option<Duration>,
 }
 
 impl Default for ClientOptions {
@@ -62,6 +73,7 @@ impl Default for ClientOptions {
             inode_batch: INODE_BATCH,
             block_cache_bytes: crate::blocks::BLOCK_CACHE_BYTES_DEFAULT,
             lease_writes: true,
+            session_rest_after: Some(SESSION_REST_AFTER_DEFAULT),
         }
     }
 }
@@ -81,6 +93,8 @@ pub(crate) struct Inner {
     /// Block servers, the cluster map and the block cache.
     pub(crate) blocks: crate::blocks::BlockIo,
     session_started: AtomicBool,
+    /// When a transaction last began: the session rests when there is none for a while.
+    activity: Arc<crate::session::Activity>,
 }
 
 /// Splits an endpoints list (`host:port,host:port`) and checks it.
@@ -121,16 +135,17 @@ impl Client {
                 listener: Arc::new(Mutex::new(None)),
                 blocks: crate::blocks::BlockIo::new(options.block_cache_bytes),
                 session_started: AtomicBool::new(false),
+                activity: Arc::new(crate::session::Activity::new()),
             }),
         })
     }
 
-    /// The cache, when this client caches; starts its session on first use.
     /// Whether commits ask for leases on what they write (`ClientOptions::lease_writes`).
     pub(crate) fn lease_writes(&self) -> bool {
         self.inner.options.lease_writes
     }
 
+    /// The cache, when this client caches; starts its session on first use.
     pub(crate) fn cache(&self) -> Option<&Mutex<Cache>> {
         if !self.inner.options.cache {
             return None;
@@ -143,6 +158,8 @@ impl Client {
                 calls: Arc::downgrade(&self.inner.calls),
                 cache: self.inner.cache.clone(),
                 listener: self.inner.listener.clone(),
+                activity: self.inner.activity.clone(),
+                rest_after: self.inner.options.session_rest_after,
             };
             tokio::spawn(crate::session::run(link));
         }
@@ -176,6 +193,7 @@ impl Client {
 
     /// Starts a transaction. Nothing is sent until it reads something that is not cached.
     pub fn begin(&self) -> Transaction {
+        self.inner.activity.touch();
         Transaction::new(self.clone(), self.next_txn_id())
     }
 

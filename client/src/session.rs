@@ -2,8 +2,16 @@
 //! `Client` that opens a session on the leader, renews it every quarter lease, applies the
 //! leader's invalidations to the cache and acknowledges them. When the stream ends, the cache
 //! is dropped and a new session is opened (with the new leader, once known).
+//!
+//! A session rests while its client is idle (`ClientOptions::session_rest_after` with no
+//! transaction begun): it stops renewing, keeps applying and acknowledging invalidations
+//! until its leases have surely run out on the leader too (two leases after its last
+//! renewal), then ends its stream and drops the cache. So an idle client costs the leader no
+//! message at all, and no writer ever waits for a resting client's leases. The next
+//! transaction wakes it and a new session opens (that transaction reads without the cache).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -18,14 +26,80 @@ use crate::error::FsError;
 /// What `Client::on_invalidate` calls: the keys invalidated, or `None` for everything.
 pub type InvalidationListener = Arc<dyn Fn(Option<&[CacheKey]>) + Send + Sync>;
 
+/// How often a resting session looks whether its client is gone.
+const REST_CHECK: Duration = Duration::from_secs(5);
+
+/// When the client last began a transaction, for the session to tell when it is idle.
+pub(crate) struct Activity {
+    /// The clock reading the others count from.
+    base: Instant,
+    /// Milliseconds after `base` of the last transaction's start.
+    last_ms: AtomicU64,
+    /// Set while the session rests: the next transaction wakes it.
+    resting: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl Activity {
+    pub fn new() -> Self {
+        Activity {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            resting: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// A transaction began.
+    pub fn touch(&self) {
+        self.last_ms.store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if self.resting.load(Ordering::Acquire) {
+            self.wake.notify_one();
+        }
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.base.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
 /// How the session task reaches the rest of the client.
 pub(crate) struct SessionLink {
     pub calls: Weak<Calls>,
     pub cache: Arc<Mutex<Cache>>,
     pub listener: Arc<Mutex<Option<InvalidationListener>>>,
+    pub activity: Arc<Activity>,
+    /// Rest after this long without a transaction (None: never).
+    pub rest_after: Option<Duration>,
+}
+
+/// How a session ended.
+enum Ended {
+    /// The stream ended, or the leader stopped answering: open another at once.
+    Lost,
+    /// The client was idle: open another when a transaction begins.
+    Rested,
 }
 
 impl SessionLink {
+    fn idle(&self) -> bool {
+        self.rest_after.is_some_and(|rest| self.activity.idle_for() >= rest)
+    }
+
+    /// Waits for the next transaction; false when the client is gone meanwhile.
+    async fn wait_for_work(&self) -> bool {
+        self.activity.resting.store(true, Ordering::Release);
+        // A transaction that began before the flag was set has touched already.
+        while self.idle() {
+            if self.calls.strong_count() == 0 {
+                return false;
+            }
+            let _ = tokio::time::timeout(REST_CHECK, self.activity.wake.notified()).await;
+        }
+        self.activity.resting.store(false, Ordering::Release);
+        true
+    }
+
     fn tell(&self, keys: Option<&[CacheKey]>) {
         let listener = self.listener.lock().expect("listener lock").clone();
         if let Some(listener) = listener {
@@ -46,7 +120,14 @@ pub(crate) async fn run(link: SessionLink) {
         link.cache.lock().expect("cache lock").session_lost();
         link.tell(None);
         match opened {
-            Ok(()) => backoff = RPC_BACKOFF_MIN,
+            Ok(Ended::Lost) => backoff = RPC_BACKOFF_MIN,
+            Ok(Ended::Rested) => {
+                tracing::debug!("session rested: the client is idle");
+                if !link.wait_for_work().await {
+                    return;
+                }
+                backoff = RPC_BACKOFF_MIN;
+            }
             Err(error) => {
                 tracing::debug!(%error, "session ended");
                 tokio::time::sleep(backoff).await;
@@ -57,10 +138,10 @@ pub(crate) async fn run(link: SessionLink) {
 }
 
 /// One session, from open to the end of its stream. `Ok` when a session was opened.
-async fn one_session(link: &SessionLink, rotation: &mut usize) -> Result<(), FsError> {
+async fn one_session(link: &SessionLink, rotation: &mut usize) -> Result<Ended, FsError> {
     let (client, cache) = (&link.calls, &*link.cache);
     // Held only while opening: the session must not keep its client alive.
-    let Some(inner) = client.upgrade() else { return Ok(()) };
+    let Some(inner) = client.upgrade() else { return Ok(Ended::Lost) };
     let addr = match inner.leader() {
         Some(leader) => leader,
         None => {
@@ -102,30 +183,41 @@ async fn one_session(link: &SessionLink, rotation: &mut usize) -> Result<(), FsE
     ticker.tick().await; // the first tick is immediate
     let mut keepalives: BTreeMap<u64, Instant> = BTreeMap::new();
     let mut seq = 0u64;
+    // When the last renewal (or the open) was answered.
+    let mut last_renewal = Instant::now();
     loop {
         tokio::select! {
             biased; // deterministic under madsim: no random branch order
             _ = ticker.tick() => {
                 if client.strong_count() == 0 {
-                    return Ok(()); // the client is gone
+                    return Ok(Ended::Lost); // the client is gone
                 }
                 // A leader that stopped answering keepalives for a whole lease is gone.
                 if keepalives.first_key_value().is_some_and(|(_, sent)| sent.elapsed() > lease) {
-                    return Ok(());
+                    return Ok(Ended::Lost);
+                }
+                if link.idle() {
+                    // Resting: no renewal; the stream ends once the leader's view of the
+                    // session has surely expired (its span is the lease plus drift).
+                    if keepalives.is_empty() && last_renewal.elapsed() > lease * 2 {
+                        return Ok(Ended::Rested);
+                    }
+                    continue;
                 }
                 seq += 1;
                 keepalives.insert(seq, Instant::now());
                 let keepalive = SessionRequest { msg: Some(session_request::Msg::Keepalive(Keepalive { seq })) };
                 if requests.send(keepalive).await.is_err() {
-                    return Ok(());
+                    return Ok(Ended::Lost);
                 }
             }
             event = events.message() => {
-                let Ok(Some(event)) = event else { return Ok(()) };
+                let Ok(Some(event)) = event else { return Ok(Ended::Lost) };
                 match event.msg {
                     Some(session_event::Msg::KeepaliveAck(ack)) => {
                         if let Some(sent) = keepalives.remove(&ack.seq) {
                             cache.lock().expect("cache lock").renewed(session, sent);
+                            last_renewal = Instant::now();
                         }
                         keepalives.retain(|seq, _| *seq > ack.seq);
                     }
@@ -140,7 +232,7 @@ async fn one_session(link: &SessionLink, rotation: &mut usize) -> Result<(), FsE
                             msg: Some(session_request::Msg::Ack(InvalidateAck { seq: invalidate.seq })),
                         };
                         if requests.send(ack).await.is_err() {
-                            return Ok(());
+                            return Ok(Ended::Lost);
                         }
                         cache.lock().expect("cache lock").acked();
                     }

@@ -87,6 +87,10 @@ pub enum Bug {
     /// whose commit raced another client's caches a value that the other commit replaced,
     /// under a lease that other commit never revoked.
     CommitLeaseUnchecked = 24,
+    /// The keys a replica wrote before Raft groups had ids are left where they are at start
+    /// (`raft::log_store::migrate_ungrouped` does nothing): the replica comes back with no
+    /// vote and no log over a state applied far past them.
+    UngroupedKeysLeft = 25,
 }
 
 static ARMED: AtomicU8 = AtomicU8::new(0);

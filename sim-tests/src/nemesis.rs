@@ -88,6 +88,11 @@ pub struct NemesisPlan {
     /// replicas are off in these seeds: a replaced replica would take its block-group
     /// membership with it, and moving a block server's membership is not built yet.
     pub blocks: bool,
+    /// Clients rest their sessions after this long without a transaction (`ClientOptions::
+    /// session_rest_after`), in one seed in three (drawn from a hash of the seed): sessions
+    /// then end and open again all through the run, under the faults. None: the client's
+    /// default (longer than a run).
+    pub session_rest_ms: Option<u64>,
 }
 
 impl NemesisPlan {
@@ -125,6 +130,10 @@ impl NemesisPlan {
                 _ => 0,
             },
             blocks,
+            session_rest_ms: {
+                let mut rest = seed_hash(SALT_SESSION_REST);
+                rest().is_multiple_of(3).then(|| 100 + rest() % 1_500)
+            },
         }
     }
 
@@ -162,6 +171,9 @@ impl NemesisPlan {
         if let Some(batch) = self.inode_batch {
             options.inode_batch = batch;
         }
+        if let Some(rest) = self.session_rest_ms {
+            options.session_rest_after = Some(Duration::from_millis(rest));
+        }
         options
     }
 }
@@ -180,6 +192,7 @@ const SALT_CLOCKS: u64 = 0x636c_6f63_6b73; // "clocks"
 const SALT_MEMBERSHIP: u64 = 0x6d65_6d62_6572; // "member"
 const SALT_CLIENT_KILLS: u64 = 0x6b69_6c6c_6564; // "killed"
 const SALT_BLOCKS: u64 = 0x626c_6f63_6b73; // "blocks"
+const SALT_SESSION_REST: u64 = 0x7265_7374_6564; // "rested"
 
 /// A generator drawn from a hash of the seed and `salt` (splitmix64), for plan settings added
 /// after the seeds' plans were fixed: drawing them from the simulation's generator would

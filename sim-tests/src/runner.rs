@@ -109,6 +109,8 @@ pub enum Planted {
     SkipGroupChangeFence,
     /// A commit's writes leased to its writer without the pending and stored-value checks.
     CommitLeaseUnchecked,
+    /// Raft keys written before groups had ids are not moved under the metadata group.
+    UngroupedKeysLeft,
 }
 
 impl Planted {
@@ -145,6 +147,7 @@ impl Planted {
             Planted::RefillSkipped => server(Bug::RefillSkipped),
             Planted::SkipGroupChangeFence => server(Bug::SkipGroupChangeFence),
             Planted::CommitLeaseUnchecked => server(Bug::CommitLeaseUnchecked),
+            Planted::UngroupedKeysLeft => server(Bug::UngroupedKeysLeft),
             Planted::IgnoreInvalidations => cffs_client::planted::arm_ignore_invalidations(on),
             Planted::NoOwnWriteFence => cffs_client::planted::arm_no_own_write_fence(on),
             Planted::RenameWithoutAncestorCheck => cffs_client::planted::arm_rename_without_ancestor_check(on),

@@ -28,7 +28,7 @@ const PEER_WORKLOADS: [Workload; 2] = [Workload::CreateShared, Workload::Rmw];
 
 /// The kernel's clock tick for /proc's CPU times (USER_HZ, 100 on Linux's mainstream
 /// architectures; the ABI fixes it, whatever the kernel's own HZ).
-const TICKS_PER_SECOND: f64 = 100.0;
+pub(super) const TICKS_PER_SECOND: f64 = 100.0;
 
 /// How long `--peer etcd` waits for the etcd cluster to have a leader.
 const ETCD_LEADER_WAIT: Duration = Duration::from_secs(20);
@@ -67,7 +67,7 @@ fn usage(comm: &str) -> Usage {
 
 /// utime + stime of `/proc/<pid>/stat` (fields 14 and 15; the name in field 2 may hold
 /// spaces, so fields are counted after its closing parenthesis).
-fn stat_ticks(pid: &str) -> Option<u64> {
+pub(super) fn stat_ticks(pid: &str) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();

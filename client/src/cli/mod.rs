@@ -5,6 +5,7 @@
 mod bench;
 mod bench_data;
 mod bench_peer;
+mod bench_sessions;
 mod transfer;
 mod workload;
 
@@ -244,6 +245,11 @@ enum Command {
     /// With three replicas on one disk, writes are bounded by the disk's bandwidth / 3: the
     /// write figure is printed as a share of that limit.
     BenchData(bench_data::DataBenchArgs),
+    /// Measure what idle clients cost the metadata replicas: many clients (each its own
+    /// session) run one transaction and then idle; the replicas' CPU (from /proc, so run it
+    /// on the replicas' machine), the leader's keepalives and its open session streams are
+    /// printed while the sessions are alive and after they rest.
+    BenchSessions(bench_sessions::SessionsBenchArgs),
     /// Check the file system: walk the tree and read every file whole, every block's crc32
     /// checked (by the server and by this client; a bad copy is read from another replica).
     /// Prints what it checked; exit status 1 if anything could not be listed or read.
@@ -587,6 +593,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Cluster { command: ClusterCommand::Blocks } => block_status(&client, json).await?,
         Command::BenchData(args) => {
             bench_data::run(&client, &endpoints, args).await.map_err(|e| Failure(format!("bench-data: {e}")))?
+        }
+        Command::BenchSessions(args) => {
+            bench_sessions::run(&client, &endpoints, args).await.map_err(|e| Failure(format!("bench-sessions: {e}")))?
         }
         Command::Bench(args) => bench::run(&client, args, json).await.map_err(|e| Failure(format!("bench: {e}")))?,
         Command::Fsck { path } => match workload::fsck(&client, &path).await {
@@ -949,7 +958,7 @@ async fn cluster_status(client: &Client, json: bool) -> Result<(), Failure> {
             .iter()
             .map(|(addr, result)| match result {
                 Ok(s) => serde_json::json!({"endpoint": addr, "node_id": s.node_id, "state": s.state, "leader_id": s.leader_id, "term": s.term, "last_applied": s.last_applied, "last_log_index": s.last_log_index, "log_committed": s.log_committed, "members": s.members.iter().map(|m| serde_json::json!({"id": m.id, "addr": m.addr, "voter": m.voter})).collect::<Vec<_>>(),
-                    "leases": s.leases.as_ref().map(|l| serde_json::json!({"sessions": l.sessions, "leased_keys": l.leased_keys, "granted": l.granted, "invalidations_sent": l.invalidations_sent, "invalidations_acked": l.invalidations_acked, "commits_waited": l.commits_waited, "commit_wait_ms": l.commit_wait_ms}))}),
+                    "leases": s.leases.as_ref().map(|l| serde_json::json!({"sessions": l.sessions, "leased_keys": l.leased_keys, "granted": l.granted, "invalidations_sent": l.invalidations_sent, "invalidations_acked": l.invalidations_acked, "commits_waited": l.commits_waited, "commit_wait_ms": l.commit_wait_ms, "streams": l.streams, "keepalives": l.keepalives}))}),
                 Err(e) => serde_json::json!({"endpoint": addr, "error": e.to_string()}),
             })
             .collect();
@@ -989,11 +998,13 @@ async fn cluster_status(client: &Client, json: bool) -> Result<(), Failure> {
     if let Some(l) = leases {
         println!();
         println!(
-            "leases (leader): {} sessions, {} keys leased; {} granted; invalidations {} sent, {} acknowledged; \
-             {} commits waited for an expiry ({} ms in all)",
+            "leases (leader): {} sessions ({} streams open), {} keys leased; {} granted; {} keepalives answered; \
+             invalidations {} sent, {} acknowledged; {} commits waited for an expiry ({} ms in all)",
             l.sessions,
+            l.streams,
             l.leased_keys,
             l.granted,
+            l.keepalives,
             l.invalidations_sent,
             l.invalidations_acked,
             l.commits_waited,

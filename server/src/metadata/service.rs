@@ -221,8 +221,10 @@ impl MetadataService {
         self.commit_metrics.render(out);
         let leases = status.leases.unwrap_or_default();
         out.single("cffs_lease_sessions", Gauge, "Client sessions in the leader's lease table.", leases.sessions);
+        out.single("cffs_session_streams", Gauge, "Session streams open on this leader.", leases.streams);
         out.single("cffs_lease_keys", Gauge, "Keys under lease in the leader's lease table.", leases.leased_keys);
-        let lease_counters: [(&str, &str, u64); 5] = [
+        let lease_counters: [(&str, &str, u64); 6] = [
+            ("cffs_session_keepalives_total", "Session keepalives this leader answered.", leases.keepalives),
             ("cffs_lease_grants_total", "Leases granted by this leader.", leases.granted),
             ("cffs_lease_invalidations_sent_total", "Invalidations sent to lease holders.", leases.invalidations_sent),
             (

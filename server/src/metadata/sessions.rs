@@ -49,6 +49,8 @@ struct State {
     streams: BTreeMap<u64, mpsc::Sender<Result<SessionEvent, Status>>>,
     commits_waited: u64,
     commit_wait: Duration,
+    /// Keepalives answered with a renewal.
+    keepalives: u64,
 }
 
 impl State {
@@ -143,6 +145,7 @@ impl Sessions {
                 settings_confirmed: false,
                 streams: BTreeMap::new(),
                 commits_waited: 0,
+                keepalives: 0,
                 commit_wait: Duration::ZERO,
             })),
             acked: Arc::new(Notify::new()),
@@ -404,7 +407,11 @@ impl Sessions {
                     }
                     Some((seq, round)) = rounds.next(), if !rounds.is_empty() => {
                         let Ok(round_start) = round else { break }; // no longer the leader
-                        let renewed = sessions.lock().table.renew(term(), id, round_start, sessions.clock.now());
+                        let renewed = {
+                            let mut state = sessions.lock();
+                            state.keepalives += 1;
+                            state.table.renew(term(), id, round_start, sessions.clock.now())
+                        };
                         if !renewed {
                             break;
                         }
@@ -432,6 +439,8 @@ impl Sessions {
             invalidations_acked: state.table.invalidations_acked,
             commits_waited: state.commits_waited,
             commit_wait_ms: state.commit_wait.as_millis() as u64,
+            streams: state.streams.len() as u64,
+            keepalives: state.keepalives,
         }
     }
 }

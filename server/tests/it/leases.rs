@@ -11,7 +11,9 @@
 //!   create of a name that exists is still refused or finds the file there;
 //! - a read-modify-write of a file the client just wrote sends only its commit (the leader
 //!   leased what it wrote with the commit's answer), and another client's write of the file
-//!   still reaches it.
+//!   still reaches it;
+//! - an idle client's session rests: its keepalives stop and its stream ends on the leader,
+//!   and its next transaction opens a new session, after which its reads are warm again.
 //!
 //! The frozen client is this test binary run again, as the `lease_holder_process` test with
 //! `CFFS_IT_LEASE_HOLDER` set (without it, that test does nothing).
@@ -253,4 +255,62 @@ async fn a_read_modify_write_of_a_file_the_client_just_wrote_sends_only_its_comm
     increment(&one_shot).await.expect("increment");
     let sent = one_shot.requests_sent() - before;
     assert!(sent >= 2, "its inode is read again before the commit: {sent} requests");
+}
+
+/// The leader's (session streams open, keepalives answered).
+async fn leader_sessions(client: &Client) -> (u64, u64) {
+    let leases = client.cluster_status().await.expect("status").leases.expect("the leader's lease figures");
+    (leases.streams, leases.keepalives)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_client_rests_its_session_and_its_next_transaction_wakes_it() {
+    let cluster = ProcessCluster::start(3);
+    cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let observer = Client::connect_with(&cluster.endpoints(), ClientOptions { cache: false, ..Default::default() })
+        .expect("observer");
+    observer.run(|txn| async move { txn.write_file("/rest", b"content").await }).await.expect("setup");
+    let rest_after = Duration::from_secs(1);
+    let options = ClientOptions { session_rest_after: Some(rest_after), ..ClientOptions::default() };
+    let client = Client::connect_with(&cluster.endpoints(), options).expect("client");
+    let read = || client.run(|txn| async move { txn.read_file("/rest").await });
+
+    // Warm: after the session opens, a read sends nothing.
+    let warm_deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = client.requests_sent();
+        assert_eq!(read().await.expect("read"), b"content");
+        if client.requests_sent() == before {
+            break;
+        }
+        assert!(Instant::now() < warm_deadline, "the client's reads never became warm");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (streams, _) = leader_sessions(&observer).await;
+    assert_eq!(streams, 1, "the client's session is open");
+
+    // Idle past the rest and two leases (250 ms): the stream ends, and no keepalive comes.
+    tokio::time::sleep(rest_after + Duration::from_millis(1_500)).await;
+    let (streams, keepalives) = leader_sessions(&observer).await;
+    assert_eq!(streams, 0, "an idle client's session stream has ended");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, keepalives_later) = leader_sessions(&observer).await;
+    assert_eq!(keepalives_later, keepalives, "a resting client sends no keepalive");
+
+    // The next transaction wakes it: it reads without the cache, and soon warm again.
+    let before = client.requests_sent();
+    assert_eq!(read().await.expect("read after rest"), b"content");
+    assert!(client.requests_sent() > before, "the first read after a rest goes to the leader");
+    let warm_deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = client.requests_sent();
+        assert_eq!(read().await.expect("read"), b"content");
+        if client.requests_sent() == before {
+            break;
+        }
+        assert!(Instant::now() < warm_deadline, "the client's reads never became warm after waking");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (streams, _) = leader_sessions(&observer).await;
+    assert_eq!(streams, 1, "the woken client has a session again");
 }
