@@ -59,6 +59,9 @@ pub enum Site {
     /// its entry applied: another write of its keys may apply meanwhile. Forced, it waits
     /// 500 ms.
     CommitEndDelay = 8,
+    /// A snapshot's build (off the apply path, from the engine's point-in-time view) takes a
+    /// while: entries go on being applied, snapshots installed, and the log purged meanwhile.
+    SnapshotBuildDelay = 9,
 }
 
 /// True when `site` is armed in this run and fires this time (with probability `p`).

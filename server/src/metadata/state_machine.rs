@@ -6,6 +6,11 @@
 //! applied index. Before a snapshot is reported built, the engine is synced, because openraft
 //! may then purge the log that the unsynced state depended on.
 //!
+//! A snapshot is built off the apply path: the builder takes a point-in-time view of the
+//! state from the engine (`KvEngine::snapshot_pages`) while apply waits, which costs about
+//! nothing, and openraft then runs the build (paging through that view, writing frames) in a
+//! task of its own while entries go on being applied.
+//!
 //! A snapshot is the whole `state` family (applied log id and membership included, since they
 //! live there), streamed through the engine in frames, each crc-checked before it is sent or
 //! installed (`snapshot_file.rs`); installing one replaces the state machine, frame by frame,
@@ -195,14 +200,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // Written here, while apply cannot run, so it matches `applied` exactly; one frame is
-        // in memory at a time.
+        // The view is taken here, while apply cannot run, so it matches `applied` exactly;
+        // the build reads it later, one page and one frame in memory at a time.
         let file = self.snapshots.allocate();
-        let lens = self.snapshots.write_state(file);
+        let started = tokio::time::Instant::now();
+        let pages = self.state.engine.snapshot_pages(Cf::State, snapshot_file::SCAN_PAGE_PAIRS);
+        tracing::info!(
+            applied = ?self.applied.map(|id| id.index),
+            view_us = started.elapsed().as_micros() as u64,
+            "snapshot view taken; the build goes on beside apply"
+        );
         SnapshotBuilder {
             snapshots: self.snapshots.clone(),
             file,
-            lens,
+            pages: std::sync::Mutex::new(Some(pages)),
             applied: self.applied,
             membership: self.membership.clone(),
         }
@@ -252,14 +263,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 pub struct SnapshotBuilder {
     snapshots: SnapshotStore,
     file: u64,
-    lens: Result<Vec<u32>, kv::StorageError>,
+    /// The state as of `applied` (taken once: a builder builds one snapshot). In a mutex
+    /// only because openraft asks a builder to be `Sync`; never locked, `build_snapshot` has
+    /// it by `&mut`.
+    pages: std::sync::Mutex<Option<Result<kv::Pages, kv::StorageError>>>,
     applied: Option<LogId<NodeId>>,
     membership: Membership,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let lens = std::mem::replace(&mut self.lens, Ok(Vec::new())).map_err(|e| sm_error(ErrorVerb::Read, e))?;
+        let pages = self
+            .pages
+            .get_mut()
+            .expect("snapshot pages lock")
+            .take()
+            .unwrap_or_else(|| Err(kv::StorageError::Io("a snapshot builder builds one snapshot".into())))
+            .map_err(|e| sm_error(ErrorVerb::Read, e))?;
+        #[cfg(madsim)]
+        if crate::buggify::fire(crate::buggify::Site::SnapshotBuildDelay, 0.5) {
+            crate::buggify::delay_up_to(500).await; // apply goes on meanwhile
+        }
+        let started = tokio::time::Instant::now();
+        let lens = self.snapshots.write_pages(self.file, pages).map_err(|e| sm_error(ErrorVerb::Read, e))?;
         let snapshot_id = match self.applied {
             Some(log_id) => format!("{}-{}", log_id.leader_id, log_id.index),
             None => "empty".to_string(),
@@ -270,6 +296,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let error = |e| storage_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e);
         let current =
             self.snapshots.make_current(&meta, self.file, &lens, WriteBatch::default(), false).map_err(error)?;
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            frames = lens.len(),
+            bytes = lens.iter().map(|len| u64::from(*len)).sum::<u64>(),
+            build_ms = started.elapsed().as_millis() as u64,
+            "snapshot built"
+        );
         let snapshot = Box::new(SnapshotFile::reader(self.snapshots.clone(), self.file, lens));
         if !current {
             // Lost to a newer snapshot: gone once openraft lets go of it.

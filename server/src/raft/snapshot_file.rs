@@ -27,12 +27,12 @@ use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 use crate::constants::{SNAPSHOT_FRAME_BYTES, SNAPSHOT_FRAME_RECORD_MAX};
 use crate::storage::codec::{self, Kind};
 use crate::storage::keys::{self, GroupKeys};
-use crate::storage::{Cf, KvEngine, KvPairs, StorageError, WriteBatch};
+use crate::storage::{Cf, KvEngine, KvPairs, Pages, StorageError, WriteBatch};
 
 type Meta = SnapshotMeta<u64, BasicNode>;
 
-/// State pairs read per scan while a snapshot is built.
-const SCAN_PAGE_PAIRS: usize = 1024;
+/// State pairs read per page while a snapshot is built.
+pub const SCAN_PAGE_PAIRS: usize = 1024;
 
 /// Where snapshot files live: shared by the state machine, its builders and the readers that
 /// send snapshots to followers.
@@ -78,24 +78,19 @@ impl SnapshotStore {
         self.next_file.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Writes the whole `state` family as file `file` (unsynced: the batch that makes it
-    /// current is synced), with one scan page and one frame in memory at a time. Returns its
-    /// frame lengths.
+    /// Writes the whole `state` family, as it is now, as file `file` (`write_pages`).
     pub fn write_state(&self, file: u64) -> Result<Vec<u32>, StorageError> {
+        self.write_pages(file, self.engine.snapshot_pages(Cf::State, SCAN_PAGE_PAIRS)?)
+    }
+
+    /// Writes `pages` (a point-in-time view of the `state` family) as file `file`
+    /// (unsynced: the batch that makes it current is synced), with one page and one frame in
+    /// memory at a time. Returns its frame lengths.
+    pub fn write_pages(&self, file: u64, pages: Pages) -> Result<Vec<u32>, StorageError> {
         let mut frames = FrameWriter::new(self.clone(), file);
-        let mut start = Vec::new();
-        loop {
-            let page = self.engine.scan(Cf::State, &start, None, SCAN_PAGE_PAIRS)?;
-            let full = page.len() == SCAN_PAGE_PAIRS;
-            if let Some((last, _)) = page.last() {
-                start = last.clone();
-                start.push(0); // the smallest key after `last`
-            }
-            for (key, value) in page {
+        for page in pages {
+            for (key, value) in page? {
                 frames.push(key, value)?;
-            }
-            if !full {
-                break;
             }
         }
         frames.finish()
@@ -609,6 +604,29 @@ pub(crate) mod tests {
         let mut bytes = Vec::new();
         block_on(SnapshotFile::reader(store.clone(), file, lens.clone()).read_to_end(&mut bytes)).unwrap();
         (file, lens, bytes)
+    }
+
+    /// A snapshot is written from the view taken when its pages were: what is written to
+    /// the state after (apply going on during the build) is not in it.
+    #[test]
+    fn a_snapshot_holds_the_state_as_it_was_when_its_view_was_taken() {
+        let store = store_with_state(3_000);
+        let before = state(&store);
+        let pages = store.engine().snapshot_pages(Cf::State, SCAN_PAGE_PAIRS).unwrap();
+        let mut batch = WriteBatch::default();
+        batch.put(Cf::State, b"k000001".to_vec(), b"written during the build".to_vec());
+        batch.put(Cf::State, b"z".to_vec(), b"new".to_vec());
+        store.engine().write(batch, false).unwrap();
+        let file = store.allocate();
+        let lens = store.write_pages(file, pages).unwrap();
+        let mut written = Vec::new();
+        store
+            .for_each_frame(file, &lens, |pairs| {
+                written.extend(pairs);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(written, before);
     }
 
     #[test]

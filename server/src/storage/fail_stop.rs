@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::kv_engine::{Cf, KvEngine, KvPair, KvPairs, StorageError, WriteBatch};
+use super::kv_engine::{Cf, KvEngine, KvPair, KvPairs, Pages, StorageError, WriteBatch};
 
 /// Whether a replica's storage has failed, shared by its engine and the code above it that
 /// decodes what the engine returns (a bad crc is found there, not in the engine).
@@ -99,6 +99,14 @@ impl KvEngine for FailStop {
         #[cfg(madsim)]
         let result = planted_read_error_as_absent(result);
         self.check(result)
+    }
+
+    fn snapshot_pages(&self, cf: Cf, page_pairs: usize) -> Result<Pages, StorageError> {
+        self.stopped()?;
+        let pages = self.check(self.inner.snapshot_pages(cf, page_pairs))?;
+        // A page that fails stops the replica as any read that fails does.
+        let health = self.health.clone();
+        Ok(Box::new(pages.map(move |page| page.map_err(|error| health.fail(error)))))
     }
 
     fn last(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Option<KvPair>, StorageError> {

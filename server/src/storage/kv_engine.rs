@@ -99,6 +99,10 @@ impl StorageError {
 pub type KvPair = (Vec<u8>, Vec<u8>);
 pub type KvPairs = Vec<KvPair>;
 
+/// One family's pairs as they were at one moment, in key order, a page at a time
+/// (`KvEngine::snapshot_pages`).
+pub type Pages = Box<dyn Iterator<Item = Result<KvPairs, StorageError>> + Send>;
+
 pub trait KvEngine: Send + Sync {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
 
@@ -113,4 +117,10 @@ pub trait KvEngine: Send + Sync {
 
     /// Makes every write so far durable.
     fn sync(&self) -> Result<(), StorageError>;
+
+    /// Every pair of `cf` as it is when this returns, in pages of at most `page_pairs`, read
+    /// as they are asked for: writes after this returns are never seen (a point-in-time
+    /// view, what a snapshot is built from while apply goes on). The view lives as long as
+    /// the pages do.
+    fn snapshot_pages(&self, cf: Cf, page_pairs: usize) -> Result<Pages, StorageError>;
 }

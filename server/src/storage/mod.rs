@@ -10,4 +10,4 @@ pub mod pending;
 pub mod rocks;
 pub mod sim_disk;
 
-pub use kv_engine::{Cf, KvEngine, KvPairs, StorageError, WriteBatch};
+pub use kv_engine::{Cf, KvEngine, KvPairs, Pages, StorageError, WriteBatch};

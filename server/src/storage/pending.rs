@@ -109,6 +109,10 @@ impl KvEngine for Pending<'_> {
     fn sync(&self) -> Result<(), StorageError> {
         Ok(())
     }
+
+    fn snapshot_pages(&self, _cf: Cf, _page_pairs: usize) -> Result<super::Pages, StorageError> {
+        Err(StorageError::Io("a pending view has no snapshots: it lives for one entry's apply".into()))
+    }
 }
 
 #[cfg(test)]

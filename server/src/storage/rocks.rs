@@ -3,13 +3,15 @@
 //! flushes and syncs the WAL.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, DB};
 
-use super::kv_engine::{BatchOp, Cf, KvEngine, KvPair, KvPairs, StorageError, WriteBatch};
+use super::kv_engine::{BatchOp, Cf, KvEngine, KvPair, KvPairs, Pages, StorageError, WriteBatch};
 
 pub struct RocksEngine {
-    db: DB,
+    /// Shared with the threads that read snapshots.
+    db: Arc<DB>,
 }
 
 fn io(context: &str, error: rocksdb::Error) -> StorageError {
@@ -30,7 +32,7 @@ impl RocksEngine {
         let families =
             Cf::ALL.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default())).collect::<Vec<_>>();
         let db = DB::open_cf_descriptors(&options, path, families).map_err(|e| io("open rocksdb", e))?;
-        Ok(RocksEngine { db })
+        Ok(RocksEngine { db: Arc::new(db) })
     }
 
     fn handle(&self, cf: Cf) -> &rocksdb::ColumnFamily {
@@ -56,6 +58,43 @@ impl KvEngine for RocksEngine {
             pairs.push((key.to_vec(), value.to_vec()));
         }
         Ok(pairs)
+    }
+
+    /// A RocksDB snapshot, read by a thread of its own: the snapshot borrows the database, so
+    /// it lives in that thread's frame, and the pages come over a channel of one (one page
+    /// read ahead). Dropping the pages ends the thread, and with it the snapshot. (This file
+    /// is never compiled under madsim, and RocksDB runs threads of its own anyway.)
+    fn snapshot_pages(&self, cf: Cf, page_pairs: usize) -> Result<Pages, StorageError> {
+        let (pages, received) = std::sync::mpsc::sync_channel::<Result<KvPairs, StorageError>>(1);
+        let (taken, view_taken) = std::sync::mpsc::sync_channel::<()>(1);
+        let db = self.db.clone();
+        let page_pairs = page_pairs.max(1);
+        std::thread::Builder::new()
+            .name("cffs-snapshot".into())
+            .spawn(move || {
+                let snapshot = db.snapshot();
+                let _ = taken.send(());
+                let handle = db.cf_handle(cf.name()).expect("every column family is created at open");
+                let mut page = Vec::with_capacity(page_pairs);
+                for item in snapshot.iterator_cf(handle, IteratorMode::Start) {
+                    match item {
+                        Ok((key, value)) => page.push((key.to_vec(), value.to_vec())),
+                        Err(error) => {
+                            let _ = pages.send(Err(io("read a snapshot", error)));
+                            return;
+                        }
+                    }
+                    if page.len() == page_pairs && pages.send(Ok(std::mem::take(&mut page))).is_err() {
+                        return; // the pages were dropped
+                    }
+                }
+                if !page.is_empty() {
+                    let _ = pages.send(Ok(page));
+                }
+            })
+            .map_err(|e| StorageError::Io(format!("start a snapshot reader: {e}")))?;
+        view_taken.recv().map_err(|_| StorageError::Io("the snapshot reader ended before its view".into()))?;
+        Ok(Box::new(received.into_iter()))
     }
 
     fn last(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Option<KvPair>, StorageError> {
@@ -117,5 +156,31 @@ mod tests {
         assert_eq!(engine.get(Cf::State, b"k").unwrap(), Some(b"v".to_vec()));
         assert_eq!(engine.scan(Cf::RaftLog, &[], None, 10).unwrap().len(), 2);
         assert_eq!(engine.get(Cf::RaftMeta, b"k").unwrap(), None, "families are apart");
+    }
+
+    /// Pages of a snapshot see the family as it was when taken, and dropping them early
+    /// ends the reader.
+    #[test]
+    fn snapshot_pages_see_the_family_as_it_was_when_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = RocksEngine::open(dir.path()).unwrap();
+        let mut batch = WriteBatch::default();
+        for i in 0u16..2_500 {
+            batch.put(Cf::State, i.to_be_bytes().to_vec(), b"before".to_vec());
+        }
+        engine.write(batch, false).unwrap();
+        let pages = engine.snapshot_pages(Cf::State, 1_000).unwrap();
+        let mut batch = WriteBatch::default();
+        batch.put(Cf::State, 7u16.to_be_bytes().to_vec(), b"after".to_vec());
+        batch.put(Cf::State, 9_999u16.to_be_bytes().to_vec(), b"after".to_vec());
+        batch.delete(Cf::State, 8u16.to_be_bytes().to_vec());
+        engine.write(batch, false).unwrap();
+        let pages: Vec<KvPairs> = pages.map(Result::unwrap).collect();
+        assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), vec![1_000, 1_000, 500]);
+        assert!(pages.iter().flatten().all(|(_, value)| value == b"before"), "no write after the view is seen");
+        let mut early = engine.snapshot_pages(Cf::State, 10).unwrap();
+        assert_eq!(early.next().unwrap().unwrap().len(), 10);
+        drop(early);
+        assert_eq!(engine.get(Cf::State, &7u16.to_be_bytes()).unwrap(), Some(b"after".to_vec()));
     }
 }

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
-use super::kv_engine::{BatchOp, Cf, KvEngine, KvPair, KvPairs, StorageError, WriteBatch};
+use super::kv_engine::{BatchOp, Cf, KvEngine, KvPair, KvPairs, Pages, StorageError, WriteBatch};
 
 type Tree = BTreeMap<(Cf, Vec<u8>), Vec<u8>>;
 
@@ -184,6 +184,24 @@ impl KvEngine for SimDisk {
             .take(limit)
             .map(|((_, k), v)| (k.clone(), Self::read_value(&disk, v)))
             .collect())
+    }
+
+    /// A copy of the family as the page cache holds it now (this is a simulation: the copy
+    /// is what RocksDB's snapshot is on a real disk).
+    fn snapshot_pages(&self, cf: Cf, page_pairs: usize) -> Result<Pages, StorageError> {
+        let disk = self.disk.lock().expect("sim disk lock");
+        Self::read_check(&disk)?;
+        let pairs: KvPairs = disk
+            .cache
+            .range(range_of(cf, &[], None))
+            .map(|((_, k), v)| (k.clone(), Self::read_value(&disk, v)))
+            .collect();
+        let mut pairs = pairs.into_iter();
+        let page_pairs = page_pairs.max(1);
+        Ok(Box::new(std::iter::from_fn(move || {
+            let page: KvPairs = pairs.by_ref().take(page_pairs).collect();
+            (!page.is_empty()).then_some(Ok(page))
+        })))
     }
 
     fn last(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Option<KvPair>, StorageError> {
