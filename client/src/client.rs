@@ -86,6 +86,9 @@ pub(crate) struct Inner {
     /// Random per client; with `txn_seq`, makes transaction ids unique.
     client_id: u64,
     txn_seq: AtomicU64,
+    /// The sequence numbers of this client's transactions begun and not yet dropped: the
+    /// lowest says what every commit may tell the leader is settled.
+    open_txns: Mutex<std::collections::BTreeSet<u64>>,
     options: ClientOptions,
     pub(crate) cache: Arc<Mutex<Cache>>,
     /// Told of every invalidation the session applies (the mount drops the kernel's copies).
@@ -130,6 +133,7 @@ impl Client {
                 inodes: Mutex::new((0, 0)),
                 client_id: madsim::rand::thread_rng().gen(),
                 txn_seq: AtomicU64::new(1),
+                open_txns: Mutex::new(std::collections::BTreeSet::new()),
                 options,
                 cache: Arc::new(Mutex::new(Cache::new(options.cache_bytes))),
                 listener: Arc::new(Mutex::new(None)),
@@ -194,14 +198,34 @@ impl Client {
     /// Starts a transaction. Nothing is sent until it reads something that is not cached.
     pub fn begin(&self) -> Transaction {
         self.inner.activity.touch();
-        Transaction::new(self.clone(), self.next_txn_id())
-    }
-
-    fn next_txn_id(&self) -> [u8; 16] {
+        let seq = self.inner.txn_seq.fetch_add(1, Ordering::Relaxed);
+        self.inner.open_txns.lock().expect("open transactions lock").insert(seq);
         let mut id = [0u8; 16];
         id[..8].copy_from_slice(&self.inner.client_id.to_be_bytes());
-        id[8..].copy_from_slice(&self.inner.txn_seq.fetch_add(1, Ordering::Relaxed).to_be_bytes());
-        id
+        id[8..].copy_from_slice(&seq.to_be_bytes());
+        Transaction::new(self.clone(), id)
+    }
+
+    /// A transaction of this client is dropped: it will never send its commit again.
+    pub(crate) fn txn_ended(&self, txn_id: &[u8; 16]) {
+        if let Some(seq) = self.own_seq(txn_id) {
+            self.inner.open_txns.lock().expect("open transactions lock").remove(&seq);
+        }
+    }
+
+    /// The sequence number of `txn_id` when it is one of this client's.
+    fn own_seq(&self, txn_id: &[u8]) -> Option<u64> {
+        let (client, seq) = (txn_id.get(..8)?, txn_id.get(8..16)?);
+        (client == self.inner.client_id.to_be_bytes()).then(|| u64::from_be_bytes(seq.try_into().expect("8 bytes")))
+    }
+
+    /// What a commit of `txn_id` tells the leader is settled: every transaction of this
+    /// client below the oldest one still open (the committing one is open, so never itself).
+    fn settled_below(&self, txn_id: &[u8]) -> u64 {
+        match self.own_seq(txn_id) {
+            Some(seq) => self.inner.open_txns.lock().expect("open transactions lock").first().copied().unwrap_or(seq),
+            None => 0,
+        }
     }
 
     /// Runs `function` as one transaction, the way a function invocation runs: it commits
@@ -268,8 +292,10 @@ impl Client {
 
     /// Sends a commit, retrying with the same id until its outcome is known.
     pub(crate) async fn commit_request(&self, request: &CommitRequest) -> Result<CommitResponse, FsError> {
+        // Read once: every retry of this commit says the same (a lower floor is always safe).
+        let settled_below = self.settled_below(&request.txn_id);
         self.call("commit", true, |mut client| {
-            let request = request.clone();
+            let request = CommitRequest { settled_below, ..request.clone() };
             async move { client.commit(request).await }
         })
         .await

@@ -287,6 +287,21 @@ pub struct Transaction {
     pub(crate) client: Client,
     txn_id: [u8; 16],
     state: Arc<Mutex<TxnState>>,
+    /// Dropped with the last clone: the client's commits then tell the leader this
+    /// transaction is settled.
+    _open: Arc<Open>,
+}
+
+/// A transaction that may still send its commit.
+struct Open {
+    client: Client,
+    txn_id: [u8; 16],
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.client.txn_ended(&self.txn_id);
+    }
 }
 
 /// A commit's own write in flight, ended in the cache when dropped (answered, failed or
@@ -357,7 +372,8 @@ fn components(path: &str) -> Result<Vec<&[u8]>, FsError> {
 
 impl Transaction {
     pub(crate) fn new(client: Client, txn_id: [u8; 16]) -> Self {
-        Transaction { client, txn_id, state: Arc::new(Mutex::new(TxnState::default())) }
+        let open = Arc::new(Open { client: client.clone(), txn_id });
+        Transaction { client, txn_id, state: Arc::new(Mutex::new(TxnState::default())), _open: open }
     }
 
     pub fn id(&self) -> [u8; 16] {
@@ -1093,6 +1109,8 @@ impl Transaction {
             session_id,
             blocks_checked_at: 0,
             lease_writes: session_id != 0 && self.client.lease_writes(),
+            // Set as it is sent (`Client::commit_request`).
+            settled_below: 0,
         }
     }
 

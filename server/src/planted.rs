@@ -91,6 +91,9 @@ pub enum Bug {
     /// (`raft::log_store::migrate_ungrouped` does nothing): the replica comes back with no
     /// vote and no log over a state applied far past them.
     UngroupedKeysLeft = 25,
+    /// A commit of a transaction its client has settled (`CommitRequest.settled_below`) is
+    /// not refused: a late copy whose dedup record was dropped applies a second time.
+    SettledUnchecked = 26,
 }
 
 static ARMED: AtomicU8 = AtomicU8::new(0);

@@ -111,6 +111,8 @@ pub enum Planted {
     CommitLeaseUnchecked,
     /// Raft keys written before groups had ids are not moved under the metadata group.
     UngroupedKeysLeft,
+    /// Late copies of transactions their client settled are applied, not refused.
+    SettledUnchecked,
 }
 
 impl Planted {
@@ -148,6 +150,7 @@ impl Planted {
             Planted::SkipGroupChangeFence => server(Bug::SkipGroupChangeFence),
             Planted::CommitLeaseUnchecked => server(Bug::CommitLeaseUnchecked),
             Planted::UngroupedKeysLeft => server(Bug::UngroupedKeysLeft),
+            Planted::SettledUnchecked => server(Bug::SettledUnchecked),
             Planted::IgnoreInvalidations => cffs_client::planted::arm_ignore_invalidations(on),
             Planted::NoOwnWriteFence => cffs_client::planted::arm_no_own_write_fence(on),
             Planted::RenameWithoutAncestorCheck => cffs_client::planted::arm_rename_without_ancestor_check(on),

@@ -137,6 +137,7 @@ async fn overwrite(addr: &str, ino: u64, data: &[u8], session_id: u64) {
             session_id,
             blocks_checked_at: 0,
             lease_writes: false,
+            settled_below: 0,
         };
         match grpc.commit(request).await.map(|r| r.into_inner().outcome) {
             Ok(Some(cffs_proto::commit_response::Outcome::CommittedVersion(_))) => return,

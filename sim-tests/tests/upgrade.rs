@@ -46,7 +46,7 @@ async fn upgrade_scenario() -> Vec<String> {
     let cluster = Cluster::start(3).await;
     for i in 0..FILES {
         let write = cluster
-            .with_client(|client| async move {
+            .with_client(move |client| async move {
                 client.run(|txn| async move { txn.write_file(&format!("/f{i}"), &content(i)).await }).await
             })
             .await;
@@ -67,7 +67,7 @@ async fn upgrade_scenario() -> Vec<String> {
     let mut wrong = Vec::new();
     for i in 0..FILES {
         let read = cluster
-            .with_client(|client| async move {
+            .with_client(move |client| async move {
                 let read = client.run(|txn| async move { txn.read_file(&format!("/f{i}")).await });
                 tokio::time::timeout(Duration::from_secs(20), read).await.ok().and_then(Result::ok)
             })

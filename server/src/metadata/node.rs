@@ -92,6 +92,15 @@ impl MetaNode {
     }
 }
 
+/// This replica's snapshot interval: the configured one, longer by an eighth per step of
+/// its id (mod 3). Replicas that all built at the same index would build at the same moment
+/// ever after, and three builds at once on a small machine take the CPU the commits need
+/// (measured: 15 MB snapshots, 0.5 s each, p999 at 64 clients 15× p50 in the run that
+/// built one); with different intervals their builds seldom meet.
+fn snapshot_interval(node: &MetaNodeConfig) -> u64 {
+    node.snapshot_every_entries + node.snapshot_every_entries / 8 * (node.id % 3)
+}
+
 pub fn raft_config(node: &MetaNodeConfig) -> anyhow::Result<Arc<openraft::Config>> {
     anyhow::ensure!(
         node.log_keep_after_snapshot < node.snapshot_every_entries,
@@ -105,7 +114,7 @@ pub fn raft_config(node: &MetaNodeConfig) -> anyhow::Result<Arc<openraft::Config
         heartbeat_interval: millis(RAFT_HEARTBEAT_INTERVAL),
         election_timeout_min: millis(RAFT_ELECTION_TIMEOUT_MIN),
         election_timeout_max: millis(RAFT_ELECTION_TIMEOUT_MAX),
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(node.snapshot_every_entries),
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_interval(node)),
         max_in_snapshot_log_to_keep: node.log_keep_after_snapshot,
         snapshot_max_chunk_size: RAFT_SNAPSHOT_CHUNK_BYTES,
         max_payload_entries: 256,

@@ -701,6 +701,21 @@ fn apply_commit(
             CommitResponse::decode(payload).map_err(|e| StorageError::corruption(format!("dedup record: {e}")))?;
         return Ok(CommandOutcome::Commit(response));
     }
+    // A transaction its client has settled is a late copy (a retry overtaken by another that
+    // was answered, and the client gone on): its record may be gone, so it is refused, never
+    // applied a second time.
+    let (client, seq) = split_txn_id(&txn_id);
+    let settled = read_settled(engine, &client)?;
+    #[cfg(madsim)]
+    let late_unchecked = crate::planted::armed(crate::planted::Bug::SettledUnchecked);
+    #[cfg(not(madsim))]
+    let late_unchecked = false;
+    if settled.is_some_and(|(_, floor)| seq < floor) && !late_unchecked {
+        return Ok(CommandOutcome::Rejected(format!(
+            "transaction {} was settled by its client before this copy of it came: not applied",
+            hex(&txn_id)
+        )));
+    }
 
     #[cfg(madsim)]
     let skip_validation = crate::planted::armed(crate::planted::Bug::SkipReadValidation);
@@ -719,8 +734,74 @@ fn apply_commit(
     };
     batch.put(Cf::State, dedup_key, keys::versioned_encode(index, &response.encode_to_vec()));
     batch.put(Cf::State, keys::dedup_by_index_key(index, &txn_id), Vec::new());
+    // Never this transaction itself: its own retries need its record.
+    settle(engine, index, &client, request.settled_below.min(seq), settled, batch)?;
     prune_dedup(engine, index, DEDUP_RETAIN_ENTRIES, batch)?;
     Ok(CommandOutcome::Commit(response))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A transaction id's client (its first bytes) and sequence number (the rest, big-endian).
+fn split_txn_id(txn_id: &[u8; TXN_ID_LEN]) -> ([u8; keys::TXN_CLIENT_LEN], u64) {
+    let (client, seq) = txn_id.split_at(keys::TXN_CLIENT_LEN);
+    (client.try_into().expect("8 bytes"), u64::from_be_bytes(seq.try_into().expect("8 bytes")))
+}
+
+fn txn_id_of(client: &[u8; keys::TXN_CLIENT_LEN], seq: u64) -> [u8; TXN_ID_LEN] {
+    let mut id = [0; TXN_ID_LEN];
+    id[..keys::TXN_CLIENT_LEN].copy_from_slice(client);
+    id[keys::TXN_CLIENT_LEN..].copy_from_slice(&seq.to_be_bytes());
+    id
+}
+
+/// A client's settled floor: (the index that wrote it, the floor).
+fn read_settled(
+    engine: &dyn KvEngine,
+    client: &[u8; keys::TXN_CLIENT_LEN],
+) -> Result<Option<(u64, u64)>, StorageError> {
+    let Some(record) = engine.get(Cf::State, &keys::settled_key(client))? else { return Ok(None) };
+    let (version, payload) = keys::versioned_decode(&record)?;
+    let floor = <[u8; 8]>::try_from(payload).map_err(|_| StorageError::corruption("a settled floor"))?;
+    Ok(Some((version, u64::from_be_bytes(floor))))
+}
+
+/// Most of a client's settled dedup records dropped per commit (a client that commits one
+/// transaction at a time settles one per commit).
+const SETTLED_DROP_PER_COMMIT: usize = 16;
+
+/// Raises `client`'s settled floor to `floor` (never lowers it) and drops the dedup records
+/// of its transactions below it: a run of keys, its sequences in order. The floor is itself
+/// in the log-ordered index, so a client silent for the dedup window is forgotten with its
+/// records.
+fn settle(
+    engine: &dyn KvEngine,
+    index: u64,
+    client: &[u8; keys::TXN_CLIENT_LEN],
+    floor: u64,
+    stored: Option<(u64, u64)>,
+    batch: &mut WriteBatch,
+) -> Result<(), StorageError> {
+    if floor <= stored.map_or(0, |(_, floor)| floor) {
+        return Ok(());
+    }
+    let (start, end) = (keys::dedup_key(&txn_id_of(client, 0)), keys::dedup_key(&txn_id_of(client, floor)));
+    for (key, record) in engine.scan(Cf::State, &start, Some(&end), SETTLED_DROP_PER_COMMIT)? {
+        let (version, _) = keys::versioned_decode(&record)?;
+        let txn_id: [u8; TXN_ID_LEN] =
+            key[1..].try_into().map_err(|_| StorageError::corruption("a dedup record's key"))?;
+        batch.delete(Cf::State, keys::dedup_by_index_key(version, &txn_id));
+        batch.delete(Cf::State, key);
+    }
+    let index_id = keys::settled_index_id(client);
+    if let Some((version, _)) = stored {
+        batch.delete(Cf::State, keys::dedup_by_index_key(version, &index_id));
+    }
+    batch.put(Cf::State, keys::settled_key(client), keys::versioned_encode(index, &floor.to_be_bytes()));
+    batch.put(Cf::State, keys::dedup_by_index_key(index, &index_id), Vec::new());
+    Ok(())
 }
 
 /// Most dedup records dropped per applied commit: pruning keeps pace with commits (each adds
@@ -737,7 +818,12 @@ fn prune_dedup(engine: &dyn KvEngine, index: u64, retain: u64, batch: &mut Write
     let end = keys::dedup_by_index_key(cutoff, &[0; TXN_ID_LEN]);
     for (key, _) in engine.scan(Cf::State, &start, Some(&end), DEDUP_PRUNE_PER_COMMIT)? {
         let (_, txn_id) = keys::dedup_by_index_key_decode(&key)?;
-        batch.delete(Cf::State, keys::dedup_key(&txn_id));
+        let (client, _) = split_txn_id(&txn_id);
+        match txn_id == keys::settled_index_id(&client) {
+            // A client silent for the whole window: its floor goes too.
+            true => batch.delete(Cf::State, keys::settled_key(&client)),
+            false => batch.delete(Cf::State, keys::dedup_key(&txn_id)),
+        }
         batch.delete(Cf::State, key);
     }
     Ok(())
@@ -891,7 +977,7 @@ mod tests {
     }
 
     fn txn(id: u8, reads: Vec<ReadEntry>, writes: Vec<WriteOp>) -> CommitRequest {
-        CommitRequest { txn_id: vec![id; 16], reads, writes, session_id: 0, blocks_checked_at: 0, lease_writes: false }
+        CommitRequest { txn_id: vec![id; 16], reads, writes, ..Default::default() }
     }
 
     fn committed(response: &CommitResponse) -> bool {
@@ -1082,6 +1168,65 @@ mod tests {
             .scan(Cf::State, &[keys::PREFIX_DEDUP_BY_INDEX], Some(&[keys::PREFIX_DEDUP_BY_INDEX + 1]), 100)
             .unwrap();
         assert_eq!(index_keys.len(), 3);
+    }
+
+    /// Transaction `seq` of client `client` (its id's first 8 bytes), saying `settled_below`.
+    fn txn_of(client: u8, seq: u64, settled_below: u64, writes: Vec<WriteOp>) -> CommitRequest {
+        let mut txn_id = vec![client; 8];
+        txn_id.extend_from_slice(&seq.to_be_bytes());
+        CommitRequest { txn_id, writes, settled_below, ..Default::default() }
+    }
+
+    fn has_record(state: &State, client: u8, seq: u64) -> bool {
+        state.engine.get(Cf::State, &keys::dedup_key(&txn_id_of(&[client; 8], seq))).unwrap().is_some()
+    }
+
+    #[test]
+    fn a_settled_transaction_loses_its_record_and_a_late_copy_of_it_is_refused() {
+        let mut state = State::new();
+        let one = txn_of(7, 1, 0, vec![put_inode(file(30, b"one"))]);
+        assert!(committed(&state.apply(&one)));
+        let written_at = state.version(&Key::inode(30));
+        assert_eq!(state.apply(&one), state.apply(&one), "a retry is answered from its record");
+        // The client's next commit says 1 is settled (its oldest open transaction is 2).
+        assert!(committed(&state.apply(&txn_of(7, 2, 2, vec![put_inode(file(30, b"two"))]))));
+        assert!(!has_record(&state, 7, 1) && has_record(&state, 7, 2));
+        // The late copy of 1: refused, and /30 keeps the later write.
+        state.index += 1;
+        let mut batch = WriteBatch::default();
+        let command = Command { kind: Some(command::Kind::Commit(one.clone())) };
+        let outcome = apply_command(&state.engine, state.index, &command, &mut batch).unwrap();
+        state.engine.write(batch, false).unwrap();
+        assert!(matches!(&outcome, CommandOutcome::Rejected(why) if why.contains("settled")), "{outcome:?}");
+        assert_eq!(state.inode(30).unwrap().data, b"two");
+        assert!(state.version(&Key::inode(30)) > written_at);
+        // A floor never goes down, and never past the commit that carries it.
+        assert!(committed(&state.apply(&txn_of(7, 5, 99, vec![]))));
+        assert!(has_record(&state, 7, 5), "a commit never settles itself");
+        assert_eq!(read_settled(&state.engine, &[7; 8]).unwrap().unwrap().1, 5);
+        assert!(committed(&state.apply(&txn_of(7, 6, 3, vec![]))));
+        assert_eq!(read_settled(&state.engine, &[7; 8]).unwrap().unwrap().1, 5);
+        // Another client's floor is its own.
+        assert!(committed(&state.apply(&txn_of(8, 1, 0, vec![]))));
+        assert!(has_record(&state, 8, 1));
+    }
+
+    #[test]
+    fn a_silent_clients_floor_is_pruned_with_the_window() {
+        let mut state = State::new();
+        assert!(committed(&state.apply(&txn_of(7, 1, 0, vec![]))));
+        assert!(committed(&state.apply(&txn_of(7, 2, 2, vec![]))));
+        assert!(read_settled(&state.engine, &[7; 8]).unwrap().is_some());
+        let mut batch = WriteBatch::default();
+        prune_dedup(&state.engine, state.index + 10, 1, &mut batch).unwrap();
+        state.engine.write(batch, false).unwrap();
+        assert!(read_settled(&state.engine, &[7; 8]).unwrap().is_none(), "the floor went with the window");
+        assert!(!has_record(&state, 7, 2));
+        let index_keys = state
+            .engine
+            .scan(Cf::State, &[keys::PREFIX_DEDUP_BY_INDEX], Some(&[keys::PREFIX_DEDUP_BY_INDEX + 1]), 100)
+            .unwrap();
+        assert!(index_keys.is_empty(), "{index_keys:?}");
     }
 
     #[test]

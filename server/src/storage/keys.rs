@@ -8,7 +8,10 @@
 //! - `l` ino:u64                 → versioned, empty payload: the directory's listing version
 //! - `t` txn_id:[u8;16]          → dedup record: versioned (the commit's log index), then
 //!   `CommitResponse` (prost)
-//! - `T` index:u64 txn_id:[u8;16] → empty: the dedup records in log order, for pruning
+//! - `T` index:u64 txn_id:[u8;16] → empty: the dedup records in log order, for pruning (and
+//!   each client's settled floor, under the txn id `client ‖ ff×8`)
+//! - `f` client:[u8;8]           → versioned, payload floor:u64: the client's transactions
+//!   below `floor` are settled (their records dropped, a late one refused)
 //! - `b` block id:[u8;16]        → versioned, payload ino:u64: the inode that references the
 //!   block (the reference index, kept at apply time from every inode put and delete)
 //! - `g` block id:[u8;16]        → versioned, empty: a tombstone (the collector's mark)
@@ -39,6 +42,9 @@ pub const PREFIX_DENTRY: u8 = b'd';
 pub const PREFIX_LISTING: u8 = b'l';
 pub const PREFIX_DEDUP: u8 = b't';
 pub const PREFIX_DEDUP_BY_INDEX: u8 = b'T';
+pub const PREFIX_SETTLED: u8 = b'f';
+/// The bytes of a transaction id that name its client (the rest is its sequence number).
+pub const TXN_CLIENT_LEN: usize = 8;
 pub const PREFIX_SYSTEM: u8 = b's';
 pub const PREFIX_BLOCK_REF: u8 = b'b';
 pub const PREFIX_TOMBSTONE: u8 = b'g';
@@ -222,6 +228,23 @@ pub fn dedup_key(txn_id: &[u8; TXN_ID_LEN]) -> Vec<u8> {
     key.push(PREFIX_DEDUP);
     key.extend_from_slice(txn_id);
     key
+}
+
+/// `f` client → versioned, payload the client's settled floor (u64 BE).
+pub fn settled_key(client: &[u8; TXN_CLIENT_LEN]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + TXN_CLIENT_LEN);
+    key.push(PREFIX_SETTLED);
+    key.extend_from_slice(client);
+    key
+}
+
+/// The id a client's settled floor has in the log-ordered index (so it is pruned with the
+/// dedup records once the client has been silent for the window): the client, then ff×8,
+/// a sequence no transaction has.
+pub fn settled_index_id(client: &[u8; TXN_CLIENT_LEN]) -> [u8; TXN_ID_LEN] {
+    let mut id = [0xff; TXN_ID_LEN];
+    id[..TXN_CLIENT_LEN].copy_from_slice(client);
+    id
 }
 
 /// The log-ordered index entry of a dedup record.

@@ -200,6 +200,7 @@ async fn bad_blocks_and_block_maps_are_refused() {
         session_id: 0,
         blocks_checked_at: 0,
         lease_writes: false,
+        settled_below: 0,
     };
     let cases = [
         ("a block no server holds", commit(inode(100_000, vec![missing.clone()]), 1), ErrorCode::BlockMissing),
