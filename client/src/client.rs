@@ -198,8 +198,14 @@ impl Client {
     /// Starts a transaction. Nothing is sent until it reads something that is not cached.
     pub fn begin(&self) -> Transaction {
         self.inner.activity.touch();
-        let seq = self.inner.txn_seq.fetch_add(1, Ordering::Relaxed);
-        self.inner.open_txns.lock().expect("open transactions lock").insert(seq);
+        // Taken and recorded under one lock: a commit racing this begin must not see a later
+        // sequence open and not this one, or it would settle this one before it started.
+        let seq = {
+            let mut open = self.inner.open_txns.lock().expect("open transactions lock");
+            let seq = self.inner.txn_seq.fetch_add(1, Ordering::Relaxed);
+            open.insert(seq);
+            seq
+        };
         let mut id = [0u8; 16];
         id[..8].copy_from_slice(&self.inner.client_id.to_be_bytes());
         id[8..].copy_from_slice(&seq.to_be_bytes());

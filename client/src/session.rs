@@ -52,14 +52,16 @@ impl Activity {
 
     /// A transaction began.
     pub fn touch(&self) {
-        self.last_ms.store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
-        if self.resting.load(Ordering::Acquire) {
+        // SeqCst, with `wait_for_work`'s store and load: one of the two sides always sees
+        // the other's write, so a transaction beginning as the session rests wakes it.
+        self.last_ms.store(self.base.elapsed().as_millis() as u64, Ordering::SeqCst);
+        if self.resting.load(Ordering::SeqCst) {
             self.wake.notify_one();
         }
     }
 
     fn idle_for(&self) -> Duration {
-        self.base.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+        self.base.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::SeqCst)))
     }
 }
 
@@ -88,7 +90,7 @@ impl SessionLink {
 
     /// Waits for the next transaction; false when the client is gone meanwhile.
     async fn wait_for_work(&self) -> bool {
-        self.activity.resting.store(true, Ordering::Release);
+        self.activity.resting.store(true, Ordering::SeqCst);
         // A transaction that began before the flag was set has touched already.
         while self.idle() {
             if self.calls.strong_count() == 0 {
@@ -96,7 +98,7 @@ impl SessionLink {
             }
             let _ = tokio::time::timeout(REST_CHECK, self.activity.wake.notified()).await;
         }
-        self.activity.resting.store(false, Ordering::Release);
+        self.activity.resting.store(false, Ordering::SeqCst);
         true
     }
 

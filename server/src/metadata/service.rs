@@ -387,6 +387,8 @@ impl MetadataService {
         // invalidating them, leases the client may hold again since it learned the outcome
         // (a delayed duplicate of an answered attempt; found in review). Deduplication at
         // apply stays what makes a commit apply once; this only answers early.
+        // So is a late copy of a transaction its client has settled: its record is gone, and
+        // it would drop the same leases (apply refuses it too).
         if let Some(decided) = self.decided(&request)? {
             return Ok(Response::new(decided));
         }
@@ -424,9 +426,19 @@ impl MetadataService {
 
     /// The recorded outcome of a commit whose transaction id was decided before (its entry
     /// is applied here, so its outcome is final).
+    /// A late copy of a transaction its client has settled is refused. Both are read under
+    /// one apply-lock guard: the entry that settles a transaction drops its record in the
+    /// same batch, so one of the two is always seen.
     fn decided(&self, request: &CommitRequest) -> Result<Option<CommitResponse>, Status> {
         let _guard = self.state.apply_lock.read().expect("apply lock");
-        txn::decided(self.state.engine.as_ref(), &request.txn_id).map_err(|e| self.storage_failed(e))
+        let engine = self.state.engine.as_ref();
+        if let Some(decided) = txn::decided(engine, &request.txn_id).map_err(|e| self.storage_failed(e))? {
+            return Ok(Some(decided));
+        }
+        if txn::settled_by_client(engine, &request.txn_id).map_err(|e| self.storage_failed(e))? {
+            return Err(invalid("this transaction was settled by its client before this copy of it came: not applied"));
+        }
+        Ok(None)
     }
 
     /// Refuses a commit that references a block not stored on a majority of its group

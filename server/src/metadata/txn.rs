@@ -250,6 +250,10 @@ pub fn check_commit_request(request: &CommitRequest) -> Result<(), CommitRequest
     if request.txn_id.len() != TXN_ID_LEN {
         return Err(CommitRequestError::TxnIdLength);
     }
+    // The last sequence names a client's settled floor in the log-ordered index.
+    if request.txn_id[keys::TXN_CLIENT_LEN..].iter().all(|b| *b == 0xff) {
+        return Err(malformed("a transaction id's sequence must be below 2^64 - 1"));
+    }
     let keys = request.reads.len() + request.writes.len();
     if keys > TXN_KEYS_MAX {
         return Err(CommitRequestError::TooManyKeys(keys));
@@ -667,6 +671,17 @@ pub fn validate_reads(engine: &dyn KvEngine, request: &CommitRequest) -> Result<
     Ok(None)
 }
 
+/// True when `txn_id` is below its client's settled floor: a late copy, refused.
+pub fn settled_by_client(engine: &dyn KvEngine, txn_id: &[u8]) -> Result<bool, StorageError> {
+    let Ok(txn_id) = <[u8; TXN_ID_LEN]>::try_from(txn_id) else { return Ok(false) };
+    #[cfg(madsim)]
+    if crate::planted::armed(crate::planted::Bug::SettledUnchecked) {
+        return Ok(false);
+    }
+    let (client, seq) = split_txn_id(&txn_id);
+    Ok(read_settled(engine, &client)?.is_some_and(|(_, floor)| seq < floor))
+}
+
 /// The recorded outcome of transaction `txn_id`, if it was decided (its dedup record).
 pub fn decided(engine: &dyn KvEngine, txn_id: &[u8]) -> Result<Option<CommitResponse>, StorageError> {
     let Ok(txn_id) = <[u8; TXN_ID_LEN]>::try_from(txn_id) else { return Ok(None) };
@@ -734,9 +749,12 @@ fn apply_commit(
     };
     batch.put(Cf::State, dedup_key, keys::versioned_encode(index, &response.encode_to_vec()));
     batch.put(Cf::State, keys::dedup_by_index_key(index, &txn_id), Vec::new());
+    // Pruning before settling: both read the state before this commit, so a floor the prune
+    // drops (this client silent for the window until now) is written again by the settle
+    // that follows it in the batch, never the other way round.
+    prune_dedup(engine, index, DEDUP_RETAIN_ENTRIES, batch)?;
     // Never this transaction itself: its own retries need its record.
     settle(engine, index, &client, request.settled_below.min(seq), settled, batch)?;
-    prune_dedup(engine, index, DEDUP_RETAIN_ENTRIES, batch)?;
     Ok(CommandOutcome::Commit(response))
 }
 
@@ -823,10 +841,15 @@ fn prune_dedup(engine: &dyn KvEngine, index: u64, retain: u64, batch: &mut Write
     for (key, _) in engine.scan(Cf::State, &start, Some(&end), DEDUP_PRUNE_PER_COMMIT)? {
         let (_, txn_id) = keys::dedup_by_index_key_decode(&key)?;
         let (client, _) = split_txn_id(&txn_id);
-        match txn_id == keys::settled_index_id(&client) {
-            // A client silent for the whole window: its floor goes too.
-            true => batch.delete(Cf::State, keys::settled_key(&client)),
-            false => batch.delete(Cf::State, keys::dedup_key(&txn_id)),
+        if txn_id == keys::settled_index_id(&client) {
+            // A client silent for the whole window: its floor goes too, if this entry is the
+            // floor's own (the floor moves its entry when it is raised).
+            let (version, _) = keys::dedup_by_index_key_decode(&key)?;
+            if read_settled(engine, &client)?.is_some_and(|(at, _)| at == version) {
+                batch.delete(Cf::State, keys::settled_key(&client));
+            }
+        } else {
+            batch.delete(Cf::State, keys::dedup_key(&txn_id));
         }
         batch.delete(Cf::State, key);
     }
@@ -1213,6 +1236,37 @@ mod tests {
         // Another client's floor is its own.
         assert!(committed(&state.apply(&txn_of(8, 1, 0, vec![]))));
         assert!(has_record(&state, 8, 1));
+    }
+
+    /// Applies `request` and returns its outcome, whatever it is.
+    fn apply_raw(state: &mut State, request: &CommitRequest) -> CommandOutcome {
+        state.index += 1;
+        let mut batch = WriteBatch::default();
+        let command = Command { kind: Some(command::Kind::Commit(request.clone())) };
+        let outcome = apply_command(&state.engine, state.index, &command, &mut batch).unwrap();
+        state.engine.write(batch, false).unwrap();
+        outcome
+    }
+
+    #[test]
+    fn a_floor_raised_by_the_commit_whose_prune_reaches_it_stays() {
+        let mut state = State::new();
+        assert!(committed(&state.apply(&txn_of(7, 1, 0, vec![]))));
+        assert!(committed(&state.apply(&txn_of(7, 2, 2, vec![put_inode(file(30, b"two"))]))));
+        let floor_at = read_settled(&state.engine, &[7; 8]).unwrap().unwrap().0;
+        // The client's next commit comes just as the window's prune reaches its floor.
+        state.index = floor_at + DEDUP_RETAIN_ENTRIES;
+        assert!(committed(&state.apply(&txn_of(7, 3, 3, vec![]))));
+        assert_eq!(read_settled(&state.engine, &[7; 8]).unwrap().map(|(_, floor)| floor), Some(3));
+        // So a late copy of 2, whose record is gone, is still refused.
+        let late = apply_raw(&mut state, &txn_of(7, 2, 2, vec![put_inode(file(30, b"two"))]));
+        assert!(matches!(&late, CommandOutcome::Rejected(why) if why.contains("settled")), "{late:?}");
+    }
+
+    #[test]
+    fn a_transaction_id_may_not_end_in_the_floors_sequence() {
+        let request = txn_of(7, u64::MAX, 0, vec![]);
+        assert!(check_commit_request(&request).is_err());
     }
 
     #[test]
