@@ -44,19 +44,21 @@ struct Usage {
     processes: usize,
 }
 
-/// CPU and memory of every process whose name (`/proc/PID/comm`) is `comm`, and this one's.
+/// The pids of every process whose name (`/proc/PID/comm`) is `comm`.
+pub(super) fn pids_named(comm: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().to_string())
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim_end() == comm)
+        .collect()
+}
+
+/// CPU and memory of every process named `comm`, and this one's.
 fn usage(comm: &str) -> Usage {
     let mut usage = Usage { client_ticks: stat_ticks("self").unwrap_or(0), ..Default::default() };
-    let Ok(entries) = std::fs::read_dir("/proc") else { return usage };
-    for entry in entries.flatten() {
-        let pid = entry.file_name().to_string_lossy().to_string();
-        if !pid.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if name.trim_end() != comm {
-            continue;
-        }
+    for pid in pids_named(comm) {
         let Some(ticks) = stat_ticks(&pid) else { continue };
         usage.server_ticks += ticks;
         usage.rss_bytes += rss_bytes(&pid);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use super::bench_peer::{stat_ticks, TICKS_PER_SECOND};
+use super::bench_peer::{pids_named, stat_ticks, TICKS_PER_SECOND};
 use crate::{Client, ClientOptions, FsError};
 
 #[derive(Args)]
@@ -37,21 +37,7 @@ const CLIENTS_MAX: usize = 10_000;
 
 /// CPU ticks of every process named `cffs-server`, by pid.
 fn server_ticks() -> Vec<(String, u64)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    let mut ticks = Vec::new();
-    for entry in entries.flatten() {
-        let pid = entry.file_name().to_string_lossy().to_string();
-        if !pid.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if name.trim_end() == "cffs-server" {
-            if let Some(t) = stat_ticks(&pid) {
-                ticks.push((pid, t));
-            }
-        }
-    }
-    ticks
+    pids_named("cffs-server").into_iter().filter_map(|pid| stat_ticks(&pid).map(|t| (pid, t))).collect()
 }
 
 /// The leader's (keepalives answered, session streams open).

@@ -263,6 +263,22 @@ async fn leader_sessions(client: &Client) -> (u64, u64) {
     (leases.streams, leases.keepalives)
 }
 
+/// Reads `path` until a read sends no request (its session is open and its cache warm),
+/// for ten seconds at most.
+async fn until_warm(client: &Client, path: &'static str, when: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = client.requests_sent();
+        let data = client.run(|txn| async move { txn.read_file(path).await }).await.expect("read");
+        assert_eq!(data, b"content");
+        if client.requests_sent() == before {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the client's reads never became warm {when}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_client_rests_its_session_and_its_next_transaction_wakes_it() {
     let cluster = ProcessCluster::start(3);
@@ -273,19 +289,9 @@ async fn an_idle_client_rests_its_session_and_its_next_transaction_wakes_it() {
     let rest_after = Duration::from_secs(1);
     let options = ClientOptions { session_rest_after: Some(rest_after), ..ClientOptions::default() };
     let client = Client::connect_with(&cluster.endpoints(), options).expect("client");
-    let read = || client.run(|txn| async move { txn.read_file("/rest").await });
 
     // Warm: after the session opens, a read sends nothing.
-    let warm_deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let before = client.requests_sent();
-        assert_eq!(read().await.expect("read"), b"content");
-        if client.requests_sent() == before {
-            break;
-        }
-        assert!(Instant::now() < warm_deadline, "the client's reads never became warm");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_warm(&client, "/rest", "before the rest").await;
     let (streams, _) = leader_sessions(&observer).await;
     assert_eq!(streams, 1, "the client's session is open");
 
@@ -299,18 +305,10 @@ async fn an_idle_client_rests_its_session_and_its_next_transaction_wakes_it() {
 
     // The next transaction wakes it: it reads without the cache, and soon warm again.
     let before = client.requests_sent();
-    assert_eq!(read().await.expect("read after rest"), b"content");
+    let data = client.run(|txn| async move { txn.read_file("/rest").await }).await.expect("read after rest");
+    assert_eq!(data, b"content");
     assert!(client.requests_sent() > before, "the first read after a rest goes to the leader");
-    let warm_deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let before = client.requests_sent();
-        assert_eq!(read().await.expect("read"), b"content");
-        if client.requests_sent() == before {
-            break;
-        }
-        assert!(Instant::now() < warm_deadline, "the client's reads never became warm after waking");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_warm(&client, "/rest", "after waking").await;
     let (streams, _) = leader_sessions(&observer).await;
     assert_eq!(streams, 1, "the woken client has a session again");
 }
