@@ -22,14 +22,23 @@ async fn increment(client: &Client, file: usize) -> Result<(), FsError> {
 }
 
 /// Every replica's Raft service answers a probe of the metadata group (group 0) with its log,
-/// and refuses a group it does not host, by name.
+/// and refuses a group it does not host, by name. A leader is elected by a majority, so the
+/// third replica may not have its first entries yet: each replica is probed until its log is
+/// initialized (within a few seconds), not once.
 async fn raft_probes_name_their_group(cluster: &ProcessCluster) {
     use cffs_proto::raft_client::RaftClient;
     use cffs_proto::RaftProbeRequest;
     for addr in cluster.endpoints() {
         let mut raft = RaftClient::connect(format!("http://{addr}")).await.expect("connect");
-        let probe = raft.probe(RaftProbeRequest { group: 0 }).await.expect("probe group 0").into_inner();
-        assert!(probe.initialized && probe.last_log_index > 0, "{addr}: {probe:?}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let probe = raft.probe(RaftProbeRequest { group: 0 }).await.expect("probe group 0").into_inner();
+            if probe.initialized && probe.last_log_index > 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{addr} has no log 10 s after the election: {probe:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let refused = raft.probe(RaftProbeRequest { group: 9 }).await.expect_err("group 9 is not hosted");
         assert!(refused.message().contains("no raft group 9"), "{addr}: {refused:?}");
     }
