@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cffs_proto::block_client::BlockClient;
+use cffs_proto::data_port::PutHead;
 use cffs_proto::limits::BLOCK_ID_LEN;
 use cffs_proto::{BlockGroup, BlockRef, ClusterMap, ErrorCode, GetBlockRequest, GetClusterMapRequest, PutBlockRequest};
 use prost::bytes::Bytes;
@@ -18,6 +19,7 @@ use rand::Rng;
 use tonic::transport::Channel;
 
 use crate::client::Client;
+use crate::data_port::{DataPorts, PutOutcome};
 use crate::error::FsError;
 
 /// Bytes of blocks a client caches by default.
@@ -102,10 +104,12 @@ pub(crate) struct BlockIo {
     /// Ids whose bad copy was logged: each is logged once, counted every time.
     logged_bad: Mutex<std::collections::BTreeSet<Vec<u8>>>,
     rotation: AtomicU64,
+    /// The servers' data ports, when the client writes over them (`ClientOptions`).
+    data_ports: Option<DataPorts>,
 }
 
 impl BlockIo {
-    pub(crate) fn new(cache_bytes: usize) -> BlockIo {
+    pub(crate) fn new(cache_bytes: usize, data_port: bool) -> BlockIo {
         BlockIo {
             map: Mutex::new(None),
             channels: Mutex::new(BTreeMap::new()),
@@ -119,6 +123,39 @@ impl BlockIo {
             counters: Counters::default(),
             logged_bad: Mutex::new(Default::default()),
             rotation: AtomicU64::new(0),
+            data_ports: data_port.then(DataPorts::default),
+        }
+    }
+
+    /// Stores a block on the server at `addr`: over its data port where it has one, else
+    /// (or when that connection broke) over gRPC.
+    async fn put_on_server(&self, addr: &str, id: &[u8], crc: u32, data: Bytes) -> Result<(), FsError> {
+        if let (Some(ports), Ok(id)) = (&self.data_ports, <[u8; BLOCK_ID_LEN]>::try_from(id)) {
+            if ports.needs_asking(addr) {
+                self.ask_data_port(ports, addr).await;
+            }
+            let head = PutHead { id, crc, len: data.len() as u32 };
+            match ports.put(addr, head, &data, BLOCK_RPC_TIMEOUT).await {
+                PutOutcome::Answered(result) => return result,
+                PutOutcome::UseGrpc => {}
+            }
+        }
+        let mut client = self.channel(addr)?;
+        let request = PutBlockRequest { id: id.to_vec(), crc, data, replace: false };
+        match tokio::time::timeout(BLOCK_RPC_TIMEOUT, client.put_block(request)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(status)) => Err(FsError::from_status(&status)),
+            Err(_) => Err(FsError::Unavailable(format!("block server {addr} timed out"))),
+        }
+    }
+
+    /// Asks the server at `addr` for its data port (a server that does not answer is asked
+    /// again by the next put).
+    async fn ask_data_port(&self, ports: &DataPorts, addr: &str) {
+        let Ok(mut client) = self.channel(addr) else { return };
+        let call = client.block_status(cffs_proto::BlockStatusRequest {});
+        if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(2), call).await {
+            ports.learn(addr, reply.into_inner().data_port);
         }
     }
 
@@ -253,17 +290,7 @@ impl Client {
         let majority = group.members.len() / 2 + 1;
         let mut calls = futures::stream::FuturesUnordered::new();
         for member in &group.members {
-            let client = self.blocks().channel(&member.addr);
-            let request = PutBlockRequest { id: id.to_vec(), crc, data: data.clone(), replace: false };
-            let addr = member.addr.clone();
-            calls.push(async move {
-                let mut client = client?;
-                match tokio::time::timeout(BLOCK_RPC_TIMEOUT, client.put_block(request)).await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(status)) => Err(FsError::from_status(&status)),
-                    Err(_) => Err(FsError::Unavailable(format!("block server {addr} timed out"))),
-                }
-            });
+            calls.push(self.blocks().put_on_server(&member.addr, id, crc, data.clone()));
         }
         let (mut stored, mut last_error) = (0, None);
         while let Some(result) = calls.next().await {
@@ -442,7 +469,13 @@ impl Client {
                 Ok(mut client) => {
                     let call = client.block_status(cffs_proto::BlockStatusRequest {});
                     match tokio::time::timeout(Duration::from_secs(2), call).await {
-                        Ok(Ok(reply)) => Ok(reply.into_inner()),
+                        Ok(Ok(reply)) => {
+                            let reply = reply.into_inner();
+                            if let Some(ports) = &self.blocks().data_ports {
+                                ports.learn(&member.addr, reply.data_port);
+                            }
+                            Ok(reply)
+                        }
                         Ok(Err(status)) => Err(FsError::from_status(&status)),
                         Err(_) => Err(FsError::Unavailable(format!("{} did not answer", member.addr))),
                     }

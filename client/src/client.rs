@@ -63,6 +63,9 @@ pub struct ClientOptions {
     /// idle client costs the leader nothing; the next transaction opens a new session and
     /// reads without the cache (docs/design/leases.md, "Resting sessions").
     pub session_rest_after: Option<Duration>,
+    /// Write blocks over each block server's data port (plain TCP, without gRPC's copies)
+    /// where it has one; off, every block goes over gRPC (docs/design/blocks.md).
+    pub block_data_port: bool,
 }
 
 impl Default for ClientOptions {
@@ -74,6 +77,7 @@ impl Default for ClientOptions {
             block_cache_bytes: crate::blocks::BLOCK_CACHE_BYTES_DEFAULT,
             lease_writes: true,
             session_rest_after: Some(SESSION_REST_AFTER_DEFAULT),
+            block_data_port: true,
         }
     }
 }
@@ -137,7 +141,7 @@ impl Client {
                 options,
                 cache: Arc::new(Mutex::new(Cache::new(options.cache_bytes))),
                 listener: Arc::new(Mutex::new(None)),
-                blocks: crate::blocks::BlockIo::new(options.block_cache_bytes),
+                blocks: crate::blocks::BlockIo::new(options.block_cache_bytes, options.block_data_port),
                 session_started: AtomicBool::new(false),
                 activity: Arc::new(crate::session::Activity::new()),
             }),

@@ -22,6 +22,7 @@ pub mod cache;
 mod calls;
 pub use calls::{parse_address_map, set_address_map};
 pub mod client;
+mod data_port;
 pub mod error;
 mod file_data;
 mod inode_ops;

@@ -15,6 +15,7 @@ pub mod etcd {
     tonic::include_proto!("etcdserverpb");
 }
 
+pub mod data_port;
 pub mod error_code;
 pub mod limits;
 

@@ -37,7 +37,7 @@ enum Role {
     ///
     /// A block server joins the cluster when a block group naming it is added
     /// (`cffs cluster add-block-group ID=HOST:PORT,ID=HOST:PORT,ID=HOST:PORT`). Takes id,
-    /// listen, metrics_listen, data_dir and log_format (file, CFFS_* or flags).
+    /// listen, metrics_listen, data_listen, data_dir and log_format (file, CFFS_* or flags).
     Block(NodeArgs),
     /// Run a local cluster on loopback: three metadata replicas that are also block servers
     /// (block group 1), and three more block servers (block group 2), as six processes.
@@ -74,6 +74,11 @@ struct NodeArgs {
     /// Address to serve Prometheus /metrics and /health on over HTTP, IP:PORT (none when unset).
     #[arg(long, env = "CFFS_METRICS_LISTEN")]
     metrics_listen: Option<String>,
+    /// Address of the block data port, IP:PORT: block writes over plain TCP, without gRPC's
+    /// copies (docs/design/blocks.md). Default: the --listen IP, any free port, which the
+    /// server announces to clients (a replica has one only with --block-dir).
+    #[arg(long, env = "CFFS_DATA_LISTEN")]
+    data_listen: Option<String>,
     /// Directory of this node's data (created if missing): a replica's RocksDB, a block
     /// server's blocks.
     #[arg(long, env = "CFFS_DATA_DIR")]
@@ -124,6 +129,7 @@ impl NodeArgs {
             id: self.id,
             listen: self.listen,
             metrics_listen: self.metrics_listen,
+            data_listen: self.data_listen,
             data_dir: self.data_dir,
             block_dir: self.block_dir,
             peers: self.peers,
@@ -212,7 +218,9 @@ async fn run_meta(settings: MetaSettings) -> anyhow::Result<()> {
     config.scrub = settings.scrub;
     config.gc = settings.gc;
     if let Some(block_dir) = &settings.block_dir {
-        config.block_service = Some(BlockService::new(settings.id, open_block_store(block_dir)?));
+        let blocks = BlockService::new(settings.id, open_block_store(block_dir)?);
+        blocks.start_data_port(settings.data_listen).await?;
+        config.block_service = Some(blocks);
     }
     let node = Arc::new(MetaNode::start(config, Arc::new(engine)).await?);
     if let Some(listen) = settings.metrics_listen {
@@ -231,7 +239,10 @@ fn open_block_store(dir: &Path) -> anyhow::Result<Arc<FileBlockStore>> {
 }
 
 async fn run_block(settings: BlockSettings) -> anyhow::Result<()> {
-    let node = Arc::new(BlockNode::start(settings.id, settings.listen, open_block_store(&settings.data_dir)?).await?);
+    let node = Arc::new(
+        BlockNode::start(settings.id, settings.listen, settings.data_listen, open_block_store(&settings.data_dir)?)
+            .await?,
+    );
     if let Some(listen) = settings.metrics_listen {
         let (metrics, health) = (node.clone(), node.clone());
         http::serve(listen, Arc::new(move || metrics.metrics_text()), Arc::new(move || health.health())).await?;

@@ -38,6 +38,7 @@ pub struct RawConfig {
     pub id: Option<u64>,
     pub listen: Option<String>,
     pub metrics_listen: Option<String>,
+    pub data_listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub block_dir: Option<PathBuf>,
     /// Replica id (a TOML key, so a string) → HOST:PORT.
@@ -88,6 +89,7 @@ impl RawConfig {
             id: self.id.or(file.id),
             listen: self.listen.or(file.listen),
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
+            data_listen: self.data_listen.or(file.data_listen),
             data_dir: self.data_dir.or(file.data_dir),
             block_dir: self.block_dir.or(file.block_dir),
             peers: self.peers.or(file.peers),
@@ -120,6 +122,9 @@ pub struct MetaSettings {
     pub id: u64,
     pub listen: SocketAddr,
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the block data port listens (with `block_dir` only); port 0 is any free port,
+    /// which the server announces in `BlockStatus`.
+    pub data_listen: SocketAddr,
     pub peers: BTreeMap<u64, String>,
     pub data_dir: PathBuf,
     pub block_dir: Option<PathBuf>,
@@ -135,8 +140,19 @@ pub struct BlockSettings {
     pub id: u64,
     pub listen: SocketAddr,
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the block data port listens; port 0 is any free port (announced in
+    /// `BlockStatus`).
+    pub data_listen: SocketAddr,
     pub data_dir: PathBuf,
     pub log_format: LogFormat,
+}
+
+/// The data port's address: as set, else the gRPC address's IP with any free port.
+fn data_listen(set: Option<&str>, listen: SocketAddr) -> anyhow::Result<SocketAddr> {
+    match set {
+        Some(text) => address(text, "data_listen"),
+        None => Ok(SocketAddr::new(listen.ip(), 0)),
+    }
 }
 
 /// "`key` (--flag, CFFS_VAR)": where a setting can be given.
@@ -227,10 +243,15 @@ impl RawConfig {
         if scrub_rate == 0 {
             bail!("{}: the scrubber needs a rate above 0", source("scrub.bytes_per_sec"));
         }
+        if self.data_listen.is_some() && self.block_dir.is_none() {
+            bail!("{} is a block server's setting: give block_dir too, or drop it", source("data_listen"));
+        }
+        let listen = address(&required(self.listen, "listen")?, "listen")?;
         Ok(MetaSettings {
             id,
-            listen: address(&required(self.listen, "listen")?, "listen")?,
+            listen,
             metrics_listen: self.metrics_listen.as_deref().map(|a| address(a, "metrics_listen")).transpose()?,
+            data_listen: data_listen(self.data_listen.as_deref(), listen)?,
             peers,
             data_dir: required(self.data_dir, "data_dir")?,
             block_dir: self.block_dir,
@@ -260,10 +281,12 @@ impl RawConfig {
         if let Some((key, _)) = meta_only.iter().find(|(_, set)| *set) {
             bail!("`{key}` is a metadata replica's setting; a block server (cffs-server block) does not take it");
         }
+        let listen = address(&required(self.listen, "listen")?, "listen")?;
         Ok(BlockSettings {
             id: node_id(self.id, "block server")?,
-            listen: address(&required(self.listen, "listen")?, "listen")?,
+            listen,
             metrics_listen: self.metrics_listen.as_deref().map(|a| address(a, "metrics_listen")).transpose()?,
+            data_listen: data_listen(self.data_listen.as_deref(), listen)?,
             data_dir: required(self.data_dir, "data_dir")?,
             log_format: log_format(self.log_format.as_deref())?,
         })
@@ -305,6 +328,7 @@ grace_secs = 600
         assert_eq!(settings.gc.grace, Duration::from_secs(600));
         assert_eq!(settings.gc.interval, Duration::from_secs(300));
         assert_eq!(settings.log_format, LogFormat::Text);
+        assert_eq!(settings.data_listen, "0.0.0.0:0".parse().unwrap(), "the data port defaults to any free port");
     }
 
     #[test]
@@ -333,6 +357,8 @@ grace_secs = 600
         let with = |extra: &str| error(&format!("id = 1\n{extra}\n{base}"));
         assert!(with("metrics_listen = \"nohost\"").contains("not IP:PORT"));
         assert!(with("log_format = \"xml\"").contains("not text or json"));
+        assert!(with("data_listen = \"0.0.0.0:7200\"").contains("give block_dir too"));
+        assert!(with("block_dir = \"/b\"\ndata_listen = \"7200\"").contains("`data_listen` (--data-listen"));
         let bad_peer = "id = 1\nlisten = \"0.0.0.0:1\"\ndata_dir = \"/d\"\n[peers]\n1 = \"h\"\n";
         assert!(error(bad_peer).contains("is not HOST:PORT"), "{}", error(bad_peer));
         let leases = format!("id = 1\n{base}[leases]\nduration_ms = 10\n");
@@ -346,6 +372,8 @@ grace_secs = 600
         let block = "id = 4\nlisten = \"0.0.0.0:7100\"\ndata_dir = \"/data/blocks\"\n";
         let settings = RawConfig::parse(block).unwrap().into_block().unwrap();
         assert_eq!((settings.id, settings.metrics_listen), (4, None));
+        let fixed = RawConfig::parse(&format!("{block}data_listen = \"10.0.0.4:7300\"\n")).unwrap().into_block();
+        assert_eq!(fixed.unwrap().data_listen, "10.0.0.4:7300".parse().unwrap());
     }
 
     #[test]

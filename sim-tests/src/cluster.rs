@@ -155,7 +155,9 @@ impl Cluster {
                 let store = node_store.clone();
                 async move {
                     let listen = SocketAddr::new(block_ip(id), BLOCK_PORT);
-                    let _node = BlockNode::start(id, listen, Arc::new(store)).await.expect("block server starts");
+                    let data_listen = SocketAddr::new(block_ip(id), 0);
+                    let _node =
+                        BlockNode::start(id, listen, data_listen, Arc::new(store)).await.expect("block server starts");
                     futures::future::pending::<()>().await;
                 }
             })
@@ -306,6 +308,10 @@ impl Cluster {
                     // Last: a scenario may change the block settings too.
                     adjust(&mut config);
                     config.block_service = blocks.map(|store| BlockService::new(id, Arc::new(store)));
+                    if let Some(blocks) = &config.block_service {
+                        let data_listen = SocketAddr::new(meta_ip(i), 0);
+                        blocks.start_data_port(data_listen).await.expect("the data port listens");
+                    }
                     // A replica whose disk fails while it starts stays down, as a process that
                     // exits would, until the nemesis restarts it.
                     let _node = match MetaNode::start(config, Arc::new(disk)).await {

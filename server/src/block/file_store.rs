@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use super::store::{block_id_hex, header_decode, header_encode, BlockId, BlockInfo, BlockStore, HEADER_LEN};
+use super::store::{block_id_hex, header_decode, header_encode, BlockId, BlockInfo, BlockStore, PutBuffer, HEADER_LEN};
 use crate::storage::StorageError;
 
 pub struct FileBlockStore {
@@ -116,23 +116,17 @@ impl FileBlockStore {
         self.shard_dir(id).join(block_id_hex(id))
     }
 
-    /// Writes the record (header, then data) to a new file at `tmp` with direct I/O: one copy
-    /// into an aligned buffer, then the disk reads it from there, with no page-cache copy
-    /// and no writeback (measured: the buffered write's copy into the page cache took 46 % of
-    /// all CPU during a three-replica 1 GiB put on one machine). The file is written rounded
-    /// up to the alignment, then cut to the record's length. Ok(None) when the file system
-    /// refuses direct I/O (the caller writes through the page cache).
-    fn write_direct(&self, tmp: &Path, info: &BlockInfo, data: &[u8]) -> Result<Option<File>, StorageError> {
+    /// Writes the record to a new file at `tmp` with direct I/O from `buffer`, where it was
+    /// filled in place (the data port) or copied once (a gRPC put): the disk reads it from
+    /// there, with no page-cache copy and no writeback (measured: the buffered write's copy
+    /// into the page cache took 46 % of all CPU during a three-replica 1 GiB put on one
+    /// machine). The file is written rounded up to the alignment, then cut to the record's
+    /// length. Ok(None) when the file system refuses direct I/O (the caller writes through
+    /// the page cache).
+    fn write_direct(&self, tmp: &Path, info: &BlockInfo, buffer: &mut PutBuffer) -> Result<Option<File>, StorageError> {
         use std::os::unix::fs::OpenOptionsExt;
-        let len = HEADER_LEN + data.len();
-        let padded = len.next_multiple_of(DIRECT_ALIGN);
-        let mut buffer = self.buffers.lock().expect("block buffers").pop().unwrap_or_default();
-        buffer.resize(padded + DIRECT_ALIGN, 0);
-        let start = buffer.as_ptr().align_offset(DIRECT_ALIGN);
-        let record = &mut buffer[start..start + padded];
-        record[..HEADER_LEN].copy_from_slice(&header_encode(info));
-        record[HEADER_LEN..len].copy_from_slice(data);
-        record[len..].fill(0);
+        let len = HEADER_LEN + info.len as usize;
+        let record = buffer.record(info);
         let written = OpenOptions::new()
             .write(true)
             .create(true)
@@ -144,11 +138,6 @@ impl FileBlockStore {
                 file.set_len(len as u64)?;
                 Ok(file)
             });
-        let mut buffers = self.buffers.lock().expect("block buffers");
-        if buffers.len() < DIRECT_BUFFERS_KEPT {
-            buffers.push(buffer);
-        }
-        drop(buffers);
         match written {
             Ok(file) => Ok(Some(file)),
             Err(error) if error.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
@@ -162,12 +151,21 @@ impl FileBlockStore {
     }
 
     /// Writes the block record to `tmp/`, syncs it, renames it into place (over any copy
-    /// there) and syncs the directory.
-    fn write(&self, info: BlockInfo, data: &[u8], durable: bool) -> Result<(), StorageError> {
+    /// there) and syncs the directory. The buffer's memory goes back to the pool.
+    fn write(&self, info: BlockInfo, mut buffer: PutBuffer, durable: bool) -> Result<(), StorageError> {
+        let written = self.write_buffer(info, &mut buffer, durable);
+        let mut buffers = self.buffers.lock().expect("block buffers");
+        if buffers.len() < DIRECT_BUFFERS_KEPT {
+            buffers.push(buffer.into_vec());
+        }
+        written
+    }
+
+    fn write_buffer(&self, info: BlockInfo, buffer: &mut PutBuffer, durable: bool) -> Result<(), StorageError> {
         let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let tmp = self.root.join("tmp").join(format!("{}.{seq}", block_id_hex(&info.id)));
         let direct = match self.direct.load(Ordering::Relaxed) {
-            true => self.write_direct(&tmp, &info, data)?,
+            true => self.write_direct(&tmp, &info, buffer)?,
             false => None,
         };
         let file = match direct {
@@ -180,7 +178,7 @@ impl FileBlockStore {
                     .open(&tmp)
                     .map_err(|e| io(format!("create {}", tmp.display()), e))?;
                 file.write_all(&header_encode(&info)).map_err(|e| io("write block", e))?;
-                file.write_all(data).map_err(|e| io("write block", e))?;
+                file.write_all(buffer.data()).map_err(|e| io("write block", e))?;
                 file
             }
         };
@@ -200,21 +198,47 @@ impl FileBlockStore {
         self.index.lock().expect("block index").insert(info.id, info);
         Ok(())
     }
+
+    /// `data` copied into a buffer from the pool.
+    fn copied(&self, data: &[u8]) -> PutBuffer {
+        let mut buffer = self.put_buffer(data.len());
+        buffer.data_mut().copy_from_slice(data);
+        buffer
+    }
+
+    /// Ok(true) when the block is already stored as `info` says (a retried put), an error
+    /// when its id is stored with other contents.
+    fn already_stored(&self, info: &BlockInfo) -> Result<bool, StorageError> {
+        match self.stat(&info.id)? {
+            Some(stored) if stored.len == info.len && stored.crc == info.crc => Ok(true),
+            Some(_) => Err(StorageError::Io(format!("block {} is stored with other contents", block_id_hex(&info.id)))),
+            None => Ok(false),
+        }
+    }
 }
 
 impl BlockStore for FileBlockStore {
     fn put(&self, info: BlockInfo, data: &[u8], durable: bool) -> Result<(), StorageError> {
-        if let Some(stored) = self.stat(&info.id)? {
-            if stored.len == info.len && stored.crc == info.crc {
-                return Ok(());
-            }
-            return Err(StorageError::Io(format!("block {} is stored with other contents", block_id_hex(&info.id))));
+        if self.already_stored(&info)? {
+            return Ok(());
         }
-        self.write(info, data, durable)
+        self.write(info, self.copied(data), durable)
+    }
+
+    fn put_buffer(&self, len: usize) -> PutBuffer {
+        let reuse = self.buffers.lock().expect("block buffers").pop().unwrap_or_default();
+        PutBuffer::new(len, DIRECT_ALIGN, reuse)
+    }
+
+    fn put_from(&self, info: BlockInfo, buffer: PutBuffer, durable: bool) -> Result<(), StorageError> {
+        if self.already_stored(&info)? {
+            return Ok(());
+        }
+        self.write(info, buffer, durable)
     }
 
     fn repair(&self, info: BlockInfo, data: &[u8]) -> Result<(), StorageError> {
-        self.write(info, data, true)
+        self.write(info, self.copied(data), true)
     }
 
     fn get(&self, id: &BlockId) -> Result<Option<(BlockInfo, Vec<u8>)>, StorageError> {

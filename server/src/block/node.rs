@@ -12,10 +12,16 @@ pub struct BlockNode {
 }
 
 impl BlockNode {
-    /// Serves the block service at `listen` until the process ends. Returns once the server
-    /// task is spawned.
-    pub async fn start(id: u64, listen: SocketAddr, store: Arc<dyn BlockStore>) -> anyhow::Result<BlockNode> {
+    /// Serves the block service at `listen` and its data port at `data_listen` until the
+    /// process ends. Returns once the server tasks are spawned.
+    pub async fn start(
+        id: u64,
+        listen: SocketAddr,
+        data_listen: SocketAddr,
+        store: Arc<dyn BlockStore>,
+    ) -> anyhow::Result<BlockNode> {
         let service = BlockService::new(id, store);
+        service.start_data_port(data_listen).await?;
         let (blocks, bytes) = service.totals();
         let router = tonic::transport::Server::builder()
             .initial_stream_window_size(cffs_proto::limits::HTTP2_STREAM_WINDOW_BYTES)

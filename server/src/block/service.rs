@@ -6,6 +6,7 @@
 //! collector decides what is garbage (docs/design/blocks.md).
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -17,7 +18,7 @@ use cffs_proto::{
 };
 use tonic::{Request, Response, Status};
 
-use super::store::{block_id, block_id_hex, BlockId, BlockInfo, BlockStore};
+use super::store::{block_id, block_id_hex, BlockId, BlockInfo, BlockStore, PutBuffer};
 use crate::storage::StorageError;
 
 /// The tonic server type of the service (madsim's has an interceptor parameter).
@@ -34,6 +35,7 @@ pub const LIST_PAGE_MAX: usize = 4_096;
 #[derive(Default)]
 struct Counters {
     puts: AtomicU64,
+    data_port_puts: AtomicU64,
     gets: AtomicU64,
     bytes_put: AtomicU64,
     bytes_got: AtomicU64,
@@ -48,6 +50,24 @@ pub struct BlockService {
     counters: Arc<Counters>,
     /// Blocks already logged as corrupt: each is logged once, counted every time.
     logged_bad: Arc<Mutex<BTreeSet<BlockId>>>,
+    /// The data port's TCP port, 0 until it listens.
+    data_port: Arc<std::sync::atomic::AtomicU32>,
+}
+
+/// A block's bytes as they arrived: a gRPC message, or read by the data port into a buffer
+/// of the store's.
+pub(super) enum Incoming {
+    Message(prost::bytes::Bytes),
+    Buffer(PutBuffer),
+}
+
+impl Incoming {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Incoming::Message(data) => data,
+            Incoming::Buffer(buffer) => buffer.data(),
+        }
+    }
 }
 
 fn wire(info: &BlockInfo) -> WireInfo {
@@ -110,7 +130,13 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
 
 impl BlockService {
     pub fn new(server_id: u64, store: Arc<dyn BlockStore>) -> Self {
-        BlockService { server_id, store, counters: Arc::default(), logged_bad: Arc::default() }
+        BlockService {
+            server_id,
+            store,
+            counters: Arc::default(),
+            logged_bad: Arc::default(),
+            data_port: Arc::default(),
+        }
     }
 
     pub fn server(self) -> BlockServerOf {
@@ -128,8 +154,13 @@ impl BlockService {
         out.single("cffs_block_server_id", Gauge, "This block server's id.", self.server_id);
         out.single("cffs_block_stored_blocks", Gauge, "Blocks stored on this server.", blocks);
         out.single("cffs_block_stored_bytes", Gauge, "Bytes of blocks stored on this server.", bytes);
-        let counters: [(&str, &str, u64); 6] = [
+        let counters: [(&str, &str, u64); 7] = [
             ("cffs_block_puts_total", "Blocks written (durable before acknowledged).", get(&c.puts)),
+            (
+                "cffs_block_data_port_puts_total",
+                "Of the blocks written, those that came over the data port.",
+                get(&c.data_port_puts),
+            ),
             ("cffs_block_put_bytes_total", "Bytes of blocks written.", get(&c.bytes_put)),
             ("cffs_block_gets_total", "Blocks served, crc checked.", get(&c.gets)),
             ("cffs_block_get_bytes_total", "Bytes of blocks served.", get(&c.bytes_got)),
@@ -158,6 +189,67 @@ impl BlockService {
         self.store.totals()
     }
 
+    /// The checks and the write every block put goes through, from gRPC or the data port:
+    /// a block of 1..=`BLOCK_SIZE_MAX` bytes whose bytes match its crc, durable before this
+    /// returns. `replace` is the scrubber's repair (over whatever copy is stored).
+    pub(super) async fn store_block(
+        &self,
+        id: BlockId,
+        crc: u32,
+        data: Incoming,
+        replace: bool,
+    ) -> Result<(), (ErrorCode, String)> {
+        let len = data.bytes().len();
+        if len == 0 {
+            return Err((ErrorCode::InvalidArgument, "a block holds at least one byte".into()));
+        }
+        if len > BLOCK_SIZE_MAX as usize {
+            return Err((ErrorCode::TooLarge, format!("a block of {len} bytes is over the limit of {BLOCK_SIZE_MAX}")));
+        }
+        if crc_checked() && crc32fast::hash(data.bytes()) != crc {
+            self.counters.checksum_refusals.fetch_add(1, Ordering::Relaxed);
+            return Err((ErrorCode::Checksum, "the block's bytes do not match its crc32".into()));
+        }
+        let info = BlockInfo { id, len: len as u32, crc, stored_at_ms: now_ms() };
+        #[cfg(madsim)]
+        let durable = !crate::planted::armed(crate::planted::Bug::BlockAckBeforeDurable);
+        #[cfg(not(madsim))]
+        let durable = true;
+        let over_data_port = matches!(data, Incoming::Buffer(_));
+        let store = self.store.clone();
+        blocking(move || match (replace, data) {
+            (true, data) => store.repair(info, data.bytes()),
+            (false, Incoming::Message(data)) => store.put(info, &data, durable),
+            (false, Incoming::Buffer(buffer)) => store.put_from(info, buffer, durable),
+        })
+        .await
+        .map_err(|error| (ErrorCode::Storage, error.to_string()))?;
+        self.counters.puts.fetch_add(1, Ordering::Relaxed);
+        self.counters.bytes_put.fetch_add(len as u64, Ordering::Relaxed);
+        if over_data_port {
+            self.counters.data_port_puts.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// A buffer from the store for `len` bytes that the data port reads a block into.
+    pub(super) fn put_buffer(&self, len: usize) -> PutBuffer {
+        self.store.put_buffer(len)
+    }
+
+    /// Serves the data port at `listen` (port 0: any free port) and announces its port in
+    /// `BlockStatus`. Returns the address it listens on.
+    pub async fn start_data_port(&self, listen: SocketAddr) -> anyhow::Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|error| anyhow::anyhow!("block data port: cannot listen on {listen}: {error}"))?;
+        let bound = listener.local_addr()?;
+        self.data_port.store(u32::from(bound.port()), Ordering::Relaxed);
+        tokio::spawn(super::data_port::serve(listener, self.clone()));
+        tracing::info!(server_id = self.server_id, data_port = %bound, "block data port listening");
+        Ok(bound)
+    }
+
     fn bad_copy(&self, id: &BlockId, why: &str) -> Status {
         self.counters.checksum_failures.fetch_add(1, Ordering::Relaxed);
         if self.logged_bad.lock().expect("logged set").insert(*id) {
@@ -172,35 +264,9 @@ impl cffs_proto::block_server::Block for BlockService {
     async fn put_block(&self, request: Request<PutBlockRequest>) -> Result<Response<PutBlockResponse>, Status> {
         let request = request.into_inner();
         let id = parse_id(&request.id)?;
-        if request.data.is_empty() {
-            return Err(status(ErrorCode::InvalidArgument, "a block holds at least one byte"));
-        }
-        if request.data.len() > BLOCK_SIZE_MAX as usize {
-            return Err(status(
-                ErrorCode::TooLarge,
-                format!("a block of {} bytes is over the limit of {BLOCK_SIZE_MAX}", request.data.len()),
-            ));
-        }
-        if crc_checked() && crc32fast::hash(&request.data) != request.crc {
-            self.counters.checksum_refusals.fetch_add(1, Ordering::Relaxed);
-            return Err(status(ErrorCode::Checksum, "the block's bytes do not match its crc32"));
-        }
-        let len = request.data.len() as u64;
-        let info = BlockInfo { id, len: len as u32, crc: request.crc, stored_at_ms: now_ms() };
-        #[cfg(madsim)]
-        let durable = !crate::planted::armed(crate::planted::Bug::BlockAckBeforeDurable);
-        #[cfg(not(madsim))]
-        let durable = true;
-        let store = self.store.clone();
-        let replace = request.replace;
-        blocking(move || match replace {
-            true => store.repair(info, &request.data),
-            false => store.put(info, &request.data, durable),
-        })
-        .await
-        .map_err(storage_status)?;
-        self.counters.puts.fetch_add(1, Ordering::Relaxed);
-        self.counters.bytes_put.fetch_add(len, Ordering::Relaxed);
+        self.store_block(id, request.crc, Incoming::Message(request.data), request.replace)
+            .await
+            .map_err(|(code, message)| status(code, message))?;
         Ok(Response::new(PutBlockResponse {}))
     }
 
@@ -294,6 +360,8 @@ impl cffs_proto::block_server::Block for BlockService {
             checksum_refusals: c.checksum_refusals.load(Ordering::Relaxed),
             checksum_failures: c.checksum_failures.load(Ordering::Relaxed),
             rss_bytes: rss_bytes(),
+            data_port: self.data_port.load(Ordering::Relaxed),
+            data_port_puts: c.data_port_puts.load(Ordering::Relaxed),
         }))
     }
 }

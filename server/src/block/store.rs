@@ -37,6 +37,17 @@ pub struct BlockInfo {
 pub trait BlockStore: Send + Sync + 'static {
     fn put(&self, info: BlockInfo, data: &[u8], durable: bool) -> Result<(), StorageError>;
 
+    /// A buffer for a block of `len` bytes laid out as this store writes it, for a caller
+    /// that fills it in place (the data port reads a block from its socket into it).
+    fn put_buffer(&self, len: usize) -> PutBuffer {
+        PutBuffer::new(len, 1, Vec::new())
+    }
+
+    /// `put` of a block filled in with `put_buffer`: the same contract, without the copy.
+    fn put_from(&self, info: BlockInfo, buffer: PutBuffer, durable: bool) -> Result<(), StorageError> {
+        self.put(info, buffer.data(), durable)
+    }
+
     /// Stores the block over whatever copy is stored under its id.
     fn repair(&self, info: BlockInfo, data: &[u8]) -> Result<(), StorageError>;
 
@@ -52,6 +63,52 @@ pub trait BlockStore: Send + Sync + 'static {
 
     /// (blocks, bytes) stored.
     fn totals(&self) -> (u64, u64);
+}
+
+/// A block's bytes on their way into a store, laid out as its record will be written: room
+/// for the header, the data, and zeros up to the store's alignment, starting at an aligned
+/// address. A store that writes with direct I/O writes the record from here as it is, so
+/// the bytes are copied once between a socket and the disk (by the kernel, on receive).
+pub struct PutBuffer {
+    buf: Vec<u8>,
+    /// Where the record starts in `buf` (aligned).
+    start: usize,
+    len: usize,
+    align: usize,
+}
+
+impl PutBuffer {
+    /// A buffer for `len` data bytes at `align` (a power of two), reusing `reuse`'s memory.
+    pub fn new(len: usize, align: usize, mut reuse: Vec<u8>) -> PutBuffer {
+        let padded = (HEADER_LEN + len).next_multiple_of(align);
+        reuse.resize(padded + align, 0);
+        let start = reuse.as_ptr().align_offset(align);
+        PutBuffer { buf: reuse, start, len, align }
+    }
+
+    pub fn data(&self) -> &[u8] {
+        &self.buf[self.start + HEADER_LEN..self.start + HEADER_LEN + self.len]
+    }
+
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start + HEADER_LEN..self.start + HEADER_LEN + self.len]
+    }
+
+    /// The whole record for `info` (header, data, zero padding to the alignment): what a
+    /// direct write writes. Its first `HEADER_LEN + len` bytes are the record proper.
+    pub fn record(&mut self, info: &BlockInfo) -> &[u8] {
+        let len = HEADER_LEN + self.len;
+        let padded = len.next_multiple_of(self.align);
+        let record = &mut self.buf[self.start..self.start + padded];
+        record[..HEADER_LEN].copy_from_slice(&header_encode(info));
+        record[len..].fill(0);
+        record
+    }
+
+    /// The memory, for the next buffer.
+    pub fn into_vec(self) -> Vec<u8> {
+        self.buf
+    }
 }
 
 /// Parses a block id from the wire.
@@ -114,5 +171,22 @@ mod tests {
             assert!(header_decode(info.id, &bad).is_err(), "flip in byte {byte} not detected");
         }
         assert!(header_decode(info.id, &header[..10]).is_err());
+    }
+
+    #[test]
+    fn a_put_buffer_is_aligned_and_its_record_is_header_data_and_zeros() {
+        for (len, align) in [(1, 4096), (4096 - HEADER_LEN, 4096), (10_000, 4096), (77, 1)] {
+            // A reused buffer with garbage in it: the padding must still be zeros.
+            let mut buffer = PutBuffer::new(len, align, vec![0xee; 3 * align]);
+            buffer.data_mut().iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
+            let info = BlockInfo { id: [3; 16], len: len as u32, crc: 9, stored_at_ms: 5 };
+            let record = buffer.record(&info).to_vec();
+            assert_eq!(record.len(), (HEADER_LEN + len).next_multiple_of(align), "len {len}");
+            assert_eq!(header_decode(info.id, &record).unwrap(), info);
+            assert!(record[HEADER_LEN..HEADER_LEN + len].iter().enumerate().all(|(i, b)| *b == i as u8));
+            assert!(record[HEADER_LEN + len..].iter().all(|b| *b == 0), "padding of len {len}");
+            let start = buffer.data().as_ptr() as usize - HEADER_LEN;
+            assert_eq!(start % align, 0, "record of len {len} starts unaligned");
+        }
     }
 }

@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use cffs_client::{Client, ClientOptions, FsError};
 use cffs_proto::block_client::BlockClient;
+use cffs_proto::data_port::PutHead;
 use cffs_proto::metadata_client::MetadataClient;
 use cffs_proto::{write_op, BlockRef, CommitRequest, ErrorCode, Inode, PutBlockRequest, WriteOp};
 use sha2::Digest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::ProcessCluster;
 
@@ -23,6 +25,19 @@ fn code(status: &tonic::Status) -> ErrorCode {
 fn cold_client(cluster: &ProcessCluster) -> Client {
     let options = ClientOptions { cache: false, block_cache_bytes: 0, ..ClientOptions::default() };
     Client::connect_with(&cluster.endpoints(), options).expect("valid endpoints")
+}
+
+/// One request on a block data port: `head`, then `data`; the reply's code and message
+/// (`None` when the connection ended first).
+async fn data_port_exchange(stream: &mut tokio::net::TcpStream, head: &[u8], data: &[u8]) -> Option<(u32, String)> {
+    stream.write_all(head).await.ok()?;
+    stream.write_all(data).await.ok()?;
+    let mut reply = [0u8; cffs_proto::data_port::REPLY_HEAD_LEN];
+    stream.read_exact(&mut reply).await.ok()?;
+    let code = u32::from_le_bytes(reply[..4].try_into().unwrap());
+    let mut message = vec![0u8; u32::from_le_bytes(reply[4..].try_into().unwrap()) as usize];
+    stream.read_exact(&mut message).await.ok()?;
+    Some((code, String::from_utf8_lossy(&message).into_owned()))
 }
 
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
@@ -173,6 +188,34 @@ async fn bad_blocks_and_block_maps_are_refused() {
     }
     let status = block.block_status(cffs_proto::BlockStatusRequest {}).await.expect("status").into_inner();
     assert_eq!((status.blocks, status.checksum_refusals), (0, 1), "nothing stored; one crc refusal counted");
+
+    // The same over the data port: each refused with its code; a wrong crc leaves the
+    // connection usable, a head that breaks framing closes it.
+    assert_ne!(status.data_port, 0, "a block server announces its data port");
+    let data_addr = format!("127.0.0.1:{}", status.data_port);
+    let head = |id: u8, crc: u32, len: u32| PutHead { id: [id; 16], crc, len }.encode();
+    let mut stream = tokio::net::TcpStream::connect(&data_addr).await.expect("connect to the data port");
+    let reply = data_port_exchange(&mut stream, &head(1, crc ^ 1, data.len() as u32), &data).await;
+    assert_eq!(reply.map(|r| r.0), Some(ErrorCode::Checksum as u32), "wrong crc over the data port");
+    let reply = data_port_exchange(&mut stream, &head(5, crc, data.len() as u32), &data).await;
+    assert_eq!(reply.map(|r| r.0), Some(0), "a good block on the same connection is stored");
+    let mut bad_magic = head(6, crc, 10);
+    bad_magic[0] = b'X';
+    let refusals = [
+        ("bad magic", bad_magic, ErrorCode::InvalidArgument),
+        ("empty block", head(6, 0, 0), ErrorCode::InvalidArgument),
+        ("block over the size limit", head(6, 0, 8 * 1024 * 1024 + 1), ErrorCode::TooLarge),
+    ];
+    for (what, head, expected) in refusals {
+        let mut stream = tokio::net::TcpStream::connect(&data_addr).await.expect("connect to the data port");
+        let reply = data_port_exchange(&mut stream, &head, &[]).await.unwrap_or_else(|| panic!("{what}: no reply"));
+        assert_eq!(reply.0, expected as u32, "{what}: {}", reply.1);
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+        assert!(matches!(closed, Ok(Ok(0))), "{what}: the server closes the connection");
+    }
+    let status = block.block_status(cffs_proto::BlockStatusRequest {}).await.expect("status").into_inner();
+    assert_eq!((status.blocks, status.checksum_refusals), (1, 2), "only the good block stored; two crc refusals");
 
     // Commits naming blocks.
     let client = cluster.client();
@@ -492,6 +535,18 @@ async fn a_gigabyte_survives_a_block_server_kill() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success() && stdout.contains(&format!("committed {BIG_FILE}")), "writer failed: {stdout}");
     assert!(killed, "block server 4 was never killed: the write finished first");
+    // The writer's blocks went over the data port (a put falls back to gRPC only when its
+    // connection breaks; the scrubber's repairs go over gRPC).
+    let status = client.block_server_status(&map).await;
+    for id in [5, 6] {
+        let server = status[&cluster.block_addr(id)].as_ref().expect("the server answers");
+        assert!(
+            server.puts > 0 && server.data_port_puts * 10 >= server.puts * 9,
+            "block server {id}: {} of {} puts over the data port",
+            server.data_port_puts,
+            server.puts
+        );
+    }
     println!("writer peak RSS while putting 1 GiB: {} MiB (bound {PUT_RSS_MAX_MIB} MiB)", peak_kib / 1024);
     assert!(peak_kib / 1024 < PUT_RSS_MAX_MIB, "writer peak RSS {} MiB", peak_kib / 1024);
 
