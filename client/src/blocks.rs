@@ -129,12 +129,13 @@ impl BlockIo {
 
     /// Stores a block on the server at `addr`: over its data port where it has one, else
     /// (or when that connection broke) over gRPC.
-    async fn put_on_server(&self, addr: &str, id: &[u8], crc: u32, data: Bytes) -> Result<(), FsError> {
-        if let (Some(ports), Ok(id)) = (&self.data_ports, <[u8; BLOCK_ID_LEN]>::try_from(id)) {
+    async fn put_on_server(&self, addr: &str, id: &[u8; BLOCK_ID_LEN], crc: u32, data: Bytes) -> Result<(), FsError> {
+        if let Some(ports) = &self.data_ports {
             if ports.needs_asking(addr) {
-                self.ask_data_port(ports, addr).await;
+                // A server that does not answer is asked again by the next put.
+                let _ = self.status_of(addr).await;
             }
-            let head = PutHead { id, crc, len: data.len() as u32 };
+            let head = PutHead { id: *id, crc, len: data.len() as u32 };
             match ports.put(addr, head, &data, BLOCK_RPC_TIMEOUT).await {
                 PutOutcome::Answered(result) => return result,
                 PutOutcome::UseGrpc => {}
@@ -149,14 +150,19 @@ impl BlockIo {
         }
     }
 
-    /// Asks the server at `addr` for its data port (a server that does not answer is asked
-    /// again by the next put).
-    async fn ask_data_port(&self, ports: &DataPorts, addr: &str) {
-        let Ok(mut client) = self.channel(addr) else { return };
+    /// The status of the server at `addr` (which also says where its data port is).
+    async fn status_of(&self, addr: &str) -> Result<cffs_proto::BlockStatusResponse, FsError> {
+        let mut client = self.channel(addr)?;
         let call = client.block_status(cffs_proto::BlockStatusRequest {});
-        if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(2), call).await {
-            ports.learn(addr, reply.into_inner().data_port);
+        let reply = match tokio::time::timeout(Duration::from_secs(2), call).await {
+            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(Err(status)) => return Err(FsError::from_status(&status)),
+            Err(_) => return Err(FsError::Unavailable(format!("{addr} did not answer"))),
+        };
+        if let Some(ports) = &self.data_ports {
+            ports.learn(addr, reply.data_port);
         }
+        Ok(reply)
     }
 
     fn channel(&self, addr: &str) -> Result<BlockClient<Channel>, FsError> {
@@ -285,7 +291,13 @@ impl Client {
         Err(last_error)
     }
 
-    async fn put_on_group(&self, group: &BlockGroup, id: &[u8], crc: u32, data: Bytes) -> Result<(), FsError> {
+    async fn put_on_group(
+        &self,
+        group: &BlockGroup,
+        id: &[u8; BLOCK_ID_LEN],
+        crc: u32,
+        data: Bytes,
+    ) -> Result<(), FsError> {
         use futures::StreamExt;
         let majority = group.members.len() / 2 + 1;
         let mut calls = futures::stream::FuturesUnordered::new();
@@ -464,23 +476,7 @@ impl Client {
     ) -> BTreeMap<String, Result<cffs_proto::BlockStatusResponse, FsError>> {
         let mut all = BTreeMap::new();
         for member in map.groups.iter().flat_map(|g| g.members.iter()) {
-            let result = match self.blocks().channel(&member.addr) {
-                Err(error) => Err(error),
-                Ok(mut client) => {
-                    let call = client.block_status(cffs_proto::BlockStatusRequest {});
-                    match tokio::time::timeout(Duration::from_secs(2), call).await {
-                        Ok(Ok(reply)) => {
-                            let reply = reply.into_inner();
-                            if let Some(ports) = &self.blocks().data_ports {
-                                ports.learn(&member.addr, reply.data_port);
-                            }
-                            Ok(reply)
-                        }
-                        Ok(Err(status)) => Err(FsError::from_status(&status)),
-                        Err(_) => Err(FsError::Unavailable(format!("{} did not answer", member.addr))),
-                    }
-                }
-            };
+            let result = self.blocks().status_of(&member.addr).await;
             all.insert(member.addr.clone(), result);
         }
         all

@@ -59,8 +59,13 @@ pub fn parse_address_map(text: &str) -> Result<BTreeMap<String, String>, String>
 
 /// The endpoint of a server (metadata replica or block server) at `addr` (or where the
 /// address map sends it): connects lazily, with HTTP/2 windows sized for blocks.
+/// The address dialed for `addr`: its entry in the address map, else itself.
+pub(crate) fn dialed(addr: &str) -> &str {
+    ADDRESS_MAP.get().and_then(|map| map.get(addr)).map_or(addr, String::as_str)
+}
+
 pub(crate) fn endpoint(addr: &str) -> Result<Endpoint, FsError> {
-    let addr = ADDRESS_MAP.get().and_then(|map| map.get(addr)).map_or(addr, String::as_str);
+    let addr = dialed(addr);
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| FsError::Invalid(format!("endpoint {addr}: {e}")))?
         .connect_timeout(Duration::from_secs(2))

@@ -6,8 +6,12 @@
 //! keeps the answer, with a few idle connections per server. A connection that breaks (the
 //! server restarted, perhaps on another port) is dropped with every idle one to that server,
 //! the port is asked again next time, and that one put goes over gRPC instead: a put is
-//! idempotent (same id, same bytes), so sending it twice is safe. A put that times out is not
-//! sent again over gRPC: the server is slow or cut off, and the write's majority rule decides.
+//! idempotent (same id, same bytes), so sending it twice is safe. A port the client cannot
+//! connect to at all (a client outside the cluster's network, reaching it through published
+//! gRPC ports and `--address-map`) counts as absent for a while, so such a client writes
+//! over gRPC without a failed connect per block. The address map applies to data addresses
+//! too. A put that times out is not sent again over gRPC: the server is slow or cut off, and
+//! the write's majority rule decides.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -23,8 +27,10 @@ use crate::error::FsError;
 
 /// Idle data connections kept per block server.
 pub const IDLE_CONNECTIONS_PER_SERVER: usize = 8;
-/// How long "this server has no data port" is believed before it is asked again.
-const NO_PORT_RECHECK: Duration = Duration::from_secs(60);
+/// How long "this server has no data port" (or none this client can reach) is believed
+/// before it is asked again: a restarted server that refused connections while down is
+/// written over gRPC for at most this long.
+const NO_PORT_RECHECK: Duration = Duration::from_secs(10);
 
 /// What is known of one server's data port.
 #[derive(Clone)]
@@ -76,9 +82,15 @@ impl DataPorts {
         self.known.lock().expect("data ports").insert(addr.to_string(), known);
     }
 
-    /// Forgets the server's port and its idle connections (its connection broke).
-    fn forget(&self, addr: &str, data_addr: &str) {
-        self.known.lock().expect("data ports").remove(addr);
+    /// Forgets the server's port and its idle connections (its connection broke), or, when
+    /// the port could not be reached at all, holds it absent for a while.
+    fn forget(&self, addr: &str, data_addr: &str, unreachable: bool) {
+        let mut known = self.known.lock().expect("data ports");
+        match unreachable {
+            true => known.insert(addr.to_string(), Known::Absent { since: Instant::now() }),
+            false => known.remove(addr),
+        };
+        drop(known);
         self.idle.lock().expect("data connections").remove(data_addr);
     }
 
@@ -94,25 +106,26 @@ impl DataPorts {
             Some(Known::Absent { .. }) | None => return PutOutcome::UseGrpc,
         };
         let idle = self.idle.lock().expect("data connections").get_mut(&data_addr).and_then(Vec::pop);
+        // Err((error, true)) when no connection could be made at all.
         let exchange = async {
             let mut stream = match idle {
                 Some(stream) => stream,
                 None => {
-                    let stream = TcpStream::connect(data_addr.as_str()).await?;
+                    let stream = TcpStream::connect(crate::calls::dialed(&data_addr)).await.map_err(|e| (e, true))?;
                     let _ = stream.set_nodelay(true);
                     stream
                 }
             };
-            let answer = exchange(&mut stream, &head, data).await?;
-            Ok::<_, std::io::Error>((stream, answer))
+            let answer = exchange(&mut stream, &head, data).await.map_err(|e| (e, false))?;
+            Ok::<_, (std::io::Error, bool)>((stream, answer))
         };
         match tokio::time::timeout(timeout, exchange).await {
             Err(_) => PutOutcome::Answered(Err(FsError::Unavailable(format!(
                 "block server {addr} (data port {data_addr}) timed out"
             )))),
-            Ok(Err(error)) => {
-                tracing::debug!(%addr, %data_addr, %error, "block data port connection failed; this put goes over gRPC");
-                self.forget(addr, &data_addr);
+            Ok(Err((error, unreachable))) => {
+                tracing::debug!(%addr, %data_addr, %error, unreachable, "block data port failed; this put goes over gRPC");
+                self.forget(addr, &data_addr, unreachable);
                 PutOutcome::UseGrpc
             }
             Ok(Ok((stream, answer))) => {
@@ -166,7 +179,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_server_without_a_data_port_is_asked_again_only_after_a_while() {
+    async fn a_server_without_a_data_port_is_written_over_grpc_and_a_known_port_keeps_its_host() {
         let ports = DataPorts::default();
         assert!(ports.needs_asking("h:1"));
         ports.learn("h:1", 0);
@@ -175,5 +188,16 @@ mod tests {
         assert!(matches!(ports.put("h:1", head, b"x", Duration::from_secs(1)).await, PutOutcome::UseGrpc));
         ports.learn("h:2", 7300);
         assert!(matches!(ports.known("h:2"), Some(Known::At(a)) if a == "h:7300"));
+    }
+
+    #[tokio::test]
+    async fn a_data_port_that_cannot_be_reached_is_not_tried_for_every_block() {
+        let ports = DataPorts::default();
+        // Nothing listens on port 1 of loopback: the connect is refused.
+        ports.learn("127.0.0.1:7101", 1);
+        let head = PutHead { id: [1; 16], crc: 0, len: 1 };
+        assert!(matches!(ports.put("127.0.0.1:7101", head, b"x", Duration::from_secs(5)).await, PutOutcome::UseGrpc));
+        assert!(!ports.needs_asking("127.0.0.1:7101"), "held absent, not asked again at the next put");
+        assert!(matches!(ports.known("127.0.0.1:7101"), Some(Known::Absent { .. })));
     }
 }

@@ -154,11 +154,16 @@ impl FileBlockStore {
     /// there) and syncs the directory. The buffer's memory goes back to the pool.
     fn write(&self, info: BlockInfo, mut buffer: PutBuffer, durable: bool) -> Result<(), StorageError> {
         let written = self.write_buffer(info, &mut buffer, durable);
+        self.recycle(buffer);
+        written
+    }
+
+    /// Keeps a buffer's memory for the next put (a fresh one costs page faults).
+    fn recycle(&self, buffer: PutBuffer) {
         let mut buffers = self.buffers.lock().expect("block buffers");
         if buffers.len() < DIRECT_BUFFERS_KEPT {
             buffers.push(buffer.into_vec());
         }
-        written
     }
 
     fn write_buffer(&self, info: BlockInfo, buffer: &mut PutBuffer, durable: bool) -> Result<(), StorageError> {
@@ -232,6 +237,7 @@ impl BlockStore for FileBlockStore {
 
     fn put_from(&self, info: BlockInfo, buffer: PutBuffer, durable: bool) -> Result<(), StorageError> {
         if self.already_stored(&info)? {
+            self.recycle(buffer);
             return Ok(());
         }
         self.write(info, buffer, durable)
